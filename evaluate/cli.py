@@ -1,0 +1,118 @@
+"""`evaluate`: validate datasets, run batch evaluations, write reports (a thin layer over the library)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from schemas.errors import DataError, UserError
+
+
+class _Group(click.Group):
+    """User mistakes (the library's UserError) become one-line messages and exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except DataError as e:
+            for p in e.problems:
+                click.echo(str(p), err=True)
+            if e.hint:
+                click.echo(e.hint, err=True)
+            sys.exit(1)
+        except UserError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+
+
+def _adapter(value: str | None):
+    if not value:
+        return None
+    from .engines import AdapterSpec
+
+    name, sep, path = value.partition("=")
+    if not sep or not name or not path:
+        raise click.BadParameter("expected NAME=DIR, e.g. --adapter demo=artifacts/adapters/demo")
+    return AdapterSpec(name, path)
+
+
+@click.group(cls=_Group)
+def main() -> None:
+    """Evaluate a patent-risk model: constrained against unconstrained decoding, scored per CONTRACT.md.
+
+    \b
+    evaluate validate data/demo/eval.jsonl
+    evaluate batch --data data/demo/eval.jsonl --adapter demo=artifacts/adapters/demo --constrained --out artifacts/runs/c
+    evaluate report artifacts/runs/u artifacts/runs/c --out artifacts/reports/demo
+    """
+
+
+@main.command()
+@click.argument("file", type=click.Path())
+@click.option("--skip-bad", is_flag=True, help="Report bad lines but accept the rest (exit 0 if any record is good).")
+def validate(file, skip_bad) -> None:
+    """Check a dataset against CONTRACT.md section 1; print every problem as file:line: field: problem."""
+    from schemas.records import load_dataset
+
+    data = load_dataset(file, skip_bad=skip_bad)
+    for p in data.skipped:
+        click.echo(f"skipped: {p}", err=True)
+    n_el = sum(len(r.elements) for r in data.records)
+    labelled = sum(r.label is not None for r in data.records)
+    click.echo(f"{file}: ok: {len(data.records)} records, {n_el} elements, {labelled} labelled, "
+               f"{len({r.patent_id for r in data.records})} patents" + (f", {len(data.skipped)} line(s) skipped" if data.skipped else ""))
+
+
+@main.command()
+@click.option("--data", required=True, type=click.Path(), help="Dataset JSONL (CONTRACT.md section 1).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory; an existing one is resumed.")
+@click.option("--constrained/--unconstrained", required=True, help="Decode with the per-record JSON-schema constraint, or free.")
+@click.option("--model", default=None, help="Base model: HF id or local folder (default: the embedded SmolLM2-135M-Instruct).")
+@click.option("--adapter", default=None, metavar="NAME=DIR", help="LoRA adapter served as a LoRA module (not merged).")
+@click.option("--schema", "schema_name", default="v1", show_default=True, type=click.Choice(["v1", "v2"]), help="Target output schema.")
+@click.option("--backend", default="outlines", show_default=True, type=click.Choice(["outlines", "xgrammar", "guidance"]),
+              help="vLLM structured-outputs backend (engine-wide; outlines = outlines-core).")
+@click.option("--limit", type=int, default=None, help="Only the first N records.")
+@click.option("--chunk-size", type=int, default=32, show_default=True, help="Records decoded together; results are written after each chunk.")
+@click.option("--max-model-len", type=int, default=2048, show_default=True)
+@click.option("--skip-bad", is_flag=True, help="Leave out bad dataset lines (each is reported) instead of refusing the file.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def batch(data, out, constrained, model, adapter, schema_name, backend, limit, chunk_size, max_model_len, skip_bad, no_progress) -> None:
+    """Run a dataset through vLLM into a run directory (results.jsonl + run.json)."""
+    from .batch import BatchConfig, run_batch
+    from .engines import VllmOffline
+
+    spec = _adapter(adapter)
+    if spec is not None:
+        from train.export import check_adapter_dir
+
+        check_adapter_dir(spec.path)
+    cfg = BatchConfig(data=data, out=out, constrained=constrained, model=model, adapter=spec, schema_name=schema_name,
+                      backend=backend, limit=limit, chunk_size=chunk_size, max_model_len=max_model_len, skip_bad=skip_bad)
+    summary = run_batch(cfg, lambda m: VllmOffline(m, spec, backend=backend, max_model_len=max_model_len),
+                        log=click.echo, progress=not no_progress)
+    if summary.generated:
+        click.echo(f"{summary.run_dir}: {summary.generated} samples in {summary.seconds:.0f} s "
+                   f"({summary.generated / summary.seconds:.2f} samples/s, {summary.output_tokens / summary.seconds:.1f} output tok/s); "
+                   f"finish reasons {summary.finish_reasons}")
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Writes metrics.json, report.md, report.html here.")
+@click.option("--baseline", default=None, help="Reference run name for comparisons (default: the first run).")
+@click.option("--by", multiple=True, help="Slice every metric by a field: patent_id or meta.PATH. Repeatable.")
+def report(run_dirs, out, baseline, by) -> None:
+    """Score runs and compare them side by side (CONTRACT.md section 4)."""
+    from .report import write_report
+
+    rep = write_report([Path(d) for d in run_dirs], Path(out), baseline=baseline, by=list(by))
+    for w in getattr(rep, "warnings", []) or []:
+        click.echo(f"warning: {w}", err=True)
+    click.echo(rep.summary_markdown)
+    click.echo(f"\nreport: {Path(out) / 'report.html'}\nmarkdown: {Path(out) / 'report.md'}\nmetrics: {Path(out) / 'metrics.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""`make demo`: the main job end to end on the embedded default, reusing whatever is already built.
+
+Each step runs the same CLI command a user would type (printed before it runs), in its own process:
+provision the base model, train the demo adapter, evaluate the eval split unconstrained and
+constrained through vLLM with the adapter as a LoRA module, and write the side-by-side report.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from schemas.artifacts import project_root, subdir
+
+EVAL_DATA = "data/demo/eval.jsonl"
+ADAPTER_NAME = "demo"
+
+
+def _run(argv: list[str], timings: dict[str, float], step: str) -> None:
+    shown = " ".join(shlex.quote(a) for a in argv)
+    print(f"\n$ {shown}", flush=True)
+    t0 = time.time()
+    module = {"train": "train.cli", "evaluate": "evaluate.cli"}[argv[0]]
+    done = subprocess.run([sys.executable, "-m", module, *argv[1:]], cwd=project_root())
+    timings[step] = round(time.time() - t0, 1)
+    if done.returncode != 0:
+        sys.exit(f"demo: step '{step}' failed (exit {done.returncode}): {shown}")
+
+
+def main() -> None:
+    timings: dict[str, float] = {}
+    t_all = time.time()
+    adapter_dir = subdir("adapters") / ADAPTER_NAME
+    runs = subdir("runs")
+    report_dir = subdir("reports") / "demo"
+
+    _run(["evaluate", "validate", EVAL_DATA], timings, "validate")
+    from schemas.embedded import ensure_embedded_model
+
+    t0 = time.time()
+    print(f"\nbase model: {ensure_embedded_model()}", flush=True)
+    timings["base_model"] = round(time.time() - t0, 1)
+    if (adapter_dir / "manifest.json").exists():
+        print(f"\nadapter: reusing {adapter_dir} (delete it to retrain)")
+    else:
+        _run(["train", "qlora", "--config", "train/configs/demo.yaml"], timings, "train")
+    arms = {}
+    for arm in ("unconstrained", "constrained"):
+        out = runs / f"demo-{arm}"
+        arms[arm] = out
+        _run(["evaluate", "batch", "--data", EVAL_DATA, "--adapter", f"{ADAPTER_NAME}={adapter_dir}", f"--{arm}",
+              "--out", str(out), "--no-progress"], timings, f"evaluate_{arm}")
+    _run(["evaluate", "report", str(arms["unconstrained"]), str(arms["constrained"]), "--out", str(report_dir)],
+         timings, "report")
+    timings["total"] = round(time.time() - t_all, 1)
+    (report_dir / "demo_timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+    print(f"\ndemo finished in {timings['total'] / 60:.1f} min: {json.dumps(timings)}")
+    print(f"HTML report: {report_dir / 'report.html'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,9 @@
+"""The label vocabularies of CONTRACT.md. Labels stay in Korean, exactly as written there."""
+from typing import Literal, get_args
+
+RiskLevel = Literal["높음", "애매", "낮음"]
+MatchLabel = Literal["대응", "판단불가", "미대응"]
+
+RISK_LEVELS: tuple[str, ...] = get_args(RiskLevel)
+MATCH_LABELS: tuple[str, ...] = get_args(MatchLabel)
+INVALID = "invalid"

@@ -1,0 +1,60 @@
+"""Prompt rendering: the one place where a record becomes chat messages and a label becomes the
+answer text. Training and evaluation both call these, and both arms of an evaluation get the
+same prompt (CONTRACT.md section 2)."""
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from .labels import MATCH_LABELS, RISK_LEVELS
+from .output import render_compact
+from .records import Label, Record
+
+PROMPT_VERSION = "p1"
+
+SYSTEM = "You judge patent infringement risk. Answer with JSON only."
+
+MATCH_GLOSS = {"대응": "met", "판단불가": "cannot tell", "미대응": "not met"}
+
+_FORMAT = {
+    "v1": '{{"risk_level":"…","matches":[{{"element_id":"{first}","match":"…"}},…]}}',
+    "v2": '{{"risk_level":"…","matches":[{{"element_id":"{first}","reason":"…","match":"…"}},…]}}',
+}
+
+
+def render_messages(record: Record, schema_name: str = "v1") -> list[dict[str, str]]:
+    """The chat messages for one record. The claim itself is not repeated: its elements carry its
+    text, and prompt tokens dominate the cost on CPU."""
+    elements = "\n".join(f"{e.id}: {e.text}" for e in record.elements)
+    ids = ", ".join(record.element_ids)
+    user = (
+        f"Claim elements:\n{elements}\nProduct:\n{record.query}\n"
+        f"For each element ({ids}) give match: {', '.join(f'{m} ({MATCH_GLOSS[m]})' for m in MATCH_LABELS)}; "
+        f"and risk_level: {', '.join(RISK_LEVELS)}.\n"
+        f"Format: {_FORMAT[schema_name].format(first=record.element_ids[0])}"
+    )
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+
+
+def label_to_output(label: Label, reasons: dict[str, str] | None = None) -> dict[str, Any]:
+    """The output object a record's gold label corresponds to (v2 when reasons are given)."""
+    matches = []
+    for m in label.matches:
+        item: dict[str, Any] = {"element_id": m.element_id}
+        if reasons is not None:
+            item["reason"] = reasons.get(m.element_id, "")
+        item["match"] = m.match
+        matches.append(item)
+    return {"risk_level": label.risk_level, "matches": matches}
+
+
+def render_answer(label: Label, reasons: dict[str, str] | None = None) -> str:
+    """The assistant turn a model is trained to produce for a label: compact JSON."""
+    return render_compact(label_to_output(label, reasons))
+
+
+def prompt_fingerprint(schema_name: str) -> str:
+    """A hash of the prompt template, recorded in runs and adapters."""
+    probe = Record(id="x", patent_id="p", claim="", elements=[{"id": "E1", "text": "t"}], query="q")
+    text = PROMPT_VERSION + repr(render_messages(probe, schema_name))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]

@@ -1,0 +1,170 @@
+"""The dataset contract (CONTRACT.md section 1): one record per JSONL line, and its loader."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import DataError, Problem
+from .labels import MatchLabel, RiskLevel
+
+
+class Element(BaseModel):
+    """One element of a claim, as the claim was split for review."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1, description="Element id, unique within the record, e.g. E1.")
+    text: str = Field(min_length=1, description="The element's wording.")
+
+
+class ElementMatch(BaseModel):
+    """Whether the product meets one claim element."""
+
+    model_config = ConfigDict(extra="forbid")
+    element_id: str = Field(min_length=1)
+    match: MatchLabel
+
+
+class Label(BaseModel):
+    """The gold answer for a record."""
+
+    model_config = ConfigDict(extra="forbid")
+    risk_level: RiskLevel
+    matches: list[ElementMatch]
+
+
+class Record(BaseModel):
+    """One dataset line. Fields beyond the contract's are kept, never dropped."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str = Field(min_length=1)
+    patent_id: str = Field(min_length=1)
+    claim: str
+    elements: list[Element] = Field(min_length=1)
+    query: str
+    label: Label | None = None
+    meta: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _ids_agree(self) -> "Record":
+        ids = [e.id for e in self.elements]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"elements: duplicate element id(s) {dup}")
+        if self.label is not None:
+            got = [m.element_id for m in self.label.matches]
+            missing = [i for i in ids if i not in got]
+            extra = [i for i in got if i not in ids]
+            repeated = sorted({i for i in got if got.count(i) > 1})
+            parts = []
+            if missing:
+                parts.append(f"no match for element(s) {missing}")
+            if extra:
+                parts.append(f"match for unknown element(s) {extra}")
+            if repeated:
+                parts.append(f"more than one match for {repeated}")
+            if parts:
+                raise ValueError("label.matches: " + "; ".join(parts) + " (exactly one per element is required)")
+        return self
+
+    @property
+    def element_ids(self) -> list[str]:
+        return [e.id for e in self.elements]
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+@dataclass
+class LoadedDataset:
+    path: Path
+    records: list[Record]
+    line_numbers: list[int]
+    skipped: list[Problem] = field(default_factory=list)
+
+
+def _field_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _problems_from_validation(path: str, line: int, err: ValidationError) -> list[Problem]:
+    problems = []
+    for e in err.errors():
+        loc = _field_path(tuple(p for p in e["loc"] if p not in ("function-after[_ids_agree(), Record]",)))
+        msg = e["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+            if ": " in msg and not loc:
+                loc, msg = msg.split(": ", 1)
+        if e["type"] == "literal_error":
+            msg = f"{e.get('input')!r} is not allowed; {msg[len('Input should be '):] if msg.startswith('Input should be ') else msg}"
+        problems.append(Problem(path, line, loc or "record", msg))
+    return problems
+
+
+def parse_line(path: str, line_no: int, raw: bytes) -> tuple[Record | None, list[Problem]]:
+    """Parse one JSONL line into a Record, or return the problems found."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return None, [Problem(path, line_no, "line", f"not valid UTF-8 (byte {e.start})")]
+    if line_no == 1 and text.startswith("\ufeff"):
+        text = text[1:]
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        return None, [Problem(path, line_no, "line", f"not valid JSON: {e.msg} (column {e.colno})")]
+    if not isinstance(obj, dict):
+        return None, [Problem(path, line_no, "line", f"expected a JSON object, got {type(obj).__name__}")]
+    try:
+        return Record.model_validate(obj), []
+    except ValidationError as e:
+        return None, _problems_from_validation(path, line_no, e)
+
+
+def load_dataset(path: str | Path, *, skip_bad: bool = False, limit: int | None = None) -> LoadedDataset:
+    """Load and validate a dataset. Refuses the whole file on any problem unless skip_bad.
+
+    With skip_bad, bad lines are left out and each is listed in ``skipped``.
+    """
+    p = Path(path)
+    name = str(path)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise DataError([Problem(name, 0, "", f"cannot read: {e.strerror}")]) from None
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    records: list[Record] = []
+    numbers: list[int] = []
+    problems: list[Problem] = []
+    first_seen: dict[str, int] = {}
+    for n, raw in enumerate(data.split(b"\n"), 1):
+        if not raw.strip():
+            continue
+        rec, probs = parse_line(name, n, raw.rstrip(b"\r"))
+        if rec is not None and rec.id in first_seen:
+            probs = [Problem(name, n, "id", f"duplicate id {rec.id!r} (first on line {first_seen[rec.id]})")]
+            rec = None
+        if rec is None:
+            problems.extend(probs)
+            continue
+        first_seen[rec.id] = n
+        records.append(rec)
+        numbers.append(n)
+    if problems and not skip_bad:
+        raise DataError(problems, hint=f"{name}: refused ({len(problems)} problem(s)); fix them or pass --skip-bad to leave those lines out")
+    if not records:
+        raise DataError(problems + [Problem(name, 0, "", "no records (the file is empty or every line is bad)")])
+    if limit is not None:
+        records, numbers = records[:limit], numbers[:limit]
+    return LoadedDataset(p, records, numbers, skipped=problems)

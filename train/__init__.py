@@ -1,0 +1,1 @@
+"""QLoRA training with correct prompt masking, exporting adapters that vLLM loads as LoRA modules."""

@@ -1,0 +1,66 @@
+"""`train`: QLoRA fine-tuning and adapter export (a thin layer over train.trainer)."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from schemas.errors import UserError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
+def main() -> None:
+    """Fine-tune a base model with QLoRA on a patent-risk dataset and export a vLLM-ready adapter.
+
+    \b
+    train qlora                          demo recipe on the embedded SmolLM2-135M
+    train qlora --config train/configs/seed.yaml   the users' Gemma 3 4B recipe (GPU)
+    train qlora -s limit=50 -s learning_rate=5e-4  override any config field
+    """
+
+
+@main.command("qlora")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="YAML config (default: train/configs/demo.yaml).")
+@click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config field, e.g. -s epochs=3 -s base_model=google/gemma-3-4b-it. Repeatable.")
+@click.option("--resume", is_flag=True, help="Continue from the newest checkpoint of an interrupted run.")
+@click.option("--print-config", is_flag=True, help="Print the resolved config and exit.")
+def train_qlora(config_path, overrides, resume, print_config) -> None:
+    """Train a LoRA adapter (4-bit NF4 base where bitsandbytes runs on the device)."""
+    from .config import load_config
+
+    cfg = load_config(config_path, overrides)
+    if print_config:
+        import yaml
+
+        click.echo(yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True, sort_keys=False))
+        return
+    from .trainer import train
+
+    result = train(cfg, resume=resume, log=click.echo)
+    click.echo(str(result.adapter_dir))
+
+
+@main.command("check-adapter")
+@click.argument("adapter_dir", type=click.Path())
+@click.option("--max-lora-rank", default=16, show_default=True, help="The serving --max-lora-rank.")
+def check_adapter(adapter_dir, max_lora_rank) -> None:
+    """Say whether vLLM would load ADAPTER_DIR, and why not."""
+    from .export import check_adapter_dir
+
+    cfg = check_adapter_dir(adapter_dir, max_lora_rank)
+    click.echo(f"ok: rank {cfg.get('r')}, alpha {cfg.get('lora_alpha')}, targets {cfg.get('target_modules')}")
+
+
+if __name__ == "__main__":
+    main()

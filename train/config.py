@@ -1,0 +1,96 @@
+"""The one typed training config: YAML file + `key=value` overrides, validated when built."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from schemas.errors import UserError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "demo.yaml"
+ATTENTION_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
+MLP_MODULES = ["gate_proj", "up_proj", "down_proj"]
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+class TrainConfig(BaseModel):
+    """Defaults are the seed recipe (google/gemma-3-4b-it, QLoRA NF4, r=16, alpha=32, 3 epochs, 2 x 8)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_model: str | None = Field(None, description="HF model id or local folder; null = the embedded SmolLM2-135M-Instruct.")
+    train_data: str = Field("data/demo/train.jsonl", description="Training dataset (JSONL, CONTRACT.md section 1).")
+    limit: int | None = Field(None, ge=1, description="Use only the first N training records (after the held-out slice).")
+    eval_fraction: float = Field(0.05, ge=0.0, lt=0.5, description="Share of training records held out for eval loss.")
+    schema_name: Literal["v1", "v2"] = Field("v1", description="Output schema the answers are written in.")
+    output_name: str = Field("adapter", description="Adapter name; written to artifacts/adapters/NAME.")
+    output_dir: str | None = Field(None, description="Write the adapter here instead of artifacts/adapters/NAME.")
+
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: list(ATTENTION_MODULES))
+    include_mlp: bool = Field(False, description="Also adapt gate/up/down projections.")
+    max_lora_rank_serving: int = Field(16, description="The --max-lora-rank the adapter must fit at serving time.")
+
+    epochs: float = Field(3.0, gt=0)
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: run all epochs).")
+    per_device_batch: int = Field(2, ge=1)
+    grad_accum: int = Field(8, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear"
+    weight_decay: float = 0.0
+    max_seq_len: int = Field(1024, ge=64, description="Longer examples are refused, never silently truncated.")
+    seed: int = 42
+
+    quantization: Literal["auto", "nf4", "none"] = Field("auto", description="auto: NF4 where bitsandbytes runs on the device, else plain LoRA.")
+    double_quant: bool = True
+    compute_dtype: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 where the hardware is fast at it, else fp32.")
+    gradient_checkpointing: bool = False
+
+    logging_steps: int = Field(5, ge=1)
+    save_steps: int = Field(25, ge=1)
+    save_total_limit: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.lora_r not in VLLM_LORA_RANKS:
+            raise ValueError(f"lora_r={self.lora_r}: vLLM serves ranks {list(VLLM_LORA_RANKS)} only")
+        if self.lora_r > self.max_lora_rank_serving:
+            raise ValueError(f"lora_r={self.lora_r} is above max_lora_rank_serving={self.max_lora_rank_serving}; raise --max-lora-rank at serving or lower lora_r")
+        return self
+
+    @property
+    def modules(self) -> list[str]:
+        return list(dict.fromkeys(self.target_modules + (MLP_MODULES if self.include_mlp else [])))
+
+
+def _coerce(value: str) -> Any:
+    return yaml.safe_load(value)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Load a YAML config (the demo recipe when ``path`` is None) and apply ``key=value`` overrides."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of config fields")
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override {item!r}: expected key=value (fields: {', '.join(TrainConfig.model_fields)})")
+        key, value = item.split("=", 1)
+        data[key.strip().replace("-", "_")] = _coerce(value)
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as e:
+        lines = [f"{path}: {'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}" for err in e.errors()]
+        raise UserError("\n".join(lines)) from None

@@ -1,0 +1,68 @@
+"""Turning records into training features with the prompt masked out of the loss.
+
+The prompt is rendered by the chat template with a generation prompt, the completion is what the
+template adds for the assistant turn (the answer and its end-of-turn marker). Prompt tokens get
+label -100; the answer and its end-of-turn token are trained. Pure: needs only a tokenizer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from schemas.errors import UserError
+from schemas.prompt import render_answer, render_messages
+from schemas.records import Record
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Features:
+    input_ids: list[int]
+    labels: list[int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"input_ids": self.input_ids, "attention_mask": [1] * len(self.input_ids), "labels": self.labels}
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    # The chat template already writes BOS where the model wants it; tokenizing the rendered text
+    # again with special tokens would add a second BOS (Gemma's tokenizer adds one by default).
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def prompt_ids(tokenizer, record: Record, schema_name: str = "v1") -> list[int]:
+    """The prompt token ids exactly as inference sees them (with the template's BOS, once)."""
+    text = tokenizer.apply_chat_template(render_messages(record, schema_name), tokenize=False, add_generation_prompt=True)
+    ids = _encode(tokenizer, text)
+    bos = tokenizer.bos_token_id
+    if getattr(tokenizer, "add_bos_token", False) and bos is not None and (not ids or ids[0] != bos):
+        ids = [bos] + ids
+    return ids
+
+
+def build_features(tokenizer, record: Record, schema_name: str = "v1", reasons: dict[str, str] | None = None) -> Features:
+    if record.label is None:
+        raise UserError(f"record {record.id!r}: no label; training needs labelled records")
+    messages = render_messages(record, schema_name)
+    prompt_text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    answer = render_answer(record.label, reasons if schema_name == "v2" else None)
+    full_text = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": answer}], tokenize=False)
+    if not full_text.startswith(prompt_text):
+        raise UserError("the chat template renders the prompt differently with and without the answer; cannot mask the prompt")
+    completion = full_text[len(prompt_text):]
+    # Keep what the template writes after the answer up to and including its end-of-turn marker.
+    p_ids = prompt_ids(tokenizer, record, schema_name)
+    c_ids = _encode(tokenizer, completion)
+    return Features(input_ids=p_ids + c_ids, labels=[IGNORE_INDEX] * len(p_ids) + list(c_ids))
+
+
+def make_collator(tokenizer):
+    """Dynamic padding that keeps precomputed labels (pads labels with -100).
+
+    Not DataCollatorForLanguageModeling(mlm=False): it rebuilds labels from input_ids, unmasking
+    the prompt, and masks every pad token, which is the end-of-turn token for many chat models.
+    """
+    from transformers import DataCollatorForSeq2Seq
+
+    return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, padding=True, return_tensors="pt")

@@ -1,0 +1,242 @@
+"""The QLoRA trainer: HF Trainer + PEFT, prompt-masked features, hardware-chosen precision.
+
+Runs unchanged under `accelerate launch` / `torchrun` (HF Trainer's own distributed support).
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from schemas.artifacts import describe_path, file_sha256, subdir
+from schemas.embedded import resolve_model
+from schemas.errors import UserError
+from schemas.output import load_schema, schema_hash
+from schemas.prompt import PROMPT_VERSION, prompt_fingerprint
+from schemas.records import load_dataset
+
+from . import hardware
+from .config import TrainConfig
+from .export import adapter_problems
+from .features import build_features, make_collator
+
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path
+    manifest: dict[str, Any]
+
+
+def _adapter_dir(cfg: TrainConfig) -> Path:
+    return Path(cfg.output_dir) if cfg.output_dir else subdir("adapters") / cfg.output_name
+
+
+def split_records(records: list, eval_fraction: float, seed: int) -> tuple[list, list]:
+    """A held-out slice for eval loss, chosen by seed; the rest keeps the file's order."""
+    n_eval = int(round(len(records) * eval_fraction))
+    if n_eval == 0:
+        return list(records), []
+    idx = list(range(len(records)))
+    random.Random(seed).shuffle(idx)
+    held = set(idx[:n_eval])
+    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
+
+
+def target_modules_for(model, modules: list[str]) -> list[str] | str:
+    """Names for LoRA's target_modules. For multimodal wrappers (Gemma 3's
+    Gemma3ForConditionalGeneration) only the language model is adapted: a regex over its layers."""
+    names = [n for n, _ in model.named_modules()]
+    if any(".language_model." in f".{n}." for n in names) and any("vision" in n for n in names):
+        return r".*language_model.*\.(" + "|".join(modules) + r")"
+    return modules
+
+
+def load_base(model_path: str, plan: hardware.Plan):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    dtype = torch.bfloat16 if plan.compute_dtype == "bf16" else torch.float32
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if plan.quantization == "nf4":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=dtype)
+        kwargs["device_map"] = {"": plan.device if plan.device == "cpu" else torch.cuda.current_device()}
+    model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+    return model, tokenizer
+
+
+def _progress_callback(log: Callable[[str], None]):
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        """One line per logging step: loss, tokens/s, ETA."""
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.t0, self.tokens0, self.step0 = time.time(), state.num_input_tokens_seen or 0, state.global_step
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not logs or not state.is_world_process_zero:
+                return
+            dt = max(time.time() - self.t0, 1e-9)
+            steps = max(state.global_step - self.step0, 1)
+            tok_s = ((state.num_input_tokens_seen or 0) - self.tokens0) / dt
+            eta = (state.max_steps - state.global_step) * dt / steps
+            parts = [f"step {state.global_step}/{state.max_steps}"]
+            for key in ("loss", "eval_loss", "learning_rate"):
+                if key in logs:
+                    parts.append(f"{key} {logs[key]:.4g}")
+            parts += [f"{tok_s:.0f} tok/s", f"ETA {eta / 60:.1f} min"]
+            logs["tokens_per_second"] = round(tok_s, 1)
+            log("  ".join(parts))
+
+    return Progress()
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] = print) -> TrainResult:
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
+
+    started = datetime.now(timezone.utc)
+    set_seed(cfg.seed)
+    plan = hardware.plan(cfg.quantization, cfg.compute_dtype)
+    for note in plan.notes:
+        log(note)
+    model_path = resolve_model(cfg.base_model, log)
+
+    data = load_dataset(cfg.train_data)
+    train_recs, eval_recs = split_records(data.records, cfg.eval_fraction, cfg.seed)
+    if cfg.limit is not None:
+        train_recs = train_recs[: cfg.limit]
+
+    model, tokenizer = load_base(model_path, plan)
+    too_long = []
+    train_feats, eval_feats = [], []
+    for recs, out in ((train_recs, train_feats), (eval_recs, eval_feats)):
+        for rec in recs:
+            feats = build_features(tokenizer, rec, cfg.schema_name)
+            if len(feats.input_ids) > cfg.max_seq_len:
+                too_long.append(f"{rec.id} ({len(feats.input_ids)} tokens)")
+            out.append(feats.as_dict())
+    if too_long:
+        raise UserError(f"{cfg.train_data}: {len(too_long)} record(s) exceed max_seq_len={cfg.max_seq_len}: "
+                        f"{', '.join(too_long[:5])}; raise max_seq_len (nothing is truncated silently)")
+    log(f"{len(train_feats)} training records, {len(eval_feats)} held out for eval loss; "
+        f"mean length {sum(len(f['input_ids']) for f in train_feats) / len(train_feats):.0f} tokens, "
+        f"of which trained {sum(sum(1 for x in f['labels'] if x != -100) for f in train_feats) / len(train_feats):.0f}")
+
+    if plan.quantization == "nf4":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    elif cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias="none",
+                      target_modules=target_modules_for(model, cfg.modules), task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+
+    out_dir = _adapter_dir(cfg)
+    ckpt_dir = out_dir.with_name(out_dir.name + ".checkpoints")
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir),
+        per_device_train_batch_size=cfg.per_device_batch,
+        per_device_eval_batch_size=cfg.per_device_batch,
+        gradient_accumulation_steps=cfg.grad_accum,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        warmup_steps=cfg.warmup_ratio,
+        lr_scheduler_type=cfg.lr_scheduler,
+        weight_decay=cfg.weight_decay,
+        logging_steps=cfg.logging_steps,
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        eval_strategy="steps" if eval_feats else "no",
+        eval_steps=cfg.save_steps if eval_feats else None,
+        bf16=plan.compute_dtype == "bf16",
+        use_cpu=plan.device == "cpu",
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to="none",
+        include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,
+        dataloader_pin_memory=plan.device == "cuda",
+        optim="adamw_torch",
+        disable_tqdm=True,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=train_feats, eval_dataset=eval_feats or None,
+                      data_collator=make_collator(tokenizer), callbacks=[_progress_callback(log)])
+    trainer.remove_callback(PrinterCallback)  # our progress line replaces its raw dicts
+    if resume and not any(ckpt_dir.glob("checkpoint-*")):
+        log(f"--resume: no checkpoint in {ckpt_dir}, starting from the beginning")
+        resume = False
+    t0 = time.time()
+    peak_before = _peak_rss_mb()
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    seconds = time.time() - t0
+    final_eval = trainer.evaluate() if eval_feats else {}
+
+    if not trainer.is_world_process_zero():
+        return TrainResult(out_dir, {})
+    tmp = out_dir.with_name(out_dir.name + ".part")
+    model.save_pretrained(tmp, safe_serialization=True)
+    adapter_cfg = json.loads((tmp / "adapter_config.json").read_text())
+    problems = adapter_problems(adapter_cfg, cfg.max_lora_rank_serving)
+    if problems:
+        raise UserError("the trained adapter would be refused by vLLM:\n  " + "\n  ".join(problems))
+    tokens = trainer.state.num_input_tokens_seen or 0
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "kind": "lora-adapter",
+        "base_model": {"name": cfg.base_model or "embedded:SmolLM2-135M-Instruct", **describe_path(model_path)},
+        "data": {"path": cfg.train_data, "sha256": file_sha256(cfg.train_data), "train_records": len(train_feats),
+                 "eval_records": len(eval_feats), "train_ids_first_last": [train_recs[0].id, train_recs[-1].id]},
+        "schema": {"name": cfg.schema_name, "hash": schema_hash(load_schema(cfg.schema_name))},
+        "prompt": {"version": PROMPT_VERSION, "hash": prompt_fingerprint(cfg.schema_name)},
+        "config": cfg.model_dump(mode="json"),
+        "hardware": {"device": plan.device, "quantization": plan.quantization, "compute_dtype": plan.compute_dtype, "notes": list(plan.notes)},
+        "results": {"train_loss": result.training_loss, "eval_loss": final_eval.get("eval_loss"),
+                    "steps": trainer.state.global_step, "seconds": round(seconds, 1),
+                    "tokens_seen": int(tokens), "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
+                    "peak_rss_mb": max(_peak_rss_mb(), peak_before),
+                    "log_history": trainer.state.log_history},
+        "versions": _versions(),
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    if out_dir.exists():
+        import shutil
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    loss = manifest["results"]["eval_loss"]
+    log(f"adapter written to {out_dir} (train loss {result.training_loss:.4f}"
+        + (f", eval loss {loss:.4f}" if loss is not None and not math.isnan(loss) else "") + f", {seconds / 60:.1f} min)")
+    return TrainResult(out_dir, manifest)
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("torch", "transformers", "peft", "bitsandbytes", "accelerate"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
