@@ -1,0 +1,60 @@
+"""Shared fixtures. Tiers: pure tests need nothing; `tokenizer` needs the embedded model (converted
+once, cached under artifacts/); `trained_adapter` trains a tiny adapter with the real trainer once per
+session; `engine` is one real vLLM engine on the embedded model with that adapter, shared by every
+engine test."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EVAL = ROOT / "data" / "demo" / "eval.jsonl"
+TRAIN = ROOT / "data" / "demo" / "train.jsonl"
+CHECK_CONTRACT = ROOT.parent / "shared" / "tools" / "check_contract.py"
+
+
+@pytest.fixture(scope="session")
+def embedded_model() -> Path:
+    from schemas.embedded import ensure_embedded_model
+
+    return ensure_embedded_model()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(embedded_model):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(embedded_model)
+
+
+@pytest.fixture(scope="session")
+def eval_records():
+    from schemas.records import load_dataset
+
+    return load_dataset(EVAL).records
+
+
+@pytest.fixture(scope="session")
+def trained_adapter(tmp_path_factory, embedded_model) -> Path:
+    """A tiny real training run (16 records, 8 steps), exported as a vLLM-ready adapter."""
+    from train.config import load_config
+    from train.trainer import train
+
+    out = tmp_path_factory.mktemp("adapter") / "tiny"
+    cfg = load_config(None, [f"train_data={TRAIN}", "limit=16", "eval_fraction=0.0", f"output_dir={out}",
+                             "save_steps=1000", "logging_steps=4"])
+    return train(cfg, log=lambda s: None).adapter_dir
+
+
+@pytest.fixture(scope="session")
+def engine(embedded_model, trained_adapter):
+    """One vLLM engine (LoRA enabled, outlines structured-outputs backend) for every engine test."""
+    from evaluate.engines import AdapterSpec, VllmOffline
+
+    eng = VllmOffline(str(embedded_model), AdapterSpec("tiny", str(trained_adapter)), backend="outlines",
+                      max_model_len=1024)
+    yield eng
+    eng.close()

@@ -1,0 +1,92 @@
+"""The real vLLM engine on the embedded model with a LoRA adapter trained by the real trainer."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from evaluate.batch import BatchConfig, run_batch
+from evaluate.requests import build_requests
+from schemas.errors import UserError
+from schemas.output import schema_errors
+
+from .conftest import CHECK_CONTRACT, EVAL
+
+pytestmark = pytest.mark.engine
+
+
+class Borrowed:
+    """Lends the shared engine to run_batch without letting it close it."""
+
+    def __init__(self, engine):
+        self._engine = engine
+        self.description = engine.description
+        self.count_tokens = engine.count_tokens
+        self.generate = engine.generate
+
+    def close(self):
+        pass
+
+
+def test_constrained_outputs_are_schema_valid_with_exact_ids(engine, eval_records):
+    recs = eval_records[:8]
+    results = engine.generate(build_requests(recs, "v1", True, engine.count_tokens))
+    for rec, res in zip(recs, results):
+        assert res.finish_reason == "stop", res
+        obj = json.loads(res.raw_output)
+        assert schema_errors(obj, "v1") == []
+        assert [m["element_id"] for m in obj["matches"]] == rec.element_ids
+
+
+def test_run_directory_follows_the_contract_and_resumes(engine, tmp_path):
+    out = tmp_path / "run-c"
+    cfg = BatchConfig(data=str(EVAL), out=str(out), constrained=True, adapter=engine.adapter, limit=4, chunk_size=2)
+    first = run_batch(cfg, lambda m: Borrowed(engine), log=lambda s: None, progress=False)
+    assert first.generated == 4
+    done = subprocess.run([sys.executable, str(CHECK_CONTRACT), "run", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout
+    before = (out / "results.jsonl").read_bytes()
+    # a torn last line, as a crash mid-write leaves it, is repaired and the sample redone
+    with open(out / "results.jsonl", "ab") as f:
+        f.write(b'{"id": "eval-005", "raw_out')
+    cfg.limit = 6
+    second = run_batch(cfg, lambda m: Borrowed(engine), log=lambda s: None, progress=False)
+    assert (second.done_before, second.generated) == (4, 2)
+    after = (out / "results.jsonl").read_bytes()
+    assert after.startswith(before)
+    ids = [json.loads(line)["id"] for line in after.splitlines()]
+    assert len(ids) == len(set(ids)) == 6
+    info = json.loads((out / "run.json").read_text())
+    assert info["constrained"] is True and info["schema"]["name"] == "v1" and info["adapter"]["sha256"]
+    # the same directory with other settings is refused
+    other = BatchConfig(data=str(EVAL), out=str(out), constrained=False, adapter=engine.adapter, limit=8)
+    with pytest.raises(UserError, match="constrained"):
+        run_batch(other, lambda m: Borrowed(engine), log=lambda s: None, progress=False)
+
+
+def test_vllm_lora_equals_peft_and_differs_from_base(engine, embedded_model, trained_adapter, tokenizer, eval_records):
+    """An adapter that loads but does nothing, or is applied differently at serving time, fails here."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from train.features import prompt_ids
+
+    recs = eval_records[10:14]
+    reqs = build_requests(recs, "v1", False, engine.count_tokens)
+    reqs = [r.__class__(r.record_id, r.messages, 24, None) for r in reqs]
+    with_lora = [r.raw_output for r in engine.generate(reqs)]
+    params = [engine.sampling_params(r) for r in reqs]
+    base_out = engine.llm.chat([r.messages for r in reqs], params, use_tqdm=False)
+    without = [o.outputs[0].text for o in base_out]
+
+    model = AutoModelForCausalLM.from_pretrained(embedded_model, dtype=torch.float32)
+    peft_model = PeftModel.from_pretrained(model, trained_adapter).eval()
+    hf = []
+    with torch.no_grad():
+        for rec in recs:
+            ids = torch.tensor([prompt_ids(tokenizer, rec)])
+            gen = peft_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False)
+            hf.append(tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True))
+    assert with_lora == hf
+    assert with_lora != without

@@ -1,0 +1,93 @@
+"""Prompt masking, token by token, with the embedded model's real tokenizer."""
+import pytest
+import torch
+
+from schemas.prompt import render_answer
+from train.features import IGNORE_INDEX, build_features, make_collator, prompt_ids
+
+
+def test_prompt_is_masked_and_answer_with_end_of_turn_is_trained(tokenizer, eval_records):
+    rec = eval_records[0]
+    f = build_features(tokenizer, rec)
+    p_ids = prompt_ids(tokenizer, rec)
+    assert f.input_ids[: len(p_ids)] == p_ids
+    assert f.labels[: len(p_ids)] == [IGNORE_INDEX] * len(p_ids)
+    trained = f.labels[len(p_ids):]
+    assert IGNORE_INDEX not in trained and trained == f.input_ids[len(p_ids):]
+    text = tokenizer.decode(trained)
+    assert text.startswith(render_answer(rec.label))
+    assert tokenizer.eos_token_id in trained  # <|im_end|>: the model learns to stop
+    assert tokenizer.decode(trained).rstrip("\n").endswith(tokenizer.eos_token)
+
+
+def test_prompt_ids_equal_what_inference_renders(tokenizer, eval_records):
+    from schemas.prompt import render_messages
+
+    rec = eval_records[3]
+    ids = tokenizer.apply_chat_template(render_messages(rec), tokenize=True, add_generation_prompt=True)
+    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    assert prompt_ids(tokenizer, rec) == list(ids)
+
+
+@pytest.fixture()
+def bos_tokenizer(embedded_model):
+    """A tokenizer that adds BOS by default and a template that writes BOS, as Gemma's do."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(embedded_model, add_bos_token=True, bos_token="<|endoftext|>")
+    tok.chat_template = "{{ bos_token }}" + tok.chat_template
+    return tok
+
+
+def test_no_double_bos_with_a_bos_adding_tokenizer(bos_tokenizer, eval_records):
+    rec = eval_records[0]
+    bos = bos_tokenizer.bos_token_id
+    text = bos_tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True)
+    assert bos_tokenizer(text)["input_ids"][:2] == [bos, bos]  # the trap: tokenizing the rendered text again
+    f = build_features(bos_tokenizer, rec)
+    assert f.input_ids[0] == bos and f.input_ids.count(bos) == 1
+
+
+def test_bos_added_once_when_the_template_does_not_write_it(embedded_model, eval_records):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(embedded_model, add_bos_token=True, bos_token="<|endoftext|>")
+    ids = prompt_ids(tok, eval_records[0])
+    assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
+
+
+def test_collator_keeps_labels_and_pads_with_ignore_index(tokenizer, eval_records):
+    feats = [build_features(tokenizer, r).as_dict() for r in eval_records[:3]]
+    batch = make_collator(tokenizer)(feats)
+    for i, f in enumerate(feats):
+        n = len(f["labels"])
+        assert batch["labels"][i, :n].tolist() == f["labels"]
+        assert (batch["labels"][i, n:] == IGNORE_INDEX).all()
+        assert batch["attention_mask"][i].sum().item() == n
+
+
+def test_language_modeling_collator_would_destroy_the_mask(tokenizer, eval_records):
+    """The seed's bug, kept as a regression test: DataCollatorForLanguageModeling(mlm=False) rebuilds
+    labels from input_ids (the prompt is trained again) and masks every pad token, which for this
+    model is the end-of-turn token, so the model would never learn to stop."""
+    from transformers import DataCollatorForLanguageModeling
+
+    feats = [build_features(tokenizer, r).as_dict() for r in eval_records[:2]]
+    ours = make_collator(tokenizer)(feats)
+    # As the seed did: features padded to one length beforehand, precomputed labels included.
+    width = max(len(f["input_ids"]) for f in feats)
+    padded = [{"input_ids": f["input_ids"] + [tokenizer.pad_token_id] * (width - len(f["input_ids"])),
+               "attention_mask": f["attention_mask"] + [0] * (width - len(f["input_ids"])),
+               "labels": f["labels"] + [IGNORE_INDEX] * (width - len(f["labels"]))} for f in feats]
+    theirs = DataCollatorForLanguageModeling(tokenizer, mlm=False)(padded)
+    n_prompt = feats[0]["labels"].count(IGNORE_INDEX)
+    assert (ours["labels"][0, :n_prompt] == IGNORE_INDEX).all()
+    eot = tokenizer.eos_token_id
+    prompt = torch.tensor(feats[0]["input_ids"][:n_prompt])
+    unmasked = theirs["labels"][0, :n_prompt] != IGNORE_INDEX
+    assert torch.equal(unmasked, prompt != eot)  # the whole prompt trained again, but for its end-of-turn tokens
+    assert tokenizer.pad_token_id == eot
+    ours_eot = (ours["labels"][0] == eot).sum().item()
+    theirs_eot = (theirs["labels"][0] == eot).sum().item()
+    assert ours_eot >= 1 and theirs_eot == 0  # end-of-turn never trained
+    assert not torch.equal(ours["labels"], theirs["labels"])
