@@ -1,0 +1,350 @@
+"""The report's content, built once from metrics.json as a list of blocks, and its Markdown rendering.
+
+report.md and report.html render the same blocks (HTML adds figures), so they cannot drift apart,
+and everything shown can be traced to a key of metrics.json.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from schemas.labels import INVALID, MATCH_LABELS, RISK_LEVELS
+
+from .scoring import NO_VALUE
+
+MAX_LISTED = 50  # rows of a per-run list shown in the report; metrics.json has them all
+
+
+@dataclass
+class Heading:
+    level: int
+    text: str
+
+
+@dataclass
+class Text:
+    text: str
+
+
+@dataclass
+class Bullets:
+    items: list[str]
+
+
+@dataclass
+class Table:
+    headers: list[str]
+    rows: list[list[str]]
+    row_headers: bool = False  # first column is a row label (shown bold)
+
+
+@dataclass
+class Figure:
+    """A chart for the HTML report: ``kind`` is ``confusion`` or ``per_class``."""
+
+    kind: str
+    title: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+Block = Union[Heading, Text, Bullets, Table, Figure]
+
+
+def pct(rate: float | None) -> str:
+    return "—" if rate is None else f"{rate * 100:.1f}%"
+
+
+def fmt_block(block: dict[str, Any] | None, interval: bool = False) -> str:
+    """``91.8% (135/147)``, with `` [86.3, 95.3]`` when asked and known."""
+    if not block:
+        return "—"
+    text = f"{pct(block['rate'])} ({block['count']}/{block['total']})"
+    ci = block.get("ci95") if interval else None
+    return f"{text} [{ci[0] * 100:.1f}, {ci[1] * 100:.1f}]" if ci else text
+
+
+def fmt_pp(diff: float | None, ci: list[float] | None = None) -> str:
+    if diff is None:
+        return "—"
+    text = f"{diff * 100:+.1f} pp"
+    return f"{text} [{ci[0] * 100:+.1f}, {ci[1] * 100:+.1f}]" if ci else text
+
+
+def fmt_num(x: float | None, digits: int = 3) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def fmt_p(p: float) -> str:
+    return "<0.0001" if p < 1e-4 else f"{p:.4g}"
+
+
+def run_label(name: str, entry: dict[str, Any]) -> str:
+    """A run's column header: its name and its schema's name and hash, e.g. ``constrained (v1 #ab12cd34)``."""
+    schema = entry.get("schema", {})
+    return f"{name} ({schema.get('name', '?')} #{str(schema.get('hash', ''))[:8]})"
+
+
+def _yes_no(value: Any) -> str:
+    return "?" if value is None else ("yes" if value else "no")
+
+
+def summary_table(metrics: dict[str, Any]) -> Table:
+    """Runs side by side (a row each) with the majority-class baseline over the same samples."""
+    rows = []
+    for name, r in metrics["runs"].items():
+        rows.append([run_label(name, r), str(r["n"]), fmt_block(r["json_valid"]),
+                     fmt_block(r["risk_accuracy"], True), fmt_block(r["match_accuracy"], True), str(r["finish_length"])])
+    baselines: dict[tuple, list[str]] = {}
+    for name, r in metrics["runs"].items():
+        mb = r.get("majority_baseline", {})
+        key = tuple((k, mb[k]["label"], mb[k]["count"], mb[k]["total"]) for k in ("risk", "match") if k in mb) + ((r["n"],))
+        baselines.setdefault(key, []).append(name)
+    for key, names in baselines.items():
+        r = metrics["runs"][names[0]]
+        mb = r.get("majority_baseline", {})
+        labels = " / ".join(mb[k]["label"] for k in ("risk", "match") if k in mb) or "no gold"
+        scope = "" if len(baselines) == 1 else f", samples of {', '.join(names)}"
+        rows.append([f"majority-class baseline (always {labels}{scope})", str(r["n"]), "—",
+                     fmt_block(mb.get("risk")), fmt_block(mb.get("match")), "—"])
+    return Table(["run", "n", "json_valid", "risk accuracy [95% CI]", "match accuracy [95% CI]", "finish_reason=length"], rows,
+                 row_headers=True)
+
+
+def _overview(metrics: dict[str, Any]) -> Table:
+    rows = []
+    for name, r in metrics["runs"].items():
+        p = r.get("provenance", {})
+        adapter = p.get("adapter") or ("none" if p else "?")
+        if p.get("adapter_hash"):
+            adapter += f" #{str(p['adapter_hash'])[:8]}"
+        dataset = p.get("dataset") or "?"
+        if p.get("dataset_hash"):
+            dataset += f" #{str(p['dataset_hash'])[:8]}"
+        rows.append([name, f"{r['schema']['name']} #{r['schema']['hash'][:8]}", _yes_no(r.get("constrained")),
+                     p.get("backend") or "—", p.get("base_model") or "?", adapter, dataset, p.get("engine") or "?",
+                     str(r["n"]), r["results_sha256"][:12]])
+    return Table(["run", "schema", "constrained", "backend", "base model", "adapter", "dataset", "engine", "samples",
+                  "results sha256"], rows, row_headers=True)
+
+
+def _side_by_side(metrics: dict[str, Any]) -> Table:
+    runs = metrics["runs"]
+    lines: list[tuple[str, Any]] = [
+        ("schema", lambda r: f"{r['schema']['name']} #{r['schema']['hash'][:8]}"),
+        ("constrained", lambda r: _yes_no(r.get("constrained"))),
+        ("samples", lambda r: str(r["n"])),
+        ("json_valid", lambda r: fmt_block(r["json_valid"], True)),
+        ("parse failures", lambda r: str(r["parse_failures"])),
+        ("schema failures", lambda r: str(r["schema_failures"])),
+        ("finish_reason=length", lambda r: str(r["finish_length"])),
+        ("risk accuracy", lambda r: fmt_block(r["risk_accuracy"], True)),
+        ("match accuracy", lambda r: fmt_block(r["match_accuracy"], True)),
+        ("risk macro-F1", lambda r: fmt_num(r["risk_macro_f1"])),
+        ("match macro-F1", lambda r: fmt_num(r["match_macro_f1"])),
+        ("unknown element ids", lambda r: str(r["unknown_element_ids"])),
+        ("repeated element ids", lambda r: str(r["repeated_element_ids"])),
+        ("elements missing from valid outputs", lambda r: str(r["missing_elements"])),
+        ("samples without gold", lambda r: str(r["samples_without_gold"])),
+    ]
+    rows = [[label] + [get(r) for r in runs.values()] for label, get in lines]
+    return Table(["metric"] + [run_label(n, r) for n, r in runs.items()], rows, row_headers=True)
+
+
+def confusion_table(matrix: dict[str, dict[str, int]], labels: tuple[str, ...]) -> Table:
+    """The seed report's layout: rows ``예측: X`` (and ``invalid``), columns ``정답: X``."""
+    rows = [[f"예측: {p}"] + [str(matrix[p][g]) for g in labels] for p in (*labels, INVALID)]
+    return Table([""] + [f"정답: {g}" for g in labels], rows, row_headers=True)
+
+
+def _per_class_table(runs: dict[str, Any], level: str, labels: tuple[str, ...]) -> Table:
+    rows = []
+    for name, r in runs.items():
+        for lab in labels:
+            c = r[f"{level}_per_class"][lab]
+            rows.append([name, lab, str(c["support"]), str(c["predicted"]), fmt_num(c["precision"]),
+                         fmt_num(c["recall"]), fmt_num(c["f1"])])
+        rows.append([name, "macro-F1", "", "", "", "", fmt_num(r[f"{level}_macro_f1"])])
+    return Table(["run", level, "gold", "predicted", "precision", "recall", "F1"], rows)
+
+
+def _slice_table(runs: dict[str, Any], key: str, first: str) -> Table:
+    rows = []
+    for value in slice_values(runs, key):
+        for name, r in runs.items():
+            s = r_get(r, key).get(value)
+            if s:
+                rows.append([value, name, str(s["n"]), fmt_block(s["json_valid"]), fmt_block(s["risk_accuracy"]),
+                             fmt_block(s["match_accuracy"]), str(s.get("finish_length", "—"))])
+    return Table([first, "run", "n", "json_valid", "risk accuracy", "match accuracy", "finish_reason=length"], rows)
+
+
+def slice_values(runs: dict[str, Any], key: str) -> list[str]:
+    """The values of a slice over all runs: numbers in numeric order first, then text, ``(none)`` last."""
+    def order(value: str) -> tuple[int, float, str]:
+        if value == NO_VALUE:
+            return (2, 0.0, value)
+        try:
+            return (0, float(value), value)
+        except ValueError:
+            return (1, 0.0, value)
+    return sorted({v for r in runs.values() for v in r_get(r, key)}, key=order)
+
+
+def r_get(run: dict[str, Any], key: str) -> dict[str, Any]:
+    """``per_patent`` or ``slices.FIELD`` of a run entry."""
+    if key.startswith("slices."):
+        return run.get("slices", {}).get(key[len("slices."):], {})
+    return run.get(key, {})
+
+
+def _esc(text: Any) -> str:
+    return "" if text is None else str(text)
+
+
+def _listed(total: int) -> list[Block]:
+    return [Text(f"Showing {MAX_LISTED} of {total}; metrics.json lists them all.")] if total > MAX_LISTED else []
+
+
+def _comparisons(metrics: dict[str, Any]) -> list[Block]:
+    comps = metrics["comparisons"]
+    if not comps:
+        return []
+    runs = metrics["runs"]
+    blocks: list[Block] = [Heading(2, f"Comparisons against {metrics['reference']}"),
+                           Text("Paired, on the samples both runs have. McNemar b: right in the reference only, "
+                                "c: right in the run only. Intervals: paired bootstrap over samples "
+                                f"({comps[0]['bootstrap']['resamples']} resamples, seed {comps[0]['bootstrap']['seed']}); "
+                                "differences are run minus reference.")]
+    rows = []
+    for c in comps:
+        mc = c["risk_accuracy"]["mcnemar"]
+        rows.append([run_label(c["run"], runs[c["run"]]), f"{c['samples']['common']} ({c['samples']['compared']} with the same gold)",
+                     fmt_pp(c["json_valid"]["difference"]), fmt_pp(c["risk_accuracy"]["difference"], c["risk_accuracy"]["ci95"]),
+                     f"{mc['b']} / {mc['c']}", fmt_p(mc["p_value"]),
+                     fmt_pp(c["match_accuracy"]["difference"], c["match_accuracy"]["ci95"]), str(len(c["flipped"]))])
+    blocks.append(Table(["run vs " + metrics["reference"], "common samples", "json_valid gain", "risk accuracy Δ [95% CI]",
+                         "McNemar b / c", "p (exact)", "match accuracy Δ [95% CI]", "flipped"], rows, row_headers=True))
+    blocks.append(Bullets([comparison_sentence(c) for c in comps]))
+    for c in comps:
+        if not c["flipped"]:
+            continue
+        blocks.append(Heading(3, f"Flipped samples: {c['run']} vs {c['reference']}"))
+        rows = [[f["id"], f["gold"], f["reference_predicted"], f["run_predicted"], f["direction"]] for f in c["flipped"][:MAX_LISTED]]
+        blocks.append(Table(["id", "gold", f"{c['reference']} predicted", f"{c['run']} predicted", "run is"], rows))
+        blocks += _listed(len(c["flipped"]))
+    return blocks
+
+
+def _ci_words(ci: list[float] | None) -> str:
+    return f" (95% CI {ci[0] * 100:+.1f} to {ci[1] * 100:+.1f} pp)" if ci else ""
+
+
+def comparison_sentence(c: dict[str, Any]) -> str:
+    """What a comparison says, in words: did the run change json_valid, risk and match accuracy."""
+    risk, match, valid = c["risk_accuracy"], c["match_accuracy"], c["json_valid"]
+    p = risk["mcnemar"]["p_value"]
+    verdict = "a significant change" if p < 0.05 else "no significant change"
+    ci = match["ci95"]
+    match_verdict = "" if not ci else ("; the interval excludes 0" if ci[0] > 0 or ci[1] < 0 else "; the interval includes 0")
+    text = (f"{c['run']} vs {c['reference']}: json_valid {fmt_block(valid['reference'])} → {fmt_block(valid['run'])}; "
+            f"risk accuracy {fmt_pp(risk['difference'])}{_ci_words(risk['ci95'])}, McNemar exact p = {fmt_p(p)} "
+            f"(b = {risk['mcnemar']['b']}, c = {risk['mcnemar']['c']}): {verdict} at the 5% level; "
+            f"match accuracy {fmt_pp(match['difference'])}{_ci_words(ci)}{match_verdict}.")
+    return text + (f" Note: {c['note']}." if c.get("note") else "")
+
+
+def _per_run_lists(runs: dict[str, Any]) -> list[Block]:
+    blocks: list[Block] = [Heading(2, "Error patterns (risk_level, gold → predicted)")]
+    for name, r in runs.items():
+        blocks.append(Heading(3, name))
+        rows = [[f"{p['gold_risk']} → {p['pred_risk']}", str(p["count"]), pct(p["share"]), pct(p["share_of_valid"]),
+                 ", ".join(p["example_ids"])] for p in r["error_patterns"]]
+        blocks.append(Table(["gold → predicted", "cases", "share of errors", "share of errors among valid outputs", "example ids"], rows)
+                      if rows else Text("No risk errors."))
+    blocks.append(Heading(2, "Risk errors"))
+    for name, r in runs.items():
+        cases = r["error_cases"]
+        blocks.append(Heading(3, f"{name} ({len(cases)})"))
+        rows = [[c["id"], _esc(c["patent_id"]), _esc(c["query"]), c["predicted"], c["gold"]]
+                for c in cases[:MAX_LISTED]]
+        blocks.append(Table(["id", "patent", "query", "predicted", "gold"], rows) if rows else Text("None."))
+        blocks += _listed(len(cases))
+    blocks.append(Heading(2, "Invalid outputs"))
+    for name, r in runs.items():
+        bad = r["invalid_outputs"]
+        blocks.append(Heading(3, f"{name} ({len(bad)}: {r['parse_failures']} parse, {r['schema_failures']} schema)"))
+        rows = [[b["id"], b["kind"], _esc(b["finish_reason"]), _esc(b["error"]), _esc(b["output_head"])] for b in bad[:MAX_LISTED]]
+        blocks.append(Table(["id", "failure", "finish_reason", "problem", "output (first 200 characters)"], rows) if rows else Text("None."))
+        blocks += _listed(len(bad))
+    return blocks
+
+
+def build_document(metrics: dict[str, Any]) -> list[Block]:
+    """Every section of the report, in order, from a metrics.json document."""
+    runs = metrics["runs"]
+    blocks: list[Block] = [
+        Heading(1, "Evaluation report"),
+        Text(f"Generated {metrics['generated_at']}; {len(runs)} run(s); reference run: {metrics['reference']}."),
+    ]
+    if metrics["warnings"]:
+        blocks += [Heading(2, "Warnings"), Bullets(metrics["warnings"])]
+    blocks += [Heading(2, "Summary"), summary_table(metrics),
+               Heading(2, "Runs"), _overview(metrics),
+               Heading(2, "Side by side"), _side_by_side(metrics)]
+    blocks += _comparisons(metrics)
+    blocks.append(Heading(2, "Confusion matrices"))
+    for name, r in runs.items():
+        blocks.append(Heading(3, run_label(name, r)))
+        for level, labels in (("risk", RISK_LEVELS), ("match", MATCH_LABELS)):
+            blocks.append(Text(f"{level}_level confusion ({name}):" if level == "risk" else f"match confusion ({name}):"))
+            blocks.append(confusion_table(r[f"{level}_confusion"], labels))
+            blocks.append(Figure("confusion", f"{name}: {level}", {"matrix": r[f"{level}_confusion"], "labels": list(labels)}))
+    blocks.append(Heading(2, "Per-class precision, recall and F1"))
+    for level, labels in (("risk", RISK_LEVELS), ("match", MATCH_LABELS)):
+        blocks.append(_per_class_table(runs, level, labels))
+        blocks.append(Figure("per_class", f"{level}: F1 per class", {
+            "labels": list(labels), "runs": {n: {lab: r[f"{level}_per_class"][lab] for lab in labels} for n, r in runs.items()}}))
+    blocks += [Heading(2, "Per patent"), _slice_table(runs, "per_patent", "patent")]
+    for f in metrics["by"]:
+        blocks += [Heading(2, f"Slices by {f}"), _slice_table(runs, f"slices.{f}", f)]
+        for value in slice_values(runs, f"slices.{f}"):
+            blocks.append(Heading(3, f"{f} = {value}"))
+            for name, r in runs.items():
+                s = r_get(r, f"slices.{f}").get(value)
+                if s:
+                    blocks += [Text(f"{name}: risk_level confusion, then match confusion ({s['n']} samples)"),
+                               confusion_table(s["risk_confusion"], RISK_LEVELS), confusion_table(s["match_confusion"], MATCH_LABELS)]
+    blocks += _per_run_lists(runs)
+    return blocks
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", "").replace("\n", "⏎")
+
+
+def markdown_table(table: Table) -> str:
+    """A GitHub-flavoured Markdown table; the first column in bold when it holds row labels."""
+    out = ["| " + " | ".join(_md_cell(h) for h in table.headers) + " |",
+           "|" + "|".join("---" if i == 0 and table.row_headers else ":---:" if table.row_headers else "---"
+                          for i in range(len(table.headers))) + "|"]
+    for row in table.rows:
+        cells = [_md_cell(c) for c in row]
+        if table.row_headers and cells and cells[0]:
+            cells[0] = f"**{cells[0]}**"
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def render_markdown(blocks: list[Block]) -> str:
+    """The blocks as Markdown (figures are HTML-only and left out)."""
+    parts = []
+    for b in blocks:
+        if isinstance(b, Heading):
+            parts.append("#" * b.level + " " + b.text)
+        elif isinstance(b, Text):
+            parts.append(b.text)
+        elif isinstance(b, Bullets):
+            parts.append("\n".join(f"- {_md_cell(i)}" for i in b.items))
+        elif isinstance(b, Table):
+            parts.append(markdown_table(b))
+    return "\n\n".join(parts) + "\n"

@@ -1,0 +1,350 @@
+"""Run directories in, metrics.json / report.md / report.html out (CONTRACT.md sections 3 and 4)."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from evaluate.bench_report import output_text, write_run
+from evaluate.report import build_report, write_report
+from evaluate.rundir import RESULTS, read_run, repair_torn_tail
+from schemas.errors import DataError, UserError
+from schemas.labels import INVALID
+from schemas.output import load_schema, schema_hash
+
+CHECK_CONTRACT = next((p for p in (Path(__file__).resolve().parents[2] / "shared" / "tools" / "check_contract.py",
+                                    Path("/work/shared/tools/check_contract.py")) if p.exists()), None)
+
+
+def check_contract(kind: str, path: str | Path) -> subprocess.CompletedProcess:
+    """Run shared/tools/check_contract.py (skips the test where the shared folder is not beside the checkout)."""
+    if CHECK_CONTRACT is None:
+        pytest.skip("shared/tools/check_contract.py is not here")
+    return subprocess.run([sys.executable, str(CHECK_CONTRACT), kind, str(path)], capture_output=True, text=True)
+
+# SEED_REPORT.md: rows are predictions, columns gold, in the order 높음 애매 낮음 / 대응 판단불가 미대응.
+SEED_RISK = {"높음": {"높음": 29, "애매": 1, "낮음": 0}, "애매": {"높음": 0, "애매": 42, "낮음": 1},
+             "낮음": {"높음": 0, "애매": 6, "낮음": 64}}
+SEED_MATCH = {"대응": {"대응": 380, "판단불가": 1, "미대응": 1}, "판단불가": {"대응": 6, "판단불가": 113, "미대응": 13},
+              "미대응": {"대응": 1, "판단불가": 2, "미대응": 116}}
+# the 4 invalid outputs: their gold risk and the gold of their 10 elements
+INVALID_RISK_GOLD = ["높음", "낮음", "낮음", "낮음"]
+INVALID_MATCH_GOLD = [["대응", "대응", "판단불가"], ["미대응", "대응", "판단불가"], ["대응", "미대응"], ["판단불가", "미대응"]]
+INVALID_OUTPUTS = ['{"risk_level": "낮음", "matches": [{"element_id": "E1", "ma',  # truncated
+                   "```json\n{risk_level: 높음}\n```",  # not JSON
+                   '{"risk_level": "중간", "matches": []}',  # label not in the schema
+                   '{"risk_level": "낮음"}']  # matches missing
+
+
+def cells(matrix: dict) -> list[tuple[str, str]]:
+    return [(p, g) for p, row in matrix.items() for g, n in row.items() for _ in range(n)]
+
+
+def seed_rows() -> list[dict]:
+    """147 result rows whose outputs reproduce the seed report's two confusion matrices."""
+    risk_pairs = cells(SEED_RISK)  # 143 (predicted, gold)
+    match_pairs = cells(SEED_MATCH)  # 633
+    sizes = [5] * 61 + [4] * 82  # 633 elements over the 143 valid outputs
+    assert len(risk_pairs) == len(sizes) == 143 and len(match_pairs) == sum(sizes) == 633
+    rows, at = [], 0
+    for i, ((pred_risk, gold_risk), k) in enumerate(zip(risk_pairs, sizes)):
+        pairs = match_pairs[at:at + k]
+        at += k
+        ids = [f"E{j + 1}" for j in range(k)]
+        text = output_text(pred_risk, [(e, p) for e, (p, _) in zip(ids, pairs)], "fenced" if i % 10 == 0 else "compact")
+        rows.append(row(f"{i + 1}", gold_risk, [(e, g) for e, (_, g) in zip(ids, pairs)], text, patent=f"P{i % 5 + 1}"))
+    for j, (risk, matches, text) in enumerate(zip(INVALID_RISK_GOLD, INVALID_MATCH_GOLD, INVALID_OUTPUTS)):
+        ids = [f"E{n + 1}" for n in range(len(matches))]
+        rows.append(row(f"{144 + j}", risk, list(zip(ids, matches)), text, finish="length" if j == 0 else "stop", patent="P5"))
+    return rows
+
+
+def row(rid: str, risk: str | None, matches: list[tuple[str, str]], text: str, finish: str = "stop",
+        patent: str = "P1", **extra) -> dict:
+    gold = None if risk is None else {"risk_level": risk, "matches": [{"element_id": e, "match": m} for e, m in matches]}
+    return {"id": rid, "patent_id": patent, "query": f"폴리아미드계 겔화제 {rid}중량% 함유 조성물",
+            "elements": [{"id": e, "text": f"구성요소 {e}"} for e, _ in matches], "gold": gold,
+            "raw_output": text, "finish_reason": finish, **extra}
+
+
+def info(constrained: bool, schema: str = "v1") -> dict:
+    return {"format_version": 1, "schema": {"name": schema, "hash": schema_hash(load_schema(schema))},
+            "constrained": constrained, "backend": "outlines" if constrained else None,
+            "base_model": {"name": "google/gemma-3-4b-it"}, "adapter": {"name": "patent", "path": "a", "hash": "abcdef0123456789"},
+            "dataset": {"path": "eval.jsonl", "hash": "0123456789abcdef"}, "engine": {"name": "vllm", "version": "0.32.0"}}
+
+
+def simple(rid: str, risk: str, pred: str | None, patent: str = "P1", **extra) -> dict:
+    """A one-element sample whose output predicts ``pred`` for risk and 대응 for E1 (None: invalid output)."""
+    text = "not json" if pred is None else output_text(pred, [("E1", "대응")])
+    return row(rid, risk, [("E1", "대응")], text, patent=patent, **extra)
+
+
+@pytest.fixture(scope="module")
+def seed_report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("seed")
+    run = write_run(root / "seed-run", seed_rows(), info(False))
+    return write_report([run], root / "out")
+
+
+# --- the seed report, reproduced --------------------------------------------------------------
+
+def test_seed_headline(seed_report):
+    r = seed_report.metrics["runs"]["seed-run"]
+    assert r["n"] == 147
+    assert r["json_valid"]["count"] == 143 and r["json_valid"]["total"] == 147 and r["json_valid"]["rate"] == 0.9728
+    assert (r["risk_accuracy"]["count"], r["risk_accuracy"]["total"], r["risk_accuracy"]["rate"]) == (135, 147, 0.9184)
+    assert (r["match_accuracy"]["count"], r["match_accuracy"]["total"], r["match_accuracy"]["rate"]) == (609, 643, 0.9471)
+    assert (r["parse_failures"], r["schema_failures"], r["finish_length"]) == (2, 2, 1)
+    assert r["risk_accuracy"]["ci95"][0] < 0.9184 < r["risk_accuracy"]["ci95"][1]
+    assert r["match_accuracy"]["ci95"][0] < 0.9471 < r["match_accuracy"]["ci95"][1]
+
+
+def test_seed_matrices_are_the_seeds_plus_invalid_row(seed_report):
+    r = seed_report.metrics["runs"]["seed-run"]
+    assert {k: v for k, v in r["risk_confusion"].items() if k != INVALID} == SEED_RISK
+    assert {k: v for k, v in r["match_confusion"].items() if k != INVALID} == SEED_MATCH
+    assert r["risk_confusion"][INVALID] == {"높음": 1, "애매": 0, "낮음": 3}
+    assert r["match_confusion"][INVALID] == {"대응": 4, "판단불가": 3, "미대응": 3}
+    assert sum(v for row_ in r["match_confusion"].values() for v in row_.values()) == 643
+    assert r["missing_elements"] == 0
+
+
+def test_seed_error_pattern_comes_out_of_the_tool(seed_report):
+    patterns = seed_report.metrics["runs"]["seed-run"]["error_patterns"]
+    top = patterns[0]
+    assert (top["gold_risk"], top["pred_risk"], top["count"]) == ("애매", "낮음", 6)
+    assert top["share"] == round(6 / 12, 4) and len(top["example_ids"]) == 5
+    assert top["share_of_valid"] == 0.75  # the seed's "6 of the 8 errors among valid outputs"
+    assert all(p["share_of_valid"] is None for p in patterns if p["pred_risk"] == INVALID)
+    assert sum(p["count"] for p in patterns) == 12
+    assert [p["count"] for p in patterns] == sorted((p["count"] for p in patterns), reverse=True)
+
+
+def test_seed_report_files(seed_report):
+    md = seed_report.markdown_path.read_text(encoding="utf-8")
+    assert "| **예측: 높음** | 29 | 1 | 0 |" in md
+    assert "| **예측: invalid** | 1 | 0 | 3 |" in md
+    assert "|  | 정답: 높음 | 정답: 애매 | 정답: 낮음 |" in md
+    assert "| 애매 → 낮음 | 6 | 50.0% | 75.0% |" in md
+    assert "majority-class baseline" in seed_report.summary_markdown
+    assert "seed-run (v1 #" in seed_report.summary_markdown
+    assert json.loads(seed_report.metrics_path.read_text(encoding="utf-8")) == seed_report.metrics
+    mb = seed_report.metrics["runs"]["seed-run"]["majority_baseline"]
+    assert (mb["risk"]["label"], mb["risk"]["count"], mb["risk"]["total"]) == ("낮음", 68, 147)
+    assert (mb["match"]["label"], mb["match"]["total"]) == ("대응", 643)
+
+
+def test_check_contract_accepts_metrics(seed_report):
+    done = check_contract("metrics", seed_report.metrics_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    done = check_contract("run", seed_report.metrics["run_list"][0]["path"])
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_html_is_self_contained(seed_report):
+    html = seed_report.html_path.read_text(encoding="utf-8")
+    assert '<meta charset="utf-8">' in html and "예측: 높음" in html
+    assert not re.search(r"<script|<link|<img|@import|url\(|https?://", html)
+    svgs = re.findall(r"<svg.*?</svg>", html, re.S)
+    assert len(svgs) == 4  # two confusion heatmaps, two per-class bar charts
+    for svg in svgs:
+        ET.fromstring(svg)  # well-formed
+
+
+# --- reading run directories ------------------------------------------------------------------
+
+def test_torn_last_line_is_a_warning_and_repaired(tmp_path):
+    run = write_run(tmp_path / "r", [simple("a", "높음", "높음"), simple("b", "낮음", "낮음")])
+    with open(run / RESULTS, "a", encoding="utf-8") as f:
+        f.write('{"id": "c", "gold": {"risk_level": "높')
+    read = read_run(run)
+    assert [r["id"] for r in read.rows] == ["a", "b"]
+    assert len(read.warnings) == 1 and "results.jsonl:3: torn last line" in read.warnings[0]
+    report = build_report([run])
+    assert report.metrics["runs"]["r"]["n"] == 2 and any("torn" in w for w in report.warnings)
+    assert repair_torn_tail(run) is True
+    assert (run / RESULTS).read_bytes().endswith(b"\n") and read_run(run).warnings == []
+    assert repair_torn_tail(run) is False
+
+
+def test_complete_last_line_without_newline_is_kept_and_gets_one(tmp_path):
+    run = write_run(tmp_path / "r", [simple("a", "높음", "높음")])
+    with open(run / RESULTS, "a", encoding="utf-8") as f:
+        f.write(json.dumps(simple("b", "낮음", "낮음"), ensure_ascii=False))
+    assert [r["id"] for r in read_run(run).rows] == ["a", "b"] and read_run(run).warnings == []
+    assert repair_torn_tail(run) is True
+    assert len(read_run(run).rows) == 2 and (run / RESULTS).read_bytes().endswith(b"\n")
+
+
+def test_bad_line_in_the_middle_is_an_error(tmp_path):
+    run = write_run(tmp_path / "r", [simple("a", "높음", "높음")])
+    with open(run / RESULTS, "a", encoding="utf-8") as f:
+        f.write("{broken\n" + json.dumps(simple("b", "낮음", "낮음")) + "\n")
+    with pytest.raises(DataError) as e:
+        read_run(run)
+    assert re.search(r"results\.jsonl:2: line: not valid JSON", str(e.value))
+
+
+def test_duplicate_ids_one_clear_message(tmp_path):
+    run = write_run(tmp_path / "r", [simple("a", "높음", "높음"), simple("a", "낮음", "낮음")])
+    with pytest.raises(DataError) as e:
+        build_report([run])
+    assert len(e.value.problems) == 1
+    assert re.search(r"results\.jsonl:2: id: duplicate id 'a' \(first on line 1\)", str(e.value))
+
+
+def test_missing_gold_one_clear_message(tmp_path):
+    bad = simple("b", "낮음", "낮음")
+    del bad["gold"]
+    run = write_run(tmp_path / "r", [simple("a", "높음", "높음"), bad])
+    with pytest.raises(DataError) as e:
+        build_report([run])
+    assert [str(p) for p in e.value.problems] == [f"{run / RESULTS}:2: gold: missing (required in every row)"]
+
+
+def test_bad_gold_label_is_named(tmp_path):
+    bad = simple("a", "높음", "높음")
+    bad["gold"]["risk_level"] = "중간"
+    with pytest.raises(DataError, match=r"results\.jsonl:1: gold\.risk_level: '중간' is not allowed"):
+        read_run(write_run(tmp_path / "r", [bad]))
+
+
+def test_unknown_schema_one_clear_message(tmp_path):
+    run = write_run(tmp_path / "r", [simple("a", "높음", "높음")], {**info(True), "schema": {"name": "v9", "hash": "x"}})
+    with pytest.raises(UserError) as e:
+        build_report([run])
+    assert str(e.value) == f"{run / 'run.json'}: schema.name: unknown schema 'v9'; known schemas: v1, v2"
+
+
+def test_not_a_run_directory(tmp_path):
+    with pytest.raises(UserError, match="not a run directory"):
+        build_report([tmp_path])
+
+
+def test_problems_of_all_runs_listed_at_once(tmp_path):
+    a = write_run(tmp_path / "a", [simple("x", "높음", "높음"), simple("x", "높음", "높음")])
+    b = write_run(tmp_path / "b", [{"id": "y", "gold": None, "raw_output": 3, "finish_reason": "stop"}])
+    with pytest.raises(DataError) as e:
+        build_report([a, b])
+    assert len(e.value.problems) == 2 and "raw_output: expected a string" in str(e.value)
+
+
+# --- comparisons, slices, schemas --------------------------------------------------------------
+
+def test_comparison_on_the_same_samples(tmp_path):
+    golds = ["높음", "애매", "낮음"] * 10
+    ref_rows = [simple(f"s{i}", g, g if i % 6 else None) for i, g in enumerate(golds)]  # 5 invalid
+    run_rows = [simple(f"s{i}", g, g if i % 10 != 3 else "높음") for i, g in enumerate(golds)]  # 3 wrong
+    ref = write_run(tmp_path / "unconstrained", ref_rows, info(False))
+    run = write_run(tmp_path / "constrained", run_rows, info(True))
+    report = write_report([ref, run], tmp_path / "out", bootstrap=500, seed=3)
+    (c,) = report.metrics["comparisons"]
+    assert (c["reference"], c["run"]) == ("unconstrained", "constrained")
+    assert c["samples"] == {"reference": 30, "run": 30, "common": 30, "compared": 30, "same_samples": True, "gold_differs": 0}
+    assert c["note"] is None
+    assert c["json_valid"]["reference"]["count"] == 25 and c["json_valid"]["run"]["count"] == 30
+    assert c["json_valid"]["mcnemar"] == {"b": 0, "c": 5, "p_value": 0.0625}
+    mc = c["risk_accuracy"]["mcnemar"]
+    right_ref = {i for i in range(30) if i % 6}
+    right_run = {i for i in range(30) if i % 10 != 3 or golds[i] == "높음"}
+    assert (mc["b"], mc["c"]) == (len(right_ref - right_run), len(right_run - right_ref))
+    diff = c["risk_accuracy"]["difference"]
+    assert diff == round((len(right_run) - len(right_ref)) / 30, 4)
+    low, high = c["risk_accuracy"]["ci95"]
+    assert low <= diff <= high
+    assert len(c["flipped"]) == mc["b"] + mc["c"]
+    assert {f["direction"] for f in c["flipped"]} <= {"fixed", "broken"}
+    again = build_report([ref, run], bootstrap=500, seed=3)
+    assert again.metrics["comparisons"] == report.metrics["comparisons"]
+    md = report.markdown
+    assert "McNemar exact p = " in md and "constrained vs unconstrained" in md
+    done = check_contract("metrics", report.metrics_path)
+    assert done.returncode == 0, done.stdout
+
+
+def test_comparison_on_different_sample_sets_uses_the_intersection(tmp_path):
+    a = write_run(tmp_path / "a", [simple(f"s{i}", "높음", "높음") for i in range(10)])
+    b = write_run(tmp_path / "b", [simple(f"s{i}", "높음", "낮음" if i == 7 else "높음") for i in range(5, 14)])
+    report = build_report([a, b], bootstrap=200)
+    (c,) = report.metrics["comparisons"]
+    assert c["samples"]["reference"] == 10 and c["samples"]["run"] == 9 and c["samples"]["common"] == 5
+    assert c["samples"]["same_samples"] is False
+    assert "different samples" in c["note"] and "compared on the 5 samples both have" in c["note"]
+    assert c["risk_accuracy"]["reference"]["total"] == 5 and c["risk_accuracy"]["mcnemar"] == {"b": 1, "c": 0, "p_value": 1.0}
+    assert any("compared on the 5 samples" in w for w in report.warnings)
+    assert "compared on the 5 samples both have" in report.markdown
+
+
+def test_comparison_leaves_out_samples_whose_gold_differs(tmp_path):
+    a = write_run(tmp_path / "a", [simple("s1", "높음", "높음"), simple("s2", "낮음", "낮음")])
+    b = write_run(tmp_path / "b", [simple("s1", "높음", "높음"), simple("s2", "애매", "낮음")])
+    (c,) = build_report([a, b], bootstrap=100).metrics["comparisons"]
+    assert c["samples"]["gold_differs"] == 1 and c["samples"]["compared"] == 1 and "different gold" in c["note"]
+
+
+def test_baseline_and_run_names(tmp_path):
+    dirs = [write_run(tmp_path / "x" / "run", [simple("s", "높음", "높음")]),
+            write_run(tmp_path / "y" / "run", [simple("s", "높음", "낮음")]),
+            write_run(tmp_path / "z", [simple("s", "높음", None)])]
+    report = build_report(dirs, baseline="z", bootstrap=50)
+    assert list(report.metrics["runs"]) == ["x/run", "y/run", "z"]
+    assert report.metrics["reference"] == "z" and [c["run"] for c in report.metrics["comparisons"]] == ["x/run", "y/run"]
+    with pytest.raises(UserError, match="--baseline 'w' is not one of the runs; runs: x/run, y/run, z"):
+        build_report(dirs, baseline="w")
+    with pytest.raises(UserError, match="given twice"):
+        build_report([dirs[2], dirs[2]])
+
+
+def test_slices_by_meta_and_patent(tmp_path):
+    rows = [simple("a", "애매", "낮음", patent="P1", meta={"boundary": {"distance": 0}}),
+            simple("b", "애매", "애매", patent="P1", meta={"boundary": {"distance": 0}}),
+            simple("c", "낮음", "낮음", patent="P2", meta={"boundary": {"distance": 3}}),
+            simple("d", "높음", None, patent="P2")]
+    run = write_run(tmp_path / "r", rows)
+    report = write_report([run], tmp_path / "out", by=["meta.boundary.distance", "patent_id"], bootstrap=0)
+    r = report.metrics["runs"]["r"]
+    sl = r["slices"]["meta.boundary.distance"]
+    assert set(sl) == {"0", "3", "(none)"}
+    assert sl["0"]["n"] == 2 and sl["0"]["risk_accuracy"] == {"count": 1, "total": 2, "rate": 0.5}
+    assert sl["0"]["risk_confusion"]["낮음"]["애매"] == 1 and sl["(none)"]["risk_confusion"][INVALID]["높음"] == 1
+    assert sl["(none)"]["json_valid"]["count"] == 0
+    assert sum(v for row_ in sl["3"]["match_confusion"].values() for v in row_.values()) == sl["3"]["match_accuracy"]["total"]
+    assert r["slices"]["patent_id"]["P2"]["n"] == 2 and r["per_patent"]["P1"]["risk_accuracy"]["count"] == 1
+    assert "## Slices by meta.boundary.distance" in report.markdown and "### meta.boundary.distance = 0" in report.markdown
+    with pytest.raises(UserError, match="--by meta.nothing: no result row has this field"):
+        build_report([run], by=["meta.nothing"])
+
+
+def test_runs_with_different_schemas_side_by_side(tmp_path):
+    v2_text = json.dumps({"risk_level": "높음", "matches": [{"element_id": "E1", "reason": "일치", "match": "대응"}]}, ensure_ascii=False)
+    v1 = write_run(tmp_path / "plain", [simple("s", "높음", "높음")], info(False, "v1"))
+    v2 = write_run(tmp_path / "reasoned", [row("s", "높음", [("E1", "대응")], v2_text)], info(True, "v2"))
+    report = build_report([v1, v2], bootstrap=50)
+    h1, h2 = (schema_hash(load_schema(n))[:8] for n in ("v1", "v2"))
+    assert f"| metric | plain (v1 #{h1}) | reasoned (v2 #{h2}) |" in report.markdown
+    assert report.metrics["runs"]["reasoned"]["json_valid"]["count"] == 1
+    assert [r["schema"]["name"] for r in report.metrics["run_list"]] == ["v1", "v2"]
+
+
+def test_recorded_schema_hash_that_differs_is_a_warning(tmp_path):
+    run = write_run(tmp_path / "r", [simple("s", "높음", "높음")], {**info(True), "schema": {"name": "v1", "hash": "0000"}})
+    report = build_report([run], bootstrap=0)
+    assert report.metrics["runs"]["r"]["schema"]["hash"] == "0000"
+    assert any("scored against the committed schema" in w for w in report.warnings)
+
+
+def test_results_only_directory_is_enough(tmp_path):
+    run = tmp_path / "bare"
+    run.mkdir()
+    (run / RESULTS).write_text(json.dumps({"id": "a", "gold": None, "raw_output": "{}", "finish_reason": "length"}) + "\n")
+    report = build_report([run], bootstrap=0)
+    r = report.metrics["runs"]["bare"]
+    assert r["schema"]["name"] == "v1" and r["constrained"] is None and r["provenance"] == {}
+    assert r["risk_accuracy"] == {"count": 0, "total": 0, "rate": None, "ci95": None}
+    assert r["invalid_outputs"][0]["kind"] == "schema_failure" and r["finish_length"] == 1
