@@ -26,10 +26,10 @@ $(STAMP): pyproject.toml
 	@if [ "$(STACK)" = cpu ]; then $(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true; fi
 	@touch $@
 
-# Debian's chromium renders report.html in a test; installed once, never a browser download.
+# Debian's chromium (and a CJK font for the Korean labels) renders report.html in a test; never a browser download.
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-cjk >/dev/null) || \
 	  echo "chromium not installed: the HTML rendering test will fail; install Debian's chromium package"; }
 
 demo: setup

@@ -17,6 +17,21 @@ from schemas.artifacts import project_root, subdir
 
 EVAL_DATA = "data/demo/eval.jsonl"
 ADAPTER_NAME = "demo"
+DEMO_CONFIG = "train/configs/demo.yaml"
+
+
+def _adapter_is_current(adapter_dir: Path) -> bool:
+    """An adapter is reused only when it was trained with the demo config as it is now, on the same data."""
+    from schemas.artifacts import file_sha256
+    from train.config import load_config
+    from train.export import read_manifest
+
+    manifest = read_manifest(adapter_dir) if adapter_dir.is_dir() else None
+    if manifest is None:
+        return False
+    cfg = load_config(project_root() / DEMO_CONFIG)
+    return (manifest.get("config") == cfg.model_dump(mode="json")
+            and manifest.get("data", {}).get("sha256") == file_sha256(project_root() / cfg.train_data))
 
 
 def _run(argv: list[str], timings: dict[str, float], step: str) -> None:
@@ -43,10 +58,10 @@ def main() -> None:
     t0 = time.time()
     print(f"\nbase model: {ensure_embedded_model()}", flush=True)
     timings["base_model"] = round(time.time() - t0, 1)
-    if (adapter_dir / "manifest.json").exists():
-        print(f"\nadapter: reusing {adapter_dir} (delete it to retrain)")
+    if _adapter_is_current(adapter_dir):
+        print(f"\nadapter: reusing {adapter_dir} (trained with the current {DEMO_CONFIG}; delete it to retrain)")
     else:
-        _run(["train", "qlora", "--config", "train/configs/demo.yaml"], timings, "train")
+        _run(["train", "qlora", "--config", DEMO_CONFIG], timings, "train")
     arms = {}
     for arm in ("unconstrained", "constrained"):
         out = runs / f"demo-{arm}"
