@@ -62,5 +62,17 @@ def check_adapter(adapter_dir, max_lora_rank) -> None:
     click.echo(f"ok: rank {cfg.get('r')}, alpha {cfg.get('lora_alpha')}, targets {cfg.get('target_modules')}")
 
 
+@main.command("merge")
+@click.argument("adapter_dir", type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the merged model.")
+@click.option("--base", default=None, help="Base model (default: the one in the adapter's manifest).")
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]))
+def merge_cmd(adapter_dir, out, base, dtype) -> None:
+    """Fold ADAPTER_DIR into a full copy of its base model (served without LoRA)."""
+    from .merge import merge
+
+    merge(adapter_dir, out, base=base, dtype=dtype, log=click.echo)
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,133 @@
+"""The trainer: typed config, vLLM's refusal rules, the exported adapter, merge and resume."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from schemas.errors import UserError
+from train.config import TrainConfig, load_config
+from train.export import adapter_problems, check_adapter_dir
+
+from .conftest import ROOT, TRAIN
+
+
+def test_defaults_are_the_seed_recipe():
+    cfg = TrainConfig()
+    assert (cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout) == (16, 32, 0.05)
+    assert cfg.modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert (cfg.epochs, cfg.per_device_batch, cfg.grad_accum, cfg.learning_rate, cfg.warmup_ratio) == (3, 2, 8, 2e-4, 0.03)
+    assert cfg.quantization == "auto" and cfg.double_quant
+    seed = load_config(ROOT / "train/configs/seed.yaml")
+    assert seed.base_model == "google/gemma-3-4b-it" and seed.quantization == "nf4"
+    assert TrainConfig(include_mlp=True).modules[-3:] == ["gate_proj", "up_proj", "down_proj"]
+
+
+def test_no_config_is_the_demo_recipe_and_overrides_apply():
+    cfg = load_config(None, ["epochs=2", "learning-rate=5e-4", "target_modules=[q_proj, v_proj]"])
+    assert cfg.base_model is None and cfg.epochs == 2 and cfg.learning_rate == 5e-4
+    assert cfg.target_modules == ["q_proj", "v_proj"]
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("lora_r=12", "vLLM serves ranks"),
+    ("lora_r=32", "above max_lora_rank_serving=16"),
+    ("quantization=int8", "quantization"),
+    ("no_such_field=1", "no_such_field"),
+    ("epochs", "expected key=value"),
+])
+def test_bad_config_is_one_clear_message(override, needle):
+    with pytest.raises(UserError, match=needle):
+        load_config(None, [override])
+
+
+def test_bad_yaml_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [1\n")
+    with pytest.raises(UserError, match=str(bad)):
+        load_config(bad)
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"use_dora": True}, "DoRA"),
+    ({"bias": "all"}, "bias"),
+    ({"modules_to_save": ["lm_head"]}, "modules_to_save"),
+    ({"r": 12}, "not one vLLM serves"),
+    ({"r": 32}, "--max-lora-rank 32"),
+])
+def test_vllm_refusal_rules(change, needle):
+    base = {"r": 16, "lora_alpha": 32, "bias": "none", "peft_type": "LORA", "modules_to_save": None}
+    assert adapter_problems(base) == []
+    problems = adapter_problems({**base, **change})
+    assert len(problems) == 1 and needle in problems[0]
+    assert adapter_problems({**base, "modules_to_save": ["score"]}) == []
+
+
+def test_pickled_weights_are_refused(tmp_path):
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 16, "peft_type": "LORA"}))
+    (tmp_path / "adapter_model.bin").write_bytes(b"\0")
+    with pytest.raises(UserError, match="pickled weights are not loaded"):
+        check_adapter_dir(tmp_path)
+
+
+def test_exported_adapter_and_manifest(trained_adapter):
+    cfg = check_adapter_dir(trained_adapter)
+    assert cfg["r"] == 16 and sorted(cfg["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    manifest = json.loads((trained_adapter / "manifest.json").read_text())
+    for key in ("base_model", "data", "schema", "config", "results", "hardware", "versions"):
+        assert key in manifest
+    assert manifest["base_model"]["sha256"] and manifest["data"]["sha256"] and manifest["schema"]["name"] == "v1"
+    assert manifest["results"]["steps"] == 8 and manifest["results"]["train_loss"] > 0
+    assert not list(trained_adapter.glob("*.bin"))
+
+
+def test_merged_model_equals_the_adapter(trained_adapter, embedded_model, tokenizer, eval_records, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from train.features import prompt_ids
+    from train.merge import merge
+
+    out = merge(trained_adapter, tmp_path / "merged", log=lambda s: None)
+    ids = torch.tensor([prompt_ids(tokenizer, eval_records[0])])
+    with torch.no_grad():
+        merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)(ids).logits
+        base = AutoModelForCausalLM.from_pretrained(embedded_model, dtype=torch.float32)
+        adapted = PeftModel.from_pretrained(base, trained_adapter)(ids).logits
+        plain = base.get_base_model()(ids).logits if hasattr(base, "get_base_model") else None
+    torch.testing.assert_close(merged, adapted, atol=2e-4, rtol=1e-4)
+    assert plain is None or not torch.allclose(merged, plain, atol=1e-3)
+
+
+def _train_cmd(out):
+    return [sys.executable, "-m", "train.cli", "qlora", "-s", f"train_data={TRAIN}", "-s", "limit=12", "-s", "eval_fraction=0",
+            "-s", f"output_dir={out}", "-s", "save_steps=2", "-s", "logging_steps=1", "-s", "save_total_limit=10"]
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_gives_the_same_adapter(tmp_path):
+    from safetensors.torch import load_file
+
+    whole = tmp_path / "whole"
+    subprocess.run(_train_cmd(whole), check=True, capture_output=True, cwd=ROOT)
+    broken = tmp_path / "broken"
+    proc = subprocess.Popen(_train_cmd(broken), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+                            start_new_session=True)
+    ckpt = broken.with_name("broken.checkpoints") / "checkpoint-2" / "trainer_state.json"
+    deadline = time.time() + 600
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists() and not (broken / "adapter_model.safetensors").exists()
+    subprocess.run(_train_cmd(broken) + ["--resume"], check=True, capture_output=True, cwd=ROOT)
+    a = load_file(whole / "adapter_model.safetensors")
+    b = load_file(broken / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)

@@ -1,0 +1,53 @@
+"""`train merge`: the adapter folded into a full-precision copy of its base (no LoRA at serving time).
+
+The adapter was trained against an NF4-quantized base; merging into the unquantized weights is the
+usual practice and what vLLM would serve. Tests compare the merged model's outputs with the adapter's.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from schemas.artifacts import describe_path
+from schemas.embedded import resolve_model
+from schemas.errors import UserError
+
+from .export import check_adapter_dir, read_manifest
+
+
+def base_of(adapter_dir: Path, base: str | None) -> str | None:
+    """The base to merge into: given, else the one the adapter's manifest records (None: the embedded
+    model), else the adapter config's base_model_name_or_path."""
+    if base:
+        return base
+    manifest = read_manifest(adapter_dir)
+    if manifest is not None:
+        return manifest.get("config", {}).get("base_model")
+    return json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+
+
+def merge(adapter_dir: str | Path, out_dir: str | Path, base: str | None = None, dtype: str = "float32",
+          log: Callable[[str], None] = print) -> Path:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
+    check_adapter_dir(adapter_dir, max_lora_rank=512)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise UserError(f"{out_dir}: exists and is not empty; choose another --out")
+    model_path = resolve_model(base_of(adapter_dir, base), log)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
+    merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    merged.save_pretrained(out_dir, safe_serialization=True)
+    AutoTokenizer.from_pretrained(model_path).save_pretrained(out_dir)
+    manifest = {"kind": "merged-model", "base_model": describe_path(model_path) if Path(model_path).exists() else {"name": model_path},
+                "adapter": describe_path(adapter_dir), "dtype": dtype,
+                "adapter_manifest": read_manifest(adapter_dir),
+                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    (out_dir / "merge_manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    log(f"merged model written to {out_dir}")
+    return out_dir
