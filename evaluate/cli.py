@@ -73,15 +73,25 @@ def validate(file, skip_bad) -> None:
 @click.option("--schema", "schema_name", default="v1", show_default=True, type=click.Choice(["v1", "v2"]), help="Target output schema.")
 @click.option("--backend", default="outlines", show_default=True, type=click.Choice(["outlines", "xgrammar", "guidance"]),
               help="vLLM structured-outputs backend (engine-wide; outlines = outlines-core).")
+@click.option("--server", default=None, metavar="URL", help="Use a running `vllm serve` (e.g. http://127.0.0.1:8000) instead of the offline engine.")
+@click.option("--api-key", default=None, envvar="PATENT_RISK_API_KEY", help="The server's API key.")
+@click.option("--max-concurrency", default=8, show_default=True, help="With --server: requests in flight at once.")
 @click.option("--limit", type=int, default=None, help="Only the first N records.")
 @click.option("--chunk-size", type=int, default=32, show_default=True, help="Records decoded together; results are written after each chunk.")
 @click.option("--max-model-len", type=int, default=2048, show_default=True)
 @click.option("--skip-bad", is_flag=True, help="Leave out bad dataset lines (each is reported) instead of refusing the file.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def batch(data, out, constrained, model, adapter, schema_name, backend, limit, chunk_size, max_model_len, skip_bad, no_progress) -> None:
-    """Run a dataset through vLLM into a run directory (results.jsonl + run.json)."""
+def batch(data, out, constrained, model, adapter, schema_name, backend, server, api_key, max_concurrency, limit,
+          chunk_size, max_model_len, skip_bad, no_progress) -> None:
+    """Run a dataset through vLLM into a run directory (results.jsonl + run.json).
+
+    \b
+    Offline (default): vLLM in this process, the adapter as a LoRA module.
+    --server URL: a running `vllm serve`; --adapter NAME=DIR names the served LoRA module (NAME is the
+    model in requests; DIR is hashed for provenance). The structured-outputs backend is the server's.
+    """
     from .batch import BatchConfig, run_batch
-    from .engines import VllmOffline
+    from .engines import VllmOffline, VllmServer
 
     spec = _adapter(adapter)
     if spec is not None:
@@ -89,9 +99,19 @@ def batch(data, out, constrained, model, adapter, schema_name, backend, limit, c
 
         check_adapter_dir(spec.path)
     cfg = BatchConfig(data=data, out=out, constrained=constrained, model=model, adapter=spec, schema_name=schema_name,
-                      backend=backend, limit=limit, chunk_size=chunk_size, max_model_len=max_model_len, skip_bad=skip_bad)
-    summary = run_batch(cfg, lambda m: VllmOffline(m, spec, backend=backend, max_model_len=max_model_len),
-                        log=click.echo, progress=not no_progress)
+                      backend=backend, server=server, limit=limit, chunk_size=chunk_size, max_model_len=max_model_len,
+                      skip_bad=skip_bad)
+    if server:
+        from serve.server import served_backend
+
+        def make_engine(model_path):
+            served = spec.name if spec else model_path
+            return VllmServer(server, served, model_path, api_key=api_key, max_concurrency=max_concurrency,
+                              backend=served_backend(server))
+    else:
+        def make_engine(model_path):
+            return VllmOffline(model_path, spec, backend=backend, max_model_len=max_model_len)
+    summary = run_batch(cfg, make_engine, log=click.echo, progress=not no_progress)
     if summary.generated:
         click.echo(f"{summary.run_dir}: {summary.generated} samples in {summary.seconds:.0f} s "
                    f"({summary.generated / summary.seconds:.2f} samples/s, {summary.output_tokens / summary.seconds:.1f} output tok/s); "

@@ -112,3 +112,78 @@ class VllmOffline:
             shutdown()
         del self.llm
         gc.collect()
+
+
+class VllmServer:
+    """A running `vllm serve` through its OpenAI-compatible API; the adapter's name is the model.
+
+    Requests run with bounded concurrency; transient failures (connection errors, 5xx, timeouts) are
+    retried by the OpenAI client's own backoff (`max_retries`). The structured-outputs backend is the
+    server's, chosen when it started."""
+
+    def __init__(self, url: str, served_model: str, tokenizer_model: str, api_key: str | None = None,
+                 max_concurrency: int = 8, max_retries: int = 4, timeout: float = 300.0, seed: int = 0,
+                 backend: str | None = None):
+        import openai
+        from transformers import AutoTokenizer
+
+        self.url = url.rstrip("/")
+        self.served_model = served_model
+        self._seed = seed
+        self.max_concurrency = max_concurrency
+        self.client = openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key or "EMPTY",
+                                    max_retries=max_retries, timeout=timeout)
+        self._openai = openai
+        self._tokenizer = AutoTokenizer.from_pretrained(tokenizer_model)
+        try:
+            models = [m.id for m in self.client.models.list().data]
+        except openai.APIConnectionError as e:
+            raise UserError(f"no vLLM server answers at {self.url} ({e}); start one with `serve start`") from None
+        except openai.AuthenticationError:
+            raise UserError(f"{self.url} refused the API key; pass --api-key") from None
+        if served_model not in models:
+            raise UserError(f"{self.url} does not serve {served_model!r}; it serves {', '.join(models)}")
+        self.description = {"name": "vllm", "version": self._server_version(), "mode": "server", "url": self.url,
+                            "served_model": served_model, "backend": backend or "set at server start (unknown)",
+                            "max_concurrency": max_concurrency, "max_retries": max_retries}
+
+    def _server_version(self) -> str:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{self.url}/version", timeout=10) as r:
+                import json
+
+                return json.loads(r.read()).get("version", "unknown")
+        except (OSError, ValueError):
+            return "unknown"
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _one(self, req: GenRequest) -> GenResult:
+        extra = {"structured_outputs": {"json": req.json_schema}} if req.json_schema is not None else None
+        t0 = time.perf_counter()
+        resp = self.client.chat.completions.create(model=self.served_model, messages=req.messages, temperature=0.0,
+                                                   max_tokens=req.max_tokens, seed=self._seed, extra_body=extra)
+        choice = resp.choices[0]
+        usage = resp.usage
+        return GenResult(record_id=req.record_id, raw_output=choice.message.content or "",
+                         finish_reason=str(choice.finish_reason), prompt_tokens=usage.prompt_tokens if usage else 0,
+                         output_tokens=usage.completion_tokens if usage else 0,
+                         latency_s=round(time.perf_counter() - t0, 3))
+
+    def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+        """All or nothing per chunk: a request that still fails after the retries fails the chunk, and
+        the rows already written stay; a later run resumes."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
+            try:
+                return list(pool.map(self._one, requests))
+            except self._openai.APIError as e:
+                raise UserError(f"the server at {self.url} failed after retries: {type(e).__name__}: {e}; "
+                                "finished rows are kept, re-run the same command to resume") from None
+
+    def close(self) -> None:
+        self.client.close()

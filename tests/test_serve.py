@@ -1,0 +1,97 @@
+"""The real vLLM OpenAI-compatible server on the embedded model with a trained adapter, on a free
+loopback port; stopped whatever happens."""
+import json
+import os
+import urllib.error
+import urllib.request
+
+import pytest
+
+from evaluate.batch import BatchConfig, run_batch
+from evaluate.engines import AdapterSpec, VllmServer
+from schemas.output import load_schema, schema_errors, specialize
+from serve.server import ServerConfig, free_port, start, status, stop
+
+from .conftest import EVAL
+
+pytestmark = pytest.mark.engine
+KEY = "test-key-123"
+
+
+@pytest.fixture(scope="module")
+def server(trained_adapter, embedded_model, tmp_path_factory, monkeypatch_module):
+    monkeypatch_module.setenv("PATENT_RISK_HOME", str(tmp_path_factory.mktemp("home")))
+    cfg = ServerConfig(model=str(embedded_model), adapters=[("tiny", str(trained_adapter))], port=free_port(),
+                       api_key=KEY, max_model_len=1024, name="pytest")
+    try:
+        state = start(cfg, timeout=600, log=lambda s: None)
+        yield state
+    finally:
+        stop("pytest", log=lambda s: None)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def _get(url, key=None):
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def test_models_lists_the_adapter_and_key_is_required(server):
+    models = _get(f"{server.url}/v1/models", KEY)["data"]
+    tiny = [m for m in models if m["id"] == "tiny"]
+    assert tiny and tiny[0]["parent"] == server.served_model
+    with pytest.raises(urllib.error.HTTPError) as e:
+        _get(f"{server.url}/v1/models")
+    assert e.value.code == 401
+
+
+def test_server_binds_loopback_only(server):
+    assert server.url.startswith("http://127.0.0.1:")
+    cmd = server.command
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+
+
+def test_constrained_request_and_batch_through_the_server(server, embedded_model, eval_records, tmp_path):
+    engine = VllmServer(server.url, "tiny", str(embedded_model), api_key=KEY, max_concurrency=4, backend=server.backend)
+    rec = eval_records[0]
+    from evaluate.requests import build_requests
+
+    req = build_requests([rec], "v1", True, engine.count_tokens)[0]
+    assert req.json_schema == specialize(load_schema("v1"), rec.element_ids)
+    res = engine.generate([req])[0]
+    obj = json.loads(res.raw_output)
+    assert res.finish_reason == "stop" and not schema_errors(obj, "v1")
+    assert [m["element_id"] for m in obj["matches"]] == rec.element_ids
+
+    out = tmp_path / "server-run"
+    cfg = BatchConfig(data=str(EVAL), out=str(out), constrained=True, model=str(embedded_model),
+                      adapter=AdapterSpec("tiny", str(engine_adapter_path(server))), server=server.url, limit=6, chunk_size=3)
+    summary = run_batch(cfg, lambda m: engine, log=lambda s: None, progress=False)
+    assert summary.generated == 6
+    info = json.loads((out / "run.json").read_text())
+    assert info["engine"]["mode"] == "server" and info["engine"]["backend"] == "outlines"
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(r["finish_reason"] == "stop" for r in rows)
+
+
+def engine_adapter_path(server):
+    spec = server.command[server.command.index("--lora-modules") + 1]
+    return spec.split("=", 1)[1]
+
+
+def test_stop_leaves_no_process(trained_adapter, embedded_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATENT_RISK_HOME", str(tmp_path))
+    cfg = ServerConfig(model=str(embedded_model), port=free_port(), max_model_len=512, name="short")
+    state = start(cfg, timeout=600, log=lambda s: None)
+    assert status("short")["healthy"]
+    assert stop("short", log=lambda s: None)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(state.pid, 0)
+    assert status("short") == {"name": "short", "running": False}
