@@ -1,0 +1,541 @@
+"""Faster LoRA ops for vLLM's CPU backend, installed as a vLLM general plugin.
+
+vLLM's CPU punica ops (``vllm/lora/ops/torch_ops/lora_ops.py``) gather a copy
+of the adapter weights for every token (``weights[lora_indices]``, a
+``[tokens, out, in]`` tensor) and then ``einsum`` a batch of mat-vecs.  On a
+CPU that copy and the batched mat-vec dominate decode time.  The replacements
+here keep the stock signatures and the stock output handling verbatim; only
+the computation of the per-token LoRA product changes: the tokens are grouped
+by adapter and each group is multiplied by its adapter's matrix in one matmul
+(no per-token weight gather).  Two ways to do that matmul (``MODE_ENV``):
+``exact`` (default) is bitwise equal to the stock ops, ``matmul`` is faster
+and equal up to float rounding.
+
+Semantics kept from the stock ops: ``scaling`` (shrink), ``add_inputs``
+(expand), slice offset and size (expand_slice), the ``common_len`` /
+single-row broadcast rules of ``bgmv_expand``, the dtype casts to the output's
+dtype, and the ``sgmv_*`` segment layout (``repeat_interleave`` of the
+per-segment lora index by the segment lengths; ``b_seq_start_loc`` is ignored,
+as in stock).
+
+One deliberate difference: a token whose lora index is negative (-1 = no
+adapter) gets no LoRA contribution (its product row is zero).  The stock ops
+index ``weights[-1]``, i.e. the LAST adapter slot, which is only harmless while
+that slot is empty (zeroed); with every slot filled, stock applies the last
+adapter to base-model tokens.
+
+The names are imported by name into ``vllm.lora.punica_wrapper.punica_cpu``
+(and re-exported by ``vllm.lora.ops.torch_ops``), so :func:`install` patches
+all three modules.  vLLM starts worker processes that import vLLM afresh, so
+installation must happen in every process: :func:`register` is the entry point
+of the ``vllm.general_plugins`` group, which vLLM runs in each process::
+
+    [project.entry-points."vllm.general_plugins"]
+    patent_risk_cpu_lora = "serve.cpu_lora:register"
+
+Set ``PATENT_RISK_STOCK_LORA_OPS=1`` to keep vLLM's stock ops.
+
+This module imports nothing heavy at import time (torch and vLLM are imported
+inside the functions).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = [
+    "PINNED_VLLM_VERSION",
+    "DISABLE_ENV",
+    "MODE_ENV",
+    "MODES",
+    "get_mode",
+    "set_mode",
+    "REPLACED_OPS",
+    "bgmv_shrink",
+    "bgmv_expand",
+    "bgmv_expand_slice",
+    "sgmv_shrink",
+    "sgmv_expand",
+    "sgmv_expand_slice",
+    "install",
+    "uninstall",
+    "is_installed",
+    "register",
+    "stock_ops",
+]
+
+#: The vLLM version whose ``torch_ops/lora_ops.py`` these replacements mirror.
+#: Any other version keeps the stock ops (their semantics may have changed).
+PINNED_VLLM_VERSION = "0.32.0"
+
+#: ``PATENT_RISK_STOCK_LORA_OPS=1`` disables the replacement.
+DISABLE_ENV = "PATENT_RISK_STOCK_LORA_OPS"
+
+#: ``PATENT_RISK_LORA_OPS_MODE``: how each adapter's group of tokens is
+#: multiplied.
+#:
+#: ``exact`` (default): a batched mat-vec against the adapter's matrix
+#: broadcast over the group (``bmm`` with a stride-0 weight: no copy).  This
+#: is per token the same kernel call as the stock einsum, so results are
+#: bitwise equal to vLLM's stock ops (and don't depend on the batch mix).
+#: ``matmul``: one ``mm`` per group; faster still, but float32 sums in another
+#: order, so greedy outputs can differ from stock at near-ties.
+MODE_ENV = "PATENT_RISK_LORA_OPS_MODE"
+MODES = ("exact", "matmul")
+DEFAULT_MODE = "exact"
+_MODE = DEFAULT_MODE
+
+REPLACED_OPS = (
+    "bgmv_shrink",
+    "bgmv_expand",
+    "bgmv_expand_slice",
+    "sgmv_shrink",
+    "sgmv_expand",
+    "sgmv_expand_slice",
+)
+
+# Modules that hold the op names: the defining module, the package that
+# re-exports them, and punica_cpu, which imported them by name.
+_TARGET_MODULES = (
+    "vllm.lora.ops.torch_ops.lora_ops",
+    "vllm.lora.ops.torch_ops",
+    "vllm.lora.punica_wrapper.punica_cpu",
+)
+
+# A child of vLLM's logger, so messages show up with vLLM's own log handler.
+logger = logging.getLogger("vllm.plugins.patent_risk_cpu_lora")
+
+# name -> the stock function, captured on first install (for uninstall/tests).
+_STOCK: dict[str, Any] = {}
+_FAST_MARK = "_patent_risk_fast_lora_op"
+
+
+# --------------------------------------------------------------------------
+# Grouping of tokens by adapter
+# --------------------------------------------------------------------------
+# A "group" is (lora_index, rows) where rows is None (all tokens), a slice
+# (a contiguous run of tokens) or a 1-D int64 tensor of token positions.
+
+
+def _groups_from_token_indices(indices: torch.Tensor) -> list[tuple[int, Any]]:
+    """Groups of tokens sharing a non-negative lora index (per-token indices)."""
+    import torch
+
+    if indices.numel() == 0:
+        return []
+    lo, hi = torch.aminmax(indices)
+    lo_i, hi_i = int(lo), int(hi)
+    if lo_i == hi_i:  # the common case: one adapter (or none) for every token
+        return [] if lo_i < 0 else [(lo_i, None)]
+    groups: list[tuple[int, Any]] = []
+    for u in torch.unique(indices).tolist():
+        if u < 0:  # -1: no adapter
+            continue
+        groups.append((u, torch.nonzero(indices == u).squeeze(1)))
+    return groups
+
+
+def _groups_from_segments(
+    lora_indices_tensor: torch.Tensor, seq_len_tensor: torch.Tensor, num_tokens: int
+) -> list[tuple[int, Any]] | None:
+    """Groups from sgmv segments; None when they don't tile ``num_tokens``."""
+    import torch
+
+    loras = lora_indices_tensor.tolist()
+    lens = seq_len_tensor.tolist()
+    if len(loras) != len(lens) or sum(lens) != num_tokens or any(n < 0 for n in lens):
+        return None
+    runs: dict[int, list[tuple[int, int]]] = {}
+    start = 0
+    for lora, n in zip(loras, lens):
+        if n > 0 and lora >= 0:
+            runs.setdefault(lora, []).append((start, start + n))
+        start += n
+    groups: list[tuple[int, Any]] = []
+    for lora, spans in runs.items():
+        if len(spans) == 1:
+            s, e = spans[0]
+            groups.append((lora, None if (s == 0 and e == num_tokens) else slice(s, e)))
+        else:
+            rows = torch.cat([torch.arange(s, e, dtype=torch.long) for s, e in spans])
+            groups.append((lora, rows.to(lora_indices_tensor.device)))
+    return groups
+
+
+def _as_matrices(weights: torch.Tensor) -> torch.Tensor:
+    """[loras, 1, out, in] or [loras, out, in] -> [loras, out, in] (as stock)."""
+    if weights.dim() == 4:
+        # stock: weights[idx] -> [T, 1, out, in] -> squeeze(dim=1)
+        weights = weights.squeeze(dim=1)
+    if weights.dim() != 3:
+        raise ValueError(
+            f"LoRA weights must be [loras, (1,) out, in], got {tuple(weights.shape)}"
+        )
+    return weights
+
+
+def _lora_product(
+    inputs: torch.Tensor,
+    weights: torch.Tensor,
+    groups: list[tuple[int, Any]],
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """outputs[t] = inputs[t] @ weights[lora(t)].T, zero rows for no adapter.
+
+    One matmul per adapter present, on that adapter's rows only, against that
+    adapter's matrix (never a per-token copy of the weights).
+    """
+    import torch
+
+    mats = _as_matrices(weights)
+    x = inputs.to(dtype=dtype)
+    num_tokens, out_features = x.shape[0], mats.shape[1]
+    exact = _MODE == "exact"
+
+    def product(rows_x: torch.Tensor, lora: int) -> torch.Tensor:
+        w_t = mats[lora].to(dtype=dtype).t()  # [in, out], a view
+        if exact:
+            # Batched mat-vec against the same matrix broadcast over the batch
+            # (stride 0: no copy).  Per row this is the very kernel call the
+            # stock einsum makes, so results are bitwise equal to stock.
+            n, k = rows_x.shape
+            return torch.bmm(rows_x.unsqueeze(1), w_t.expand(n, k, out_features)).squeeze(1)
+        return torch.mm(rows_x, w_t)
+
+    if len(groups) == 1 and groups[0][1] is None:
+        return product(x, groups[0][0])
+    outputs = x.new_zeros((num_tokens, out_features))
+    for lora, rows in groups:
+        if isinstance(rows, slice):
+            outputs[rows] = product(x[rows], lora)
+        else:
+            outputs.index_copy_(0, rows, product(x.index_select(0, rows), lora))
+    return outputs
+
+
+def _can_use_fast(inputs: torch.Tensor, lora_indices_tensor: torch.Tensor) -> bool:
+    import torch
+
+    if torch.compiler.is_compiling():  # data-dependent grouping: keep stock
+        return False
+    return (
+        inputs.dim() == 2
+        and lora_indices_tensor.dim() == 1
+        and inputs.shape[0] == lora_indices_tensor.shape[0]
+    )
+
+
+# --------------------------------------------------------------------------
+# The ops (same signatures as vllm 0.32.0 torch_ops/lora_ops.py)
+# --------------------------------------------------------------------------
+
+
+def bgmv_shrink(
+    inputs: torch.Tensor,
+    lora_b_weights: torch.Tensor,
+    output_tensor: torch.Tensor,
+    lora_indices_tensor: torch.Tensor,
+    scaling: float = 1.0,
+):
+    if not _can_use_fast(inputs, lora_indices_tensor):
+        return _stock("bgmv_shrink")(
+            inputs, lora_b_weights, output_tensor, lora_indices_tensor, scaling
+        )
+    groups = _groups_from_token_indices(lora_indices_tensor)
+    outputs = _lora_product(inputs, lora_b_weights, groups, output_tensor.dtype)
+    _shrink_tail(outputs, output_tensor, scaling)
+
+
+def bgmv_expand(
+    inputs: torch.Tensor,
+    lora_b_weights: torch.Tensor,
+    output_tensor: torch.Tensor,
+    lora_indices_tensor: torch.Tensor,
+    add_inputs: bool = True,
+):
+    if not _can_use_fast(inputs, lora_indices_tensor):
+        return _stock("bgmv_expand")(
+            inputs, lora_b_weights, output_tensor, lora_indices_tensor, add_inputs
+        )
+    groups = _groups_from_token_indices(lora_indices_tensor)
+    outputs = _lora_product(inputs, lora_b_weights, groups, output_tensor.dtype)
+    _expand_tail(outputs, output_tensor, add_inputs)
+
+
+def bgmv_expand_slice(
+    inputs: torch.Tensor,
+    lora_b_weights: torch.Tensor,
+    output_tensor: torch.Tensor,
+    lora_indices_tensor: torch.Tensor,
+    slice_offset: int,
+    slice_size: int,
+    add_inputs: bool = True,
+):
+    if not _can_use_fast(inputs, lora_indices_tensor):
+        return _stock("bgmv_expand_slice")(
+            inputs,
+            lora_b_weights,
+            output_tensor,
+            lora_indices_tensor,
+            slice_offset,
+            slice_size,
+            add_inputs,
+        )
+    groups = _groups_from_token_indices(lora_indices_tensor)
+    outputs = _lora_product(inputs, lora_b_weights, groups, output_tensor.dtype)
+    _expand_slice_tail(outputs, output_tensor, slice_offset, slice_size, add_inputs)
+
+
+def sgmv_shrink(
+    inputs: torch.Tensor,
+    lora_a_weights: torch.Tensor,
+    output_tensor: torch.Tensor,
+    b_seq_start_loc: torch.Tensor,
+    seq_len_tensor: torch.Tensor,
+    lora_indices_tensor: torch.Tensor,
+    batches: int,
+    max_seq_length: int,
+    token_nums: int,
+    scaling: float,
+):
+    groups = _sgmv_groups(inputs, seq_len_tensor, lora_indices_tensor)
+    if groups is None:
+        import torch
+
+        exploded = torch.repeat_interleave(lora_indices_tensor, seq_len_tensor)
+        return bgmv_shrink(inputs, lora_a_weights, output_tensor, exploded, scaling)
+    outputs = _lora_product(inputs, lora_a_weights, groups, output_tensor.dtype)
+    _shrink_tail(outputs, output_tensor, scaling)
+
+
+def sgmv_expand(
+    inputs: torch.Tensor,
+    lora_b_weights: torch.Tensor,
+    output_tensor: torch.Tensor,
+    b_seq_start_loc: torch.Tensor,
+    seq_len_tensor: torch.Tensor,
+    lora_indices_tensor: torch.Tensor,
+    batches: int,
+    max_seq_length: int,
+    token_nums: int,
+    add_inputs: bool = False,
+):
+    groups = _sgmv_groups(inputs, seq_len_tensor, lora_indices_tensor)
+    if groups is None:
+        import torch
+
+        exploded = torch.repeat_interleave(lora_indices_tensor, seq_len_tensor)
+        return bgmv_expand(inputs, lora_b_weights, output_tensor, exploded, add_inputs)
+    outputs = _lora_product(inputs, lora_b_weights, groups, output_tensor.dtype)
+    _expand_tail(outputs, output_tensor, add_inputs)
+
+
+def sgmv_expand_slice(
+    inputs: torch.Tensor,
+    lora_b_weights: torch.Tensor,
+    output_tensor: torch.Tensor,
+    b_seq_start_loc: torch.Tensor,
+    seq_len_tensor: torch.Tensor,
+    lora_indices_tensor: torch.Tensor,
+    batches: int,
+    max_seq_length: int,
+    token_nums: int,
+    slice_offset: int,
+    slice_size: int,
+    add_inputs: bool = False,
+):
+    groups = _sgmv_groups(inputs, seq_len_tensor, lora_indices_tensor)
+    if groups is None:
+        import torch
+
+        exploded = torch.repeat_interleave(lora_indices_tensor, seq_len_tensor)
+        return bgmv_expand_slice(
+            inputs,
+            lora_b_weights,
+            output_tensor,
+            exploded,
+            slice_offset,
+            slice_size,
+            add_inputs,
+        )
+    outputs = _lora_product(inputs, lora_b_weights, groups, output_tensor.dtype)
+    _expand_slice_tail(outputs, output_tensor, slice_offset, slice_size, add_inputs)
+
+
+def _sgmv_groups(
+    inputs: torch.Tensor, seq_len_tensor: torch.Tensor, lora_indices_tensor: torch.Tensor
+) -> list[tuple[int, Any]] | None:
+    import torch
+
+    if torch.compiler.is_compiling() or inputs.dim() != 2:
+        return None
+    if seq_len_tensor.dim() != 1 or lora_indices_tensor.dim() != 1:
+        return None
+    return _groups_from_segments(lora_indices_tensor, seq_len_tensor, inputs.shape[0])
+
+
+# Output handling: verbatim from the stock ops.
+
+
+def _shrink_tail(outputs, output_tensor, scaling):
+    output_tensor[:, : outputs.shape[1]] = scaling * outputs[:]
+
+
+def _expand_tail(outputs, output_tensor, add_inputs):
+    limit = output_tensor.shape[0]
+    if outputs.shape[0] == 1 and output_tensor.shape[0] != 1:
+        limit = 1
+
+    # LoRA adapter and model may add different amounts of padding to output
+    common_len = min(outputs.shape[1], output_tensor.shape[1])
+
+    if add_inputs:
+        output_tensor[:, :common_len] += outputs[:limit, :common_len]
+    else:
+        output_tensor[:, :common_len] = outputs[:limit, :common_len]
+
+
+def _expand_slice_tail(outputs, output_tensor, slice_offset, slice_size, add_inputs):
+    if add_inputs:
+        output_tensor[:, slice_offset : slice_offset + slice_size] += outputs[:]
+    else:
+        output_tensor[:, slice_offset : slice_offset + slice_size] = outputs[:]
+
+
+for _name in REPLACED_OPS:
+    setattr(globals()[_name], _FAST_MARK, True)
+del _name
+
+
+# --------------------------------------------------------------------------
+# Installation
+# --------------------------------------------------------------------------
+
+
+def _stock(name: str):
+    """The stock op (captured at install, else read from vLLM's module)."""
+    fn = _STOCK.get(name)
+    if fn is None:
+        import importlib
+
+        fn = getattr(importlib.import_module(_TARGET_MODULES[0]), name)
+        if getattr(fn, _FAST_MARK, False):  # pragma: no cover - defensive
+            raise RuntimeError(f"stock {name} not captured")
+    return fn
+
+
+def stock_ops() -> dict[str, Any]:
+    """The stock functions, whether or not the fast ops are installed."""
+    return {name: _stock(name) for name in REPLACED_OPS}
+
+
+def _skip_reason() -> str | None:
+    if os.environ.get(DISABLE_ENV, "").strip() == "1":
+        return f"{DISABLE_ENV}=1"
+    import vllm
+
+    version = getattr(vllm, "__version__", None)
+    if version != PINNED_VLLM_VERSION:
+        return (
+            f"vLLM {version} is not the pinned {PINNED_VLLM_VERSION} these ops "
+            "were written against"
+        )
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return f"platform is {getattr(current_platform, 'device_name', '?')}, not CPU"
+    return None
+
+
+def get_mode() -> str:
+    return _MODE
+
+
+def set_mode(mode: str) -> None:
+    """Select ``exact`` or ``matmul`` (see :data:`MODE_ENV`)."""
+    global _MODE
+    if mode not in MODES:
+        raise ValueError(f"{MODE_ENV} must be one of {MODES}, got {mode!r}")
+    _MODE = mode
+
+
+def is_installed() -> bool:
+    """True when every target module holds the fast ops."""
+    import sys
+
+    for mod_name in _TARGET_MODULES:
+        mod = sys.modules.get(mod_name)
+        if mod is None:
+            return False
+        if not all(getattr(getattr(mod, n, None), _FAST_MARK, False) for n in REPLACED_OPS):
+            return False
+    return True
+
+
+def install(mode: str | None = None) -> bool:
+    """Replace vLLM's CPU LoRA ops by the grouped-matmul ones.
+
+    ``mode`` (default: ``$PATENT_RISK_LORA_OPS_MODE`` or ``exact``) picks the
+    per-group product, see :data:`MODE_ENV`.
+
+    Patches ``vllm.lora.ops.torch_ops.lora_ops``, ``vllm.lora.ops.torch_ops``
+    and ``vllm.lora.punica_wrapper.punica_cpu``.  Idempotent.  Does nothing
+    (and logs why) when ``PATENT_RISK_STOCK_LORA_OPS=1``, when vLLM is not
+    version :data:`PINNED_VLLM_VERSION`, or when the platform is not CPU.
+    Returns True when the fast ops are in place afterwards.
+    """
+    reason = _skip_reason()
+    if reason is not None:
+        logger.info("Keeping vLLM's stock CPU LoRA ops: %s.", reason)
+        return False
+
+    import importlib
+
+    mode = mode or os.environ.get(MODE_ENV, "").strip() or DEFAULT_MODE
+    if mode not in MODES:
+        logger.warning("Ignoring %s=%r (not one of %s).", MODE_ENV, mode, MODES)
+        mode = DEFAULT_MODE
+    set_mode(mode)
+    modules = [importlib.import_module(m) for m in _TARGET_MODULES]
+    already = is_installed()
+    fast = globals()
+    for name in REPLACED_OPS:
+        if name not in _STOCK:
+            current = getattr(modules[0], name)
+            if not getattr(current, _FAST_MARK, False):
+                _STOCK[name] = current
+        for mod in modules:
+            setattr(mod, name, fast[name])
+    if not already:
+        logger.info(
+            "Installed grouped CPU LoRA ops (%s, mode %s) in process %d.",
+            ", ".join(REPLACED_OPS),
+            mode,
+            os.getpid(),
+        )
+    return True
+
+
+def uninstall() -> None:
+    """Put the stock ops back (if they were captured)."""
+    import sys
+
+    for mod_name in _TARGET_MODULES:
+        mod = sys.modules.get(mod_name)
+        if mod is None:
+            continue
+        for name, fn in _STOCK.items():
+            setattr(mod, name, fn)
+
+
+def register() -> None:
+    """Entry point of the ``vllm.general_plugins`` group (runs in every process)."""
+    try:
+        install()
+    except Exception:  # never break engine start-up over an optimisation
+        logger.exception("Could not install the fast CPU LoRA ops; keeping stock ops.")
