@@ -39,6 +39,7 @@ class ServerConfig:
     max_model_len: int = 2048
     extra_args: list[str] = field(default_factory=list)
     name: str = "default"
+    memory_utilization: float | None = None  # default: cpu_env's (host memory share on the CPU build)
 
 
 @dataclass
@@ -67,7 +68,8 @@ def build_command(cfg: ServerConfig, model_path: str) -> list[str]:
     args = ["--model", model_path, "--host", cfg.host, "--port", str(cfg.port),
             "--max-model-len", str(cfg.max_model_len), "--structured-outputs-config.backend", cfg.backend]
     if cpu_env.is_cpu_build():
-        args += ["--dtype", cpu_env.default_dtype(), "--gpu-memory-utilization", str(cpu_env.default_memory_utilization())]
+        args += ["--dtype", cpu_env.default_dtype()]
+    args += ["--gpu-memory-utilization", str(cfg.memory_utilization or cpu_env.default_memory_utilization())]
     if cfg.adapters:
         args += ["--enable-lora", "--max-lora-rank", str(cfg.max_lora_rank), "--max-loras", str(len(cfg.adapters)),
                  "--lora-modules", *[f"{n}={p}" for n, p in cfg.adapters]]

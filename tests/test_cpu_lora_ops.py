@@ -117,13 +117,14 @@ def _cases():
 
 @pytest.mark.parametrize(("num_tokens", "rank", "pattern", "num_loras"), _cases())
 @pytest.mark.parametrize("kind", ["bgmv", "sgmv"])
-def test_shrink_matches_stock(num_tokens, rank, pattern, num_loras, kind):
+@pytest.mark.parametrize("scaling", [1.0, 0.5])
+@pytest.mark.parametrize("extra_cols", [0, 8])  # vLLM's [T, rank] buffer; a wider one
+def test_shrink_matches_stock(num_tokens, rank, pattern, num_loras, kind, scaling, extra_cols):
     gen = torch.Generator().manual_seed(num_tokens * 100 + rank + num_loras)
     x = torch.randn(num_tokens, HIDDEN, generator=gen)
     w = torch.randn(num_loras, 1, rank, HIDDEN, generator=gen)  # lora_a_stacked
     idx = _indices(num_tokens, num_loras, pattern, gen)
-    scaling = 0.5
-    base = torch.full((num_tokens, rank), 7.0)
+    base = torch.full((num_tokens, rank + extra_cols), 7.0)
     out_ref = base.clone()
     x_before = x.clone()
     meta = _segments(idx)
@@ -143,7 +144,7 @@ def test_shrink_matches_stock(num_tokens, rank, pattern, num_loras, kind):
     out_fast = _check_all_modes(fast, out_ref)
     torch.testing.assert_close(x, x_before, rtol=0, atol=0)
     # -1 tokens: no LoRA contribution (shrink overwrites -> zero rows)
-    assert torch.all(out_fast[idx < 0] == 0)
+    assert torch.all(out_fast[idx < 0, :rank] == 0)
 
 
 @pytest.mark.parametrize(("num_tokens", "rank", "pattern", "num_loras"), _cases())

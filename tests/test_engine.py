@@ -1,7 +1,5 @@
 """The real vLLM engine on the embedded model with a LoRA adapter trained by the real trainer."""
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -10,7 +8,7 @@ from evaluate.requests import build_requests
 from schemas.errors import UserError
 from schemas.output import schema_errors
 
-from .conftest import CHECK_CONTRACT, EVAL
+from .conftest import EVAL, check_contract
 
 pytestmark = pytest.mark.engine
 
@@ -43,7 +41,7 @@ def test_run_directory_follows_the_contract_and_resumes(engine, tmp_path):
     cfg = BatchConfig(data=str(EVAL), out=str(out), constrained=True, adapter=engine.adapter, limit=4, chunk_size=2)
     first = run_batch(cfg, lambda m: Borrowed(engine), log=lambda s: None, progress=False)
     assert first.generated == 4
-    done = subprocess.run([sys.executable, str(CHECK_CONTRACT), "run", str(out)], capture_output=True, text=True)
+    done = check_contract("run", out)
     assert done.returncode == 0, done.stdout
     before = (out / "results.jsonl").read_bytes()
     # a torn last line, as a crash mid-write leaves it, is repaired and the sample redone

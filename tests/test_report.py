@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -17,15 +15,7 @@ from schemas.errors import DataError, UserError
 from schemas.labels import INVALID
 from schemas.output import load_schema, schema_hash
 
-CHECK_CONTRACT = next((p for p in (Path(__file__).resolve().parents[2] / "shared" / "tools" / "check_contract.py",
-                                    Path("/work/shared/tools/check_contract.py")) if p.exists()), None)
-
-
-def check_contract(kind: str, path: str | Path) -> subprocess.CompletedProcess:
-    """Run shared/tools/check_contract.py (skips the test where the shared folder is not beside the checkout)."""
-    if CHECK_CONTRACT is None:
-        pytest.skip("shared/tools/check_contract.py is not here")
-    return subprocess.run([sys.executable, str(CHECK_CONTRACT), kind, str(path)], capture_output=True, text=True)
+from .conftest import check_contract
 
 # SEED_REPORT.md: rows are predictions, columns gold, in the order 높음 애매 낮음 / 대응 판단불가 미대응.
 SEED_RISK = {"높음": {"높음": 29, "애매": 1, "낮음": 0}, "애매": {"높음": 0, "애매": 42, "낮음": 1},

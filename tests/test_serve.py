@@ -22,7 +22,7 @@ KEY = "test-key-123"
 def server(trained_adapter, embedded_model, tmp_path_factory, monkeypatch_module):
     monkeypatch_module.setenv("PATENT_RISK_HOME", str(tmp_path_factory.mktemp("home")))
     cfg = ServerConfig(model=str(embedded_model), adapters=[("tiny", str(trained_adapter))], port=free_port(),
-                       api_key=KEY, max_model_len=1024, name="pytest")
+                       api_key=KEY, max_model_len=1024, name="pytest", memory_utilization=0.1)
     try:
         state = start(cfg, timeout=600, log=lambda s: None)
         yield state
@@ -50,6 +50,7 @@ def test_models_lists_the_adapter_and_key_is_required(server):
     with pytest.raises(urllib.error.HTTPError) as e:
         _get(f"{server.url}/v1/models")
     assert e.value.code == 401
+    e.value.close()
 
 
 def test_server_binds_loopback_only(server):
@@ -88,7 +89,8 @@ def engine_adapter_path(server):
 
 def test_stop_leaves_no_process(trained_adapter, embedded_model, tmp_path, monkeypatch):
     monkeypatch.setenv("PATENT_RISK_HOME", str(tmp_path))
-    cfg = ServerConfig(model=str(embedded_model), port=free_port(), max_model_len=512, name="short")
+    cfg = ServerConfig(model=str(embedded_model), port=free_port(), max_model_len=512, name="short",
+                       memory_utilization=0.05)
     state = start(cfg, timeout=600, log=lambda s: None)
     assert status("short")["healthy"]
     assert stop("short", log=lambda s: None)
