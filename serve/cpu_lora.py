@@ -184,11 +184,14 @@ def _lora_product(
     weights: torch.Tensor,
     groups: list[tuple[int, Any]],
     dtype: torch.dtype,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """outputs[t] = inputs[t] @ weights[lora(t)].T, zero rows for no adapter.
 
     One matmul per adapter present, on that adapter's rows only, against that
-    adapter's matrix (never a per-token copy of the weights).
+    adapter's matrix (never a per-token copy of the weights).  ``out``: a
+    contiguous [tokens, out_features] tensor to write into, used only when one
+    adapter covers every token (the caller checks the shape).
     """
     import torch
 
@@ -197,18 +200,24 @@ def _lora_product(
     num_tokens, out_features = x.shape[0], mats.shape[1]
     exact = _MODE == "exact"
 
-    def product(rows_x: torch.Tensor, lora: int) -> torch.Tensor:
+    def product(rows_x: torch.Tensor, lora: int, dst=None) -> torch.Tensor:
         w_t = mats[lora].to(dtype=dtype).t()  # [in, out], a view
         if exact:
             # Batched mat-vec against the same matrix broadcast over the batch
             # (stride 0: no copy).  Per row this is the very kernel call the
             # stock einsum makes, so results are bitwise equal to stock.
             n, k = rows_x.shape
-            return torch.bmm(rows_x.unsqueeze(1), w_t.expand(n, k, out_features)).squeeze(1)
+            w_b = w_t.expand(n, k, out_features)
+            if dst is not None:
+                torch.bmm(rows_x.unsqueeze(1), w_b, out=dst.unsqueeze(1))
+                return dst
+            return torch.bmm(rows_x.unsqueeze(1), w_b).squeeze(1)
+        if dst is not None:
+            return torch.mm(rows_x, w_t, out=dst)
         return torch.mm(rows_x, w_t)
 
     if len(groups) == 1 and groups[0][1] is None:
-        return product(x, groups[0][0])
+        return product(x, groups[0][0], out)
     outputs = x.new_zeros((num_tokens, out_features))
     for lora, rows in groups:
         if isinstance(rows, slice):
@@ -247,8 +256,7 @@ def bgmv_shrink(
             inputs, lora_b_weights, output_tensor, lora_indices_tensor, scaling
         )
     groups = _groups_from_token_indices(lora_indices_tensor)
-    outputs = _lora_product(inputs, lora_b_weights, groups, output_tensor.dtype)
-    _shrink_tail(outputs, output_tensor, scaling)
+    _shrink(inputs, lora_b_weights, output_tensor, groups, scaling)
 
 
 def bgmv_expand(
@@ -309,8 +317,7 @@ def sgmv_shrink(
 
         exploded = torch.repeat_interleave(lora_indices_tensor, seq_len_tensor)
         return bgmv_shrink(inputs, lora_a_weights, output_tensor, exploded, scaling)
-    outputs = _lora_product(inputs, lora_a_weights, groups, output_tensor.dtype)
-    _shrink_tail(outputs, output_tensor, scaling)
+    _shrink(inputs, lora_a_weights, output_tensor, groups, scaling)
 
 
 def sgmv_expand(
@@ -379,11 +386,34 @@ def _sgmv_groups(
     return _groups_from_segments(lora_indices_tensor, seq_len_tensor, inputs.shape[0])
 
 
-# Output handling: verbatim from the stock ops.
+def _shrink(inputs, weights, output_tensor, groups, scaling):
+    dtype = output_tensor.dtype
+    num_tokens, rank = inputs.shape[0], _as_matrices(weights).shape[1]
+    if (
+        len(groups) == 1
+        and groups[0][1] is None
+        and output_tensor.shape == (num_tokens, rank)
+        and output_tensor.is_contiguous()
+    ):
+        # The usual case (one adapter, vLLM's [tokens, rank] buffer): write the
+        # product straight into the output, then scale in place -- the same
+        # float operations as the stock tail below, minus two temporaries.
+        _lora_product(inputs, weights, groups, dtype, out=output_tensor)
+        if scaling != 1.0:
+            output_tensor.mul_(scaling)
+        return
+    outputs = _lora_product(inputs, weights, groups, dtype)
+    _shrink_tail(outputs, output_tensor, scaling)
+
+
+# Output handling: as in the stock ops.
 
 
 def _shrink_tail(outputs, output_tensor, scaling):
-    output_tensor[:, : outputs.shape[1]] = scaling * outputs[:]
+    if scaling == 1.0:  # 1.0 * x == x: skip the multiply (vLLM passes 1.0)
+        output_tensor[:, : outputs.shape[1]] = outputs
+    else:
+        output_tensor[:, : outputs.shape[1]] = scaling * outputs[:]
 
 
 def _expand_tail(outputs, output_tensor, add_inputs):
