@@ -22,7 +22,9 @@ One deliberate difference: a token whose lora index is negative (-1 = no
 adapter) gets no LoRA contribution (its product row is zero).  The stock ops
 index ``weights[-1]``, i.e. the LAST adapter slot, which is only harmless while
 that slot is empty (zeroed); with every slot filled, stock applies the last
-adapter to base-model tokens.
+adapter to base-model tokens.  Calls outside the regular layout (input rows
+not matching the per-token indices, or tracing under ``torch.compile``, which
+vLLM turns off with LoRA on CPU) are passed to the stock op unchanged.
 
 The names are imported by name into ``vllm.lora.punica_wrapper.punica_cpu``
 (and re-exported by ``vllm.lora.ops.torch_ops``), so :func:`install` patches

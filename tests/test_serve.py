@@ -90,7 +90,7 @@ def engine_adapter_path(server):
 def test_stop_leaves_no_process(trained_adapter, embedded_model, tmp_path, monkeypatch):
     monkeypatch.setenv("PATENT_RISK_HOME", str(tmp_path))
     cfg = ServerConfig(model=str(embedded_model), port=free_port(), max_model_len=512, name="short",
-                       memory_utilization=0.05)
+                       memory_utilization=0.1)
     state = start(cfg, timeout=600, log=lambda s: None)
     assert status("short")["healthy"]
     assert stop("short", log=lambda s: None)
