@@ -1,29 +1,11 @@
 """`evaluate`: validate datasets, run batch evaluations, write reports (a thin layer over the library)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
-from schemas.errors import DataError, UserError
-
-
-class _Group(click.Group):
-    """User mistakes (the library's UserError) become one-line messages and exit code 2."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except DataError as e:
-            for p in e.problems:
-                click.echo(str(p), err=True)
-            if e.hint:
-                click.echo(e.hint, err=True)
-            sys.exit(1)
-        except UserError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
+from schemas.cli_edge import ErrorReportingGroup
 
 
 def _adapter(value: str | None):
@@ -37,7 +19,7 @@ def _adapter(value: str | None):
     return AdapterSpec(name, path)
 
 
-@click.group(cls=_Group)
+@click.group(cls=ErrorReportingGroup)
 def main() -> None:
     """Evaluate a patent-risk model: constrained against unconstrained decoding, scored per CONTRACT.md.
 

@@ -2,23 +2,12 @@
 from __future__ import annotations
 
 import json
-import sys
-
 import click
 
-from schemas.errors import UserError
+from schemas.cli_edge import ErrorReportingGroup
 
 
-class _Group(click.Group):
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except UserError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
-
-
-@click.group(cls=_Group)
+@click.group(cls=ErrorReportingGroup)
 def main() -> None:
     """Serve a base model with LoRA adapters through vLLM's OpenAI-compatible server.
 

@@ -115,11 +115,16 @@ def read_state(name: str = "default") -> ServerState | None:
     return ServerState(**json.loads(path.read_text()))
 
 
-def _alive(pid: int) -> bool:
+def _reap(pid: int) -> None:
+    """Collect our own exited child: a zombie still answers signals and counts as a group member."""
     try:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
+
+
+def _alive(pid: int) -> bool:
+    _reap(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -205,10 +210,7 @@ def stop(name: str = "default", *, grace: float = 30.0, log: Callable[[str], Non
 
 
 def _group_alive(pgid: int) -> bool:
-    try:  # reap our own child first: a zombie still counts as a group member
-        os.waitpid(pgid, os.WNOHANG)
-    except ChildProcessError:
-        pass
+    _reap(pgid)
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:

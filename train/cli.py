@@ -1,23 +1,12 @@
 """`train`: QLoRA fine-tuning and adapter export (a thin layer over train.trainer)."""
 from __future__ import annotations
 
-import sys
-
 import click
 
-from schemas.errors import UserError
+from schemas.cli_edge import ErrorReportingGroup
 
 
-class _Group(click.Group):
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except UserError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
-
-
-@click.group(cls=_Group)
+@click.group(cls=ErrorReportingGroup)
 def main() -> None:
     """Fine-tune a base model with QLoRA on a patent-risk dataset and export a vLLM-ready adapter.
 

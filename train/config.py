@@ -92,5 +92,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as e:
-        lines = [f"{path}: {'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}" for err in e.errors()]
+        lines = [f"{path}: {'.'.join(map(str, err['loc'])) or 'config'}: {err['msg'].removeprefix('Value error, ')}"
+                 for err in e.errors()]
         raise UserError("\n".join(lines)) from None
