@@ -3,11 +3,18 @@ types become one-line messages and exit codes, never a traceback. The only modul
 click; no library module imports it."""
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
 
 from .errors import DataError, UserError
+
+
+# bitsandbytes logs a warning at import that it could not fetch an optional CPU kernel from a model hub
+# ("Failed to load CPU gemm_4bit_forward from kernels-community"); its own fallback runs, so users
+# need not see it on every command.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 class ErrorReportingGroup(click.Group):
