@@ -70,5 +70,35 @@ def status(name) -> None:
     click.echo(json.dumps(server_status(name), indent=2))
 
 
+@main.command()
+@click.option("--url", required=True, help="The server, e.g. http://127.0.0.1:8000.")
+@click.option("--served-model", "served_models", multiple=True, required=True,
+              help="A model name the server serves (the base's path or an adapter's name). Repeatable; the first is the reference.")
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Dataset whose prompts are sent.")
+@click.option("--arms", type=click.Choice(["both", "constrained", "unconstrained"]), default="both", show_default=True)
+@click.option("--schema", "schema_name", default="v1", show_default=True, type=click.Choice(["v1", "v2"]))
+@click.option("--concurrency", default="1,4,16", show_default=True, help="Comma-separated concurrency levels.")
+@click.option("--num-requests", default=32, show_default=True, type=int, help="Requests per configuration.")
+@click.option("--model", default=None, help="Base model whose tokenizer sizes max_tokens (default: the embedded model).")
+@click.option("--api-key", default=None, envvar="PATENT_RISK_API_KEY")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSON file; .md and .png are written beside it.")
+def bench(url, served_models, data, arms, schema_name, concurrency, num_requests, model, api_key, out) -> None:
+    """Throughput and latency (TTFT, TPOT, ITL, end to end at p50/p90/p99) of a running server, for every
+    served model x arm x concurrency."""
+    from pathlib import Path
+
+    from schemas.embedded import resolve_model
+
+    from .bench import run_bench, to_markdown, write_bench
+
+    levels = [int(c) for c in concurrency.split(",") if c.strip()]
+    arm_list = {"both": [False, True], "constrained": [True], "unconstrained": [False]}[arms]
+    doc = run_bench(url.rstrip("/"), list(served_models), data, arm_list, levels, num_requests, resolve_model(model, click.echo),
+                    schema_name, api_key, log=click.echo)
+    paths = write_bench(doc, Path(out))
+    click.echo(to_markdown(doc))
+    click.echo("written: " + ", ".join(map(str, paths)))
+
+
 if __name__ == "__main__":
     main()

@@ -97,3 +97,19 @@ def test_stop_leaves_no_process(trained_adapter, embedded_model, tmp_path, monke
     with pytest.raises(ProcessLookupError):
         os.killpg(state.pid, 0)
     assert status("short") == {"name": "short", "running": False}
+
+
+def test_bench_against_the_server(server, embedded_model, tmp_path):
+    from serve.bench import run_bench, write_bench
+
+    doc = run_bench(server.url, [server.served_model, "tiny"], str(EVAL), [False, True], [1, 2], 2,
+                    str(embedded_model), api_key=KEY, log=lambda s: None)
+    assert len(doc["results"]) == 2 * 2 * 2
+    for r in doc["results"]:
+        assert r["errors"] == 0 and r["output_tokens"] > 0
+        assert 0 < r["ttft_ms"]["p50"] <= r["e2e_ms"]["p50"]
+        assert r["output_tok_s"] > 0 and r["tpot_ms"]["p50"] > 0
+    kinds = {q["kind"] for q in doc["ratios"]}
+    assert {"tiny/" + server.served_model, "constrained/unconstrained"} <= kinds
+    paths = write_bench(doc, tmp_path / "bench.json")
+    assert all(p.exists() and p.stat().st_size > 0 for p in paths)
