@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from schemas.errors import DataError, Problem, UserError
+from schemas.jsonl import BOM, decode_line, read_bytes
 from schemas.labels import MATCH_LABELS, RISK_LEVELS
 from schemas.output import schema_names
 
@@ -172,13 +173,9 @@ def _parse_lines(data: bytes, where: str, rows: list[dict[str, Any]], numbers: l
     for n, raw in enumerate(data.split(b"\n"), 1):
         if not raw.strip():
             continue
-        try:
-            row = json.loads(raw)
-        except UnicodeDecodeError as e:
-            problems.append(Problem(where, n, "line", f"not valid UTF-8 (byte {e.start})"))
-            continue
-        except json.JSONDecodeError as e:
-            problems.append(Problem(where, n, "line", f"not valid JSON: {e.msg} (column {e.colno})"))
+        row, problem = decode_line(where, n, raw)
+        if problem is not None:
+            problems.append(problem)
             continue
         row_problems = _check_row(row, where, n)
         if not row_problems:
@@ -201,10 +198,7 @@ def read_results(path: str | Path) -> Results:
     """
     target = results_path(path)
     where = str(target)
-    try:
-        data = target.read_bytes()
-    except OSError as e:
-        raise DataError([Problem(where, 0, "", f"cannot read: {e.strerror}")]) from None
+    data = read_bytes(target)
     warnings: list[str] = []
     torn = _torn_tail(data)
     if torn is not None:
@@ -213,8 +207,7 @@ def read_results(path: str | Path) -> Results:
                         "as a run interrupted mid-write leaves it; resuming the run repairs it")
         data = data[:torn]
     digest = hashlib.sha256(data).hexdigest()
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
+    data = data.removeprefix(BOM)
     rows: list[dict[str, Any]] = []
     numbers: list[int] = []
     problems: list[Problem] = []

@@ -1,7 +1,6 @@
 """The dataset contract (CONTRACT.md section 1): one record per JSONL line, and its loader."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -9,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import DataError, Problem
+from .jsonl import BOM, decode_line, read_bytes
 from .labels import MatchLabel, RiskLevel
 
 
@@ -113,16 +113,11 @@ def _problems_from_validation(path: str, line: int, err: ValidationError) -> lis
 
 def parse_line(path: str, line_no: int, raw: bytes) -> tuple[Record | None, list[Problem]]:
     """Parse one JSONL line into a Record, or return the problems found."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return None, [Problem(path, line_no, "line", f"not valid UTF-8 (byte {e.start})")]
-    if line_no == 1 and text.startswith("\ufeff"):
-        text = text[1:]
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        return None, [Problem(path, line_no, "line", f"not valid JSON: {e.msg} (column {e.colno})")]
+    if line_no == 1 and raw.startswith(BOM):
+        raw = raw[len(BOM):]
+    obj, problem = decode_line(path, line_no, raw)
+    if problem is not None:
+        return None, [problem]
     if not isinstance(obj, dict):
         return None, [Problem(path, line_no, "line", f"expected a JSON object, got {type(obj).__name__}")]
     try:
@@ -138,12 +133,7 @@ def load_dataset(path: str | Path, *, skip_bad: bool = False, limit: int | None 
     """
     p = Path(path)
     name = str(path)
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise DataError([Problem(name, 0, "", f"cannot read: {e.strerror}")]) from None
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
+    data = read_bytes(p).removeprefix(BOM)
     records: list[Record] = []
     numbers: list[int] = []
     problems: list[Problem] = []
