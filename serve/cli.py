@@ -100,5 +100,33 @@ def bench(url, served_models, data, arms, schema_name, concurrency, num_requests
     click.echo("written: " + ", ".join(map(str, paths)))
 
 
+@main.command()
+@click.option("--url", required=True, help="The server, e.g. http://127.0.0.1:8000.")
+@click.option("--served-model", required=True, help="The model name to benchmark (base path or adapter name).")
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Dataset whose prompts are sent.")
+@click.option("--concurrency", default=16, show_default=True, type=int)
+@click.option("--num-requests", default=32, show_default=True, type=int)
+@click.option("--model", default=None, help="Base model whose tokenizer renders the prompts (default: the embedded model).")
+@click.option("--api-key", default=None, envvar="PATENT_RISK_API_KEY")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSON file; a .md table is written beside it.")
+def crosscheck(url, served_model, data, concurrency, num_requests, model, api_key, out) -> None:
+    """Run one unconstrained configuration through both `serve bench` and vLLM's own serving benchmark
+    (`vllm bench serve`, in-process) against the same server and compare their figures side by side."""
+    from pathlib import Path
+
+    from schemas.embedded import resolve_model
+
+    from .crosscheck import crosscheck as run, to_markdown
+
+    doc = run(url.rstrip("/"), served_model, data, concurrency, num_requests, resolve_model(model, click.echo),
+              api_key=api_key, log=click.echo)
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    path.with_suffix(".md").write_text(to_markdown(doc), encoding="utf-8")
+    click.echo(to_markdown(doc))
+    click.echo(f"written: {path}, {path.with_suffix('.md')}")
+
+
 if __name__ == "__main__":
     main()

@@ -113,3 +113,16 @@ def test_bench_against_the_server(server, embedded_model, tmp_path):
     assert {"tiny/" + server.served_model, "constrained/unconstrained"} <= kinds
     paths = write_bench(doc, tmp_path / "bench.json")
     assert all(p.exists() and p.stat().st_size > 0 for p in paths)
+
+
+def test_crosscheck_with_vllms_serving_benchmark(server, embedded_model, tmp_path):
+    """vLLM's own benchmark and serve bench send the same greedy requests: they must count the same
+    output tokens, and both must see every request succeed."""
+    from serve.crosscheck import crosscheck, to_markdown
+
+    doc = crosscheck(server.url, "tiny", str(EVAL), 2, 3, str(embedded_model), api_key=KEY, log=lambda s: None)
+    ours, theirs = doc["serve_bench"], doc["vllm_bench"]
+    assert ours["errors"] == 0 and theirs["errors"] == 0 and theirs["requests"] == 3
+    assert ours["output_tokens"] == theirs["output_tokens"] > 0
+    assert theirs["output_tok_s"] > 0 and theirs["ttft_ms"]["p50"] > 0
+    assert "vllm bench serve" in to_markdown(doc)
