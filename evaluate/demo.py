@@ -21,17 +21,36 @@ DEMO_CONFIG = "train/configs/demo.yaml"
 
 
 def _adapter_is_current(adapter_dir: Path) -> bool:
-    """An adapter is reused only when it was trained with the demo config as it is now, on the same data."""
+    """An adapter is reused only when it was trained with the demo config as it is now, on the same data.
+
+    The manifest's config is read through TrainConfig, so a field added since (at its default, which
+    changes nothing) does not make an adapter stale. Generated boundary records come from code, not
+    from the data file: with augment_boundary the training list itself is recomputed and compared.
+    """
+    from pydantic import ValidationError
+
     from schemas.artifacts import file_sha256
-    from train.config import load_config
+    from train.config import TrainConfig, load_config
     from train.export import read_manifest
 
     manifest = read_manifest(adapter_dir) if adapter_dir.is_dir() else None
     if manifest is None:
         return False
     cfg = load_config(project_root() / DEMO_CONFIG)
-    return (manifest.get("config") == cfg.model_dump(mode="json")
-            and manifest.get("data", {}).get("sha256") == file_sha256(project_root() / cfg.train_data))
+    try:
+        trained = TrainConfig.model_validate(manifest.get("config") or {}).model_dump(mode="json")
+    except ValidationError:
+        return False
+    data_path = project_root() / cfg.train_data
+    if trained != cfg.model_dump(mode="json") or manifest.get("data", {}).get("sha256") != file_sha256(data_path):
+        return False
+    if cfg.augment_boundary:
+        from schemas.records import load_dataset
+        from train.data_mix import training_data
+
+        _, _, mix = training_data(cfg, load_dataset(data_path).records)
+        return (manifest.get("data_mix") or {}).get("train_records_sha256") == mix["train_records_sha256"]
+    return True
 
 
 def _run(argv: list[str], timings: dict[str, float], step: str) -> None:

@@ -82,6 +82,9 @@ def test_exported_adapter_and_manifest(trained_adapter):
         assert key in manifest
     assert manifest["base_model"]["sha256"] and manifest["data"]["sha256"] and manifest["schema"]["name"] == "v1"
     assert manifest["results"]["steps"] == 8 and manifest["results"]["train_loss"] > 0
+    mix = manifest["data_mix"]  # no mix configured: the first 16 records in file order, nothing added
+    assert (mix["base_records"], mix["train_examples"], mix["augment_boundary"], mix["shuffled"]) == (16, 16, 0, False)
+    assert manifest["config"]["augment_boundary"] == 0 and manifest["config"]["oversample_where"] is None
     assert not list(trained_adapter.glob("*.bin"))
 
 

@@ -14,6 +14,10 @@ def main() -> None:
     train qlora                          demo recipe on the embedded SmolLM2-135M
     train qlora --config train/configs/seed.yaml   the users' Gemma 3 4B recipe (GPU)
     train qlora -s limit=50 -s learning_rate=5e-4  override any config field
+    train qlora -s augment_boundary=80             add 80 generated boundary cases (demo patents)
+    train qlora -s oversample_where=meta.near_boundary -s oversample_factor=3
+                                         repeat the near-boundary records 3x
+    train qlora --print-config           every field, data-mix ones included
     """
 
 

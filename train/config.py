@@ -29,6 +29,14 @@ class TrainConfig(BaseModel):
     output_name: str = Field("adapter", description="Adapter name; written to artifacts/adapters/NAME.")
     output_dir: str | None = Field(None, description="Write the adapter here instead of artifacts/adapters/NAME.")
 
+    augment_boundary: int = Field(0, ge=0, description=(
+        "Add N generated boundary records (schemas.demo_data.generate_boundary_cases, seed = seed) for the patents "
+        "of the training records; demo patents only. Never added to the held-out slice."))
+    oversample_where: str | None = Field(None, description=(
+        "meta.PATH (e.g. meta.near_boundary): training records whose value there is truthy are repeated "
+        "oversample_factor times in all. The held-out slice is never oversampled."))
+    oversample_factor: int = Field(1, ge=1, description="How many times in all each oversample_where record appears (1: off).")
+
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
@@ -62,6 +70,17 @@ class TrainConfig(BaseModel):
             raise ValueError(f"lora_r={self.lora_r}: vLLM serves ranks {list(VLLM_LORA_RANKS)} only")
         if self.lora_r > self.max_lora_rank_serving:
             raise ValueError(f"lora_r={self.lora_r} is above max_lora_rank_serving={self.max_lora_rank_serving}; raise --max-lora-rank at serving or lower lora_r")
+        if self.oversample_where is not None:
+            parts = self.oversample_where.split(".")
+            if len(parts) < 2 or parts[0] != "meta" or not all(parts):
+                raise ValueError(f"oversample_where={self.oversample_where!r}: expected meta.KEY or meta.KEY.SUBKEY, "
+                                 "e.g. meta.near_boundary")
+            if self.oversample_factor < 2:
+                raise ValueError(f"oversample_where={self.oversample_where} needs oversample_factor >= 2 "
+                                 "(1 leaves the data as it is)")
+        elif self.oversample_factor != 1:
+            raise ValueError(f"oversample_factor={self.oversample_factor} needs oversample_where=meta.KEY "
+                             "(which records to repeat)")
         return self
 
     @property

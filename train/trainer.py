@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -22,6 +21,7 @@ from schemas.records import load_dataset
 
 from . import hardware
 from .config import TrainConfig
+from .data_mix import training_data
 from .export import adapter_problems
 from .features import build_features, make_collator
 
@@ -36,17 +36,6 @@ class TrainResult:
 
 def _adapter_dir(cfg: TrainConfig) -> Path:
     return Path(cfg.output_dir) if cfg.output_dir else subdir("adapters") / cfg.output_name
-
-
-def split_records(records: list, eval_fraction: float, seed: int) -> tuple[list, list]:
-    """A held-out slice for eval loss, chosen by seed; the rest keeps the file's order."""
-    n_eval = int(round(len(records) * eval_fraction))
-    if n_eval == 0:
-        return list(records), []
-    idx = list(range(len(records)))
-    random.Random(seed).shuffle(idx)
-    held = set(idx[:n_eval])
-    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
 
 
 def target_modules_for(model, modules: list[str]) -> list[str] | str:
@@ -115,9 +104,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
     model_path = resolve_model(cfg.base_model, log)
 
     data = load_dataset(cfg.train_data)
-    train_recs, eval_recs = split_records(data.records, cfg.eval_fraction, cfg.seed)
-    if cfg.limit is not None:
-        train_recs = train_recs[: cfg.limit]
+    train_recs, eval_recs, data_mix = training_data(cfg, data.records)
+    if cfg.augment_boundary or cfg.oversample_where:
+        log(f"data mix: {data_mix['base_records']} records"
+            + (f" + {data_mix['oversample_added']} repeats of the {data_mix['oversample_selected']} where "
+               f"{cfg.oversample_where} (x{cfg.oversample_factor})" if cfg.oversample_where else "")
+            + (f" + {data_mix['augment_boundary']} generated boundary records" if data_mix["augment_boundary"] else "")
+            + f" = {data_mix['train_examples']} training examples; risk levels {data_mix['train_risk_levels']}")
 
     model, tokenizer = load_base(model_path, plan)
     too_long = []
@@ -200,6 +193,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
         "base_model": {"name": cfg.base_model or "embedded:SmolLM2-135M-Instruct", **describe_path(model_path)},
         "data": {"path": cfg.train_data, "sha256": file_sha256(cfg.train_data), "train_records": len(train_feats),
                  "eval_records": len(eval_feats), "train_ids_first_last": [train_recs[0].id, train_recs[-1].id]},
+        "data_mix": data_mix,
         "schema": {"name": cfg.schema_name, "hash": schema_hash(load_schema(cfg.schema_name))},
         "prompt": {"version": PROMPT_VERSION, "hash": prompt_fingerprint(cfg.schema_name)},
         "config": cfg.model_dump(mode="json"),
