@@ -143,6 +143,10 @@ def run_batch(cfg: BatchConfig, make_engine: Callable[[str], Engine], *, log: Ca
     todo = [r for r in records if r.id not in done]
     if done:
         log(f"resuming {run_dir}: {len(done & {r.id for r in records})} of {len(records)} samples already done")
+    if cfg.adapter is not None:
+        from train.export import check_adapter_dir
+
+        check_adapter_dir(cfg.adapter.path)  # what vLLM would refuse is refused before any engine starts
     model_path = resolve_model(cfg.model, log)
     info_path = run_dir / RUN_JSON
     old_info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else None
@@ -190,18 +194,25 @@ def _generate_into(results: Path, requests, by_id, engine: Engine, chunk_size: i
     t0 = time.perf_counter()
     tokens = 0
     bar = tqdm(total=len(requests), unit="sample", disable=not progress, dynamic_ncols=True)
+    streaming = getattr(engine, "generate_iter", None)
     with open(results, "ab") as f:
-        for start in range(0, len(requests), chunk_size):
-            chunk = requests[start:start + chunk_size]
-            outputs = engine.generate(chunk)
-            lines = b"".join((json.dumps(_result_row(by_id[o.record_id], o), ensure_ascii=False) + "\n").encode("utf-8")
-                             for o in outputs)
-            f.write(lines)
+        try:
+            for start in range(0, len(requests), chunk_size):
+                chunk = requests[start:start + chunk_size]
+                # A server engine yields rows as requests finish: each is written and flushed at once, so a
+                # failure later in the chunk loses none of them. The offline engine decodes the chunk together.
+                for o in (streaming(chunk) if streaming else engine.generate(chunk)):
+                    f.write((json.dumps(_result_row(by_id[o.record_id], o), ensure_ascii=False) + "\n").encode("utf-8"))
+                    if streaming:
+                        f.flush()
+                    tokens += o.output_tokens
+                    bar.update(1)
+                f.flush()
+                os.fsync(f.fileno())
+                elapsed = time.perf_counter() - t0
+                bar.set_postfix(tok_s=f"{tokens / elapsed:.1f}", refresh=False)
+        finally:
             f.flush()
             os.fsync(f.fileno())
-            tokens += sum(o.output_tokens for o in outputs)
-            elapsed = time.perf_counter() - t0
-            bar.update(len(chunk))
-            bar.set_postfix(tok_s=f"{tokens / elapsed:.1f}", refresh=False)
     bar.close()
     return time.perf_counter() - t0, tokens

@@ -58,13 +58,18 @@ def validate(file, skip_bad) -> None:
 @click.option("--server", default=None, metavar="URL", help="Use a running `vllm serve` (e.g. http://127.0.0.1:8000) instead of the offline engine.")
 @click.option("--api-key", default=None, envvar="PATENT_RISK_API_KEY", help="The server's API key.")
 @click.option("--max-concurrency", default=8, show_default=True, help="With --server: requests in flight at once.")
+@click.option("--max-retries", default=4, show_default=True,
+              help="With --server: retries per request on connection errors, timeouts, 408/429/5xx (the OpenAI client's backoff).")
+@click.option("--request-timeout", default=300.0, show_default=True, help="With --server: seconds before a request is retried.")
 @click.option("--limit", type=int, default=None, help="Only the first N records.")
 @click.option("--chunk-size", type=int, default=32, show_default=True, help="Records decoded together; results are written after each chunk.")
 @click.option("--max-model-len", type=int, default=2048, show_default=True)
+@click.option("--gpu-memory-utilization", type=float, default=None,
+              help="Offline engine: share of GPU memory (on the CPU build: of host memory, for the KV cache) vLLM may take.")
 @click.option("--skip-bad", is_flag=True, help="Leave out bad dataset lines (each is reported) instead of refusing the file.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def batch(data, out, constrained, model, adapter, schema_name, backend, server, api_key, max_concurrency, limit,
-          chunk_size, max_model_len, skip_bad, no_progress) -> None:
+def batch(data, out, constrained, model, adapter, schema_name, backend, server, api_key, max_concurrency, max_retries,
+          request_timeout, limit, chunk_size, max_model_len, gpu_memory_utilization, skip_bad, no_progress) -> None:
     """Run a dataset through vLLM into a run directory (results.jsonl + run.json).
 
     \b
@@ -76,10 +81,6 @@ def batch(data, out, constrained, model, adapter, schema_name, backend, server, 
     from .engines import VllmOffline, VllmServer
 
     spec = _adapter(adapter)
-    if spec is not None:
-        from train.export import check_adapter_dir
-
-        check_adapter_dir(spec.path)
     cfg = BatchConfig(data=data, out=out, constrained=constrained, model=model, adapter=spec, schema_name=schema_name,
                       backend=backend, server=server, limit=limit, chunk_size=chunk_size, max_model_len=max_model_len,
                       skip_bad=skip_bad)
@@ -89,10 +90,11 @@ def batch(data, out, constrained, model, adapter, schema_name, backend, server, 
         def make_engine(model_path):
             served = spec.name if spec else model_path
             return VllmServer(server, served, model_path, api_key=api_key, max_concurrency=max_concurrency,
-                              backend=served_backend(server))
+                              max_retries=max_retries, timeout=request_timeout, backend=served_backend(server))
     else:
         def make_engine(model_path):
-            return VllmOffline(model_path, spec, backend=backend, max_model_len=max_model_len)
+            return VllmOffline(model_path, spec, backend=backend, max_model_len=max_model_len,
+                               gpu_memory_utilization=gpu_memory_utilization)
     summary = run_batch(cfg, make_engine, log=click.echo, progress=not no_progress)
     if summary.generated:
         click.echo(f"{summary.run_dir}: {summary.generated} samples in {summary.seconds:.0f} s "

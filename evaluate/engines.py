@@ -174,16 +174,37 @@ class VllmServer:
                          latency_s=round(time.perf_counter() - t0, 3))
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
-        """All or nothing per chunk: a request that still fails after the retries fails the chunk, and
-        the rows already written stay; a later run resumes."""
-        from concurrent.futures import ThreadPoolExecutor
+        return list(self.generate_iter(requests))
 
+    def generate_iter(self, requests: list[GenRequest]):
+        """Yield each result as soon as its request finishes (so the caller writes it at once). A request
+        that still fails after the client's retries stops the run: requests not yet sent are cancelled,
+        those in flight are let finish and yielded, then a UserError says what failed."""
+        from concurrent.futures import ThreadPoolExecutor, as_completed
+
+        failure: Exception | None = None
+        failed = 0
         with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
+            futures = [pool.submit(self._one, r) for r in requests]
             try:
-                return list(pool.map(self._one, requests))
-            except self._openai.APIError as e:
-                raise UserError(f"the server at {self.url} failed after retries: {type(e).__name__}: {e}; "
-                                "finished rows are kept, re-run the same command to resume") from None
+                for fut in as_completed(futures):
+                    if fut.cancelled():
+                        continue
+                    try:
+                        yield fut.result()
+                    except self._openai.APIError as e:
+                        failed += 1
+                        if failure is None:
+                            failure = e
+                            for other in futures:
+                                other.cancel()
+            finally:
+                for other in futures:
+                    other.cancel()
+        if failure is not None:
+            raise UserError(f"the server at {self.url} failed after {self.client.max_retries} retries: "
+                            f"{type(failure).__name__}: {failure} ({failed} request(s) failed); every finished row "
+                            "is kept: re-run the same command to resume") from None
 
     def close(self) -> None:
         self.client.close()

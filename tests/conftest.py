@@ -17,6 +17,43 @@ TRAIN = ROOT / "data" / "demo" / "train.jsonl"
 CHECK_CONTRACT = ROOT.parent / "shared" / "tools" / "check_contract.py"
 
 
+def live_group_members(pgid: int, wait: float = 30.0) -> list[tuple[int, str]]:
+    """Processes of group pgid that are not zombies, after waiting up to `wait` s for them to exit. A
+    killed server's children are reparented to init, which reaps them on its own schedule; a zombie
+    holds no memory, port or CPU, so only live members count as left behind."""
+    import time
+
+    deadline = time.monotonic() + wait
+    while True:
+        live = []
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            rest = stat[stat.rindex(")") + 2:].split()
+            if int(rest[2]) == pgid and rest[0] != "Z":
+                live.append((int(d.name), stat[stat.index("(") + 1:stat.rindex(")")]))
+        if not live or time.monotonic() > deadline:
+            return live
+        time.sleep(0.2)
+
+
+class Borrowed:
+    """Lends the shared engine to run_batch without letting it close it."""
+
+    def __init__(self, engine):
+        self._engine = engine
+        self.description = engine.description
+        self.count_tokens = engine.count_tokens
+        self.generate = engine.generate
+
+    def close(self):
+        pass
+
+
 def check_contract(kind: str, path) -> subprocess.CompletedProcess:
     """Run shared/tools/check_contract.py (CI has shared/ beside the checkout; a bare clone may not)."""
     if not CHECK_CONTRACT.exists():

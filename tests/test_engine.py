@@ -8,22 +8,9 @@ from evaluate.requests import build_requests
 from schemas.errors import UserError
 from schemas.output import schema_errors
 
-from .conftest import EVAL, check_contract
+from .conftest import EVAL, Borrowed, check_contract
 
 pytestmark = pytest.mark.engine
-
-
-class Borrowed:
-    """Lends the shared engine to run_batch without letting it close it."""
-
-    def __init__(self, engine):
-        self._engine = engine
-        self.description = engine.description
-        self.count_tokens = engine.count_tokens
-        self.generate = engine.generate
-
-    def close(self):
-        pass
 
 
 def test_constrained_outputs_are_schema_valid_with_exact_ids(engine, eval_records):

@@ -1,0 +1,115 @@
+"""A fault-injecting HTTP proxy in front of the real vLLM server: it forwards requests unchanged, except
+the ones its plan picks, which get an HTTP 5xx, a slow answer, a dropped connection, or nothing at all
+(the proxy stops listening: connection refused, as when the server is killed)."""
+from __future__ import annotations
+
+import http.server
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Callable
+
+# plan(n) -> action for the n-th (1-based) POST: "forward", "503", "500", "drop", "slow:SECONDS"
+Plan = Callable[[int], str]
+
+
+class FaultProxy:
+    def __init__(self, upstream: str, plan: Plan):
+        self.upstream = upstream.rstrip("/")
+        self.plan = plan
+        self.posts = 0
+        self.forwarded = 0
+        self.injected: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self.port = _free_port()
+        self._server: http.server.ThreadingHTTPServer | None = None
+        self.up()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _count(self, kind: str) -> None:
+        with self._lock:
+            self.injected[kind] = self.injected.get(kind, 0) + 1
+
+    def up(self) -> None:
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _forward(self, body: bytes | None):
+                req = urllib.request.Request(proxy.upstream + self.path, data=body, method=self.command,
+                                             headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
+                try:
+                    with urllib.request.urlopen(req, timeout=600) as r:
+                        status, headers, payload = r.status, r.headers, r.read()
+                except urllib.error.HTTPError as e:
+                    status, headers, payload = e.code, e.headers, e.read()
+                if self.command == "POST" and status == 200:
+                    with proxy._lock:
+                        proxy.forwarded += 1  # counted when the server answered, whether or not the client still waits
+                self.send_response(status)
+                for k, v in headers.items():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def do_GET(self):
+                self._forward(None)
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with proxy._lock:
+                    proxy.posts += 1
+                    n = proxy.posts
+                action = proxy.plan(n)
+                if action in ("500", "503"):
+                    proxy._count(action)
+                    payload = b'{"error": "injected fault"}'
+                    self.send_response(int(action))
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                if action == "drop":
+                    proxy._count("drop")
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if action.startswith("slow:"):
+                    proxy._count("slow")
+                    time.sleep(float(action.split(":", 1)[1]))
+                try:
+                    self._forward(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    return  # the client gave up (its timeout) while we waited
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def down(self) -> None:
+        """Stop listening: new connections are refused, as from a killed server."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def close(self) -> None:
+        self.down()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
