@@ -84,7 +84,7 @@ def _torn_tail(data: bytes) -> int | None:
         return None
     try:
         json.loads(tail)
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
         return start
     return None
 
@@ -149,12 +149,36 @@ def _check_row(row: Any, where: str, line: int) -> list[Problem]:
         problems.append(Problem(where, line, "raw_output", f"expected a string, got {type(row['raw_output']).__name__}"))
     if "finish_reason" not in missing and row["finish_reason"] is not None and not isinstance(row["finish_reason"], str):
         problems.append(Problem(where, line, "finish_reason", "expected a string or null"))
-    if "gold" not in missing:
-        problems.extend(_check_gold(row["gold"], where, line))
+    gold_problems = [] if "gold" in missing else _check_gold(row["gold"], where, line)
+    problems.extend(gold_problems)
     elements = row.get("elements")
-    if elements is not None and (not isinstance(elements, list) or not all(isinstance(e, dict) and isinstance(e.get("id"), str) for e in elements)):
-        problems.append(Problem(where, line, "elements", "expected a list of {id, text}"))
+    if elements is not None:
+        if not isinstance(elements, list) or not all(isinstance(e, dict) and isinstance(e.get("id"), str) for e in elements):
+            problems.append(Problem(where, line, "elements", "expected a list of {id, text}"))
+        else:
+            problems.extend(_check_coverage(elements, None if gold_problems else row.get("gold"), where, line))
     return problems
+
+
+def _check_coverage(elements: list[dict[str, Any]], gold: dict[str, Any] | None, where: str, line: int) -> list[Problem]:
+    """The row's element ids are unique and its gold has exactly one match per element (CONTRACT.md section 1).
+
+    ``gold`` is None when the row has none or its own check failed; its match ids are then known to be unique.
+    """
+    ids = [e["id"] for e in elements]
+    got = None if gold is None else [m["element_id"] for m in gold["matches"]]
+    if got == ids:  # the usual row: matches in element order (unique, as gold's own check found)
+        return []
+    if len(set(ids)) != len(ids):
+        return [Problem(where, line, "elements", f"duplicate element id(s) {sorted({i for i in ids if ids.count(i) > 1})}")]
+    if got is None or set(got) == set(ids):
+        return []
+    parts = []
+    if missing := [i for i in ids if i not in got]:
+        parts.append(f"no match for element(s) {missing}")
+    if extra := [i for i in got if i not in ids]:
+        parts.append(f"match for unknown element(s) {extra}")
+    return [Problem(where, line, "gold.matches", "; ".join(parts) + " (exactly one per element of `elements` is required)")]
 
 
 @dataclass

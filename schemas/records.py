@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .errors import DataError, Problem
+from .errors import DataError, Problem, UserError
 from .jsonl import BOM, decode_line, read_bytes
 from .labels import MatchLabel, RiskLevel
 
@@ -131,6 +131,8 @@ def load_dataset(path: str | Path, *, skip_bad: bool = False, limit: int | None 
 
     With skip_bad, bad lines are left out and each is listed in ``skipped``.
     """
+    if limit is not None and limit < 1:  # a negative slice would drop records from the end, silently
+        raise UserError(f"limit must be 1 or more, not {limit}")
     p = Path(path)
     name = str(path)
     data = read_bytes(p).removeprefix(BOM)
