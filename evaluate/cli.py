@@ -106,7 +106,8 @@ def batch(data, out, constrained, model, adapter, schema_name, backend, server, 
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Writes metrics.json, report.md, report.html here.")
 @click.option("--baseline", default=None, help="Reference run name for comparisons (default: the first run).")
-@click.option("--by", multiple=True, help="Slice every metric by a field: patent_id or meta.PATH. Repeatable.")
+@click.option("--by", multiple=True, help="Slice every metric by a field: patent_id or meta.PATH; a numeric field into bins with "
+              "meta.PATH:EDGE,EDGE,... (e.g. meta.boundary_distance:0.5,1,2). Repeatable.")
 def report(run_dirs, out, baseline, by) -> None:
     """Score runs and compare them side by side (CONTRACT.md section 4)."""
     from .report import write_report

@@ -34,7 +34,7 @@ from .report_doc import build_document, comparison_sentence, markdown_table, ren
 from .report_html import render_html
 from .report_metrics import run_metrics
 from .rundir import Run, gc_paused, read_run
-from .scoring import NO_VALUE, SLICE_PREFIX, score_runs
+from .scoring import NO_VALUE, SLICE_PREFIX, score_runs, split_bins
 
 FORMAT_VERSION = 1
 METRICS_FILE = "metrics.json"
@@ -97,7 +97,8 @@ def _reference(runs: list[Run], baseline: str | None) -> str:
 
 def _check_fields(by: Sequence[str], scored_samples: pl.DataFrame) -> None:
     for f in by:
-        if not f or any(not part for part in f.split(".")):
+        path, _ = split_bins(f)
+        if not path or any(not part for part in path.split(".")):
             raise UserError(f"--by {f!r}: not a field path; use patent_id or meta.NAME (dotted for nested fields)")
     for f in by:
         column = scored_samples.get_column(SLICE_PREFIX + f)
@@ -117,6 +118,11 @@ def build_report(run_dirs: Sequence[str | Path], baseline: str | None = None, by
     if bootstrap < 0:
         raise UserError(f"bootstrap resamples must be 0 or more, not {bootstrap}")
     by = list(dict.fromkeys(by))
+    for f in by:
+        try:
+            split_bins(f)
+        except ValueError as e:
+            raise UserError(str(e)) from None
     with gc_paused():  # many small objects, no cycles: the collector's passes would cost more than the work
         runs = _read_runs(run_dirs)
         _unique_names(runs)

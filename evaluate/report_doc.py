@@ -5,6 +5,8 @@ and everything shown can be traced to a key of metrics.json.
 """
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -186,7 +188,14 @@ def slice_values(runs: dict[str, Any], key: str) -> list[str]:
         try:
             return (0, float(value), value)
         except ValueError:
-            return (1, 0.0, value)
+            pass
+        m = re.fullmatch(r"(<|≥)?(-?[0-9.e+-]+)(?:–(-?[0-9.e+-]+))?", value)  # a bin label (see scoring.bin_label)
+        if m:
+            try:
+                return (0, float(m.group(2)) + (-1e-9 if m.group(1) == "<" else 1e-9 if m.group(1) == "≥" else 0), value)
+            except ValueError:
+                pass
+        return (1, 0.0, value)
     return sorted({v for r in runs.values() for v in r_get(r, key)}, key=order)
 
 

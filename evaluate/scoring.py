@@ -85,8 +85,38 @@ class OutputParser:
         return hit
 
 
+def split_bins(field: str) -> tuple[str, list[float] | None]:
+    """``meta.PATH:E1,E2,...`` slices a numeric field into bins with those edges; plain ``meta.PATH`` by value."""
+    path, sep, edges = field.partition(":")
+    if not sep:
+        return field, None
+    try:
+        bins = [float(e) for e in edges.split(",") if e.strip()]
+    except ValueError:
+        raise ValueError(f"--by {field!r}: bin edges after ':' must be numbers, e.g. meta.boundary_distance:0.5,1,2") from None
+    if not bins or bins != sorted(set(bins)):
+        raise ValueError(f"--by {field!r}: give increasing bin edges after ':', e.g. meta.boundary_distance:0.5,1,2")
+    return path, bins
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def bin_label(value: float, edges: list[float]) -> str:
+    """``<a``, ``a–b`` (a <= v < b) or ``≥z``."""
+    if value < edges[0]:
+        return f"<{_num(edges[0])}"
+    for lo, hi in zip(edges, edges[1:]):
+        if lo <= value < hi:
+            return f"{_num(lo)}–{_num(hi)}"
+    return f"≥{_num(edges[-1])}"
+
+
 def lookup(row: dict[str, Any], path: str) -> str:
-    """The value at a dotted ``path`` of a result row, as text; ``(none)`` when absent or null."""
+    """The value at a dotted ``path`` of a result row, as text; ``(none)`` when absent or null. With
+    bin edges (``path:E1,E2``) a number becomes its bin's label; a value that is not a number stays as it is."""
+    path, edges = split_bins(path)
     value: Any = row
     for part in path.split("."):
         if not isinstance(value, dict) or part not in value:
@@ -94,6 +124,8 @@ def lookup(row: dict[str, Any], path: str) -> str:
         value = value[part]
     if value is None:
         return NO_VALUE
+    if edges is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return bin_label(float(value), edges)
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 

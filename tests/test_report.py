@@ -338,3 +338,18 @@ def test_results_only_directory_is_enough(tmp_path):
     assert r["schema"]["name"] == "v1" and r["constrained"] is None and r["provenance"] == {}
     assert r["risk_accuracy"] == {"count": 0, "total": 0, "rate": None, "ci95": None}
     assert r["invalid_outputs"][0]["kind"] == "schema_failure" and r["finish_length"] == 1
+
+
+def test_slices_by_numeric_bins(tmp_path):
+    rows = [simple(i, "애매", "낮음" if isinstance(d, float) and d < 1 else "애매", meta={"boundary_distance": d})
+            for i, d in [("a", 0.2), ("b", 0.5), ("c", 0.9), ("d", 1.5), ("e", 7.0), ("f", "n/a")]]
+    run = write_run(tmp_path / "r", rows)
+    report = write_report([run], tmp_path / "out", by=["meta.boundary_distance:0.5,1,2"], bootstrap=0)
+    sl = report.metrics["runs"]["r"]["slices"]["meta.boundary_distance:0.5,1,2"]
+    assert {k: v["n"] for k, v in sl.items()} == {"<0.5": 1, "0.5–1": 2, "1–2": 1, "≥2": 1, "n/a": 1}
+    assert sl["0.5–1"]["risk_accuracy"]["count"] == 0 and sl["1–2"]["risk_accuracy"]["count"] == 1
+    md = report.markdown
+    assert md.index("= <0.5") < md.index("= 0.5–1") < md.index("= 1–2") < md.index("= ≥2")
+    for bad in ["meta.boundary_distance:", "meta.boundary_distance:2,1", "meta.boundary_distance:x"]:
+        with pytest.raises(UserError, match="bin edges"):
+            build_report([run], by=[bad])
