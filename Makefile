@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(STACK)
 
-.PHONY: demo test test-slow setup chromium clean-artifacts help
+.PHONY: demo test test-slow setup chromium tcmalloc clean-artifacts help
 
 help:
 	@echo "make demo       train, evaluate (unconstrained and constrained) and report on the embedded model"
@@ -32,13 +32,19 @@ chromium:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-cjk >/dev/null) || \
 	  echo "chromium not installed: the HTML rendering test will fail; install Debian's chromium package"; }
 
-demo: setup
+# tcmalloc, which vLLM's CPU workers run faster with; serve/cpu_env.py preloads it where installed. Optional.
+tcmalloc:
+	@[ -n "$$(ls /usr/lib/*/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4 2>/dev/null)" ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4 >/dev/null) || \
+	  echo "tcmalloc not installed (optional): apt install libtcmalloc-minimal4 for faster vLLM CPU workers"; }
+
+demo: setup tcmalloc
 	$(BIN)/python -m evaluate.demo
 
-test: setup chromium
+test: setup chromium tcmalloc
 	$(BIN)/python -m pytest -q
 
-test-slow: setup chromium
+test-slow: setup chromium tcmalloc
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
 clean-artifacts:

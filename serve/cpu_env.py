@@ -17,10 +17,43 @@ def is_cpu_build() -> bool:
         return False
 
 
+ALLOCATOR_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib")
+ALLOCATOR_NAMES = ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4", "libtcmalloc_minimal.so", "libtcmalloc.so")
+
+
+def find_tcmalloc() -> str | None:
+    """tcmalloc where it is installed (Debian/Ubuntu: `apt install libtcmalloc-minimal4`; `make setup` does it)."""
+    import sys
+
+    for d in (os.path.join(sys.prefix, "lib"), *ALLOCATOR_DIRS):
+        for name in ALLOCATOR_NAMES:
+            path = os.path.join(d, name)
+            if os.path.exists(path):
+                return path
+    return None
+
+
+def preload_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """LD_PRELOAD with tcmalloc prepended, for vLLM's CPU worker processes (the CPU platform starts them
+    with `spawn`, so a preload set before the engine starts reaches them). vLLM itself preloads PyTorch's
+    libgomp (the OpenMP runtime it binds threads with); it looks for tcmalloc only inside its own package,
+    where the PyPI wheel does not ship it. Empty when tcmalloc is absent or already preloaded."""
+    env = os.environ if env is None else env
+    current = env.get("LD_PRELOAD", "")
+    if not is_cpu_build() or "tcmalloc" in current or os.environ.get("PATENT_RISK_NO_PRELOAD"):
+        return {}
+    lib = find_tcmalloc()
+    if lib is None:
+        return {}
+    return {"LD_PRELOAD": f"{lib}:{current}" if current else lib}
+
+
 def configure(offline: bool = True) -> dict[str, str]:
-    """Thread binding for vLLM's CPU backend. By default it keeps one core for the front end and
-    computes on the rest (one of two cores here): for offline batch work every core computes
-    (181 against 102 output tok/s measured here)."""
+    """CPU settings for vLLM, applied to this process's environment before an engine starts.
+
+    Thread binding: by default vLLM keeps one core for the front end and computes on the rest (one of two
+    cores here): for offline batch work every core computes (181 against 102 output tok/s measured here).
+    Allocator: tcmalloc preloaded where installed (see preload_env)."""
     if not is_cpu_build():
         return {}
     chosen = {}
@@ -30,6 +63,9 @@ def configure(offline: bool = True) -> dict[str, str]:
         chosen["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
     for key, value in chosen.items():
         os.environ.setdefault(key, value)
+    os.environ.update(preload_env())
+    if "LD_PRELOAD" in os.environ:
+        chosen["LD_PRELOAD"] = os.environ["LD_PRELOAD"]
     return {k: os.environ[k] for k in chosen}
 
 

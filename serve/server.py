@@ -154,6 +154,7 @@ def start(cfg: ServerConfig, *, timeout: float = 600.0, log: Callable[[str], Non
     log_path = sdir / "server.log"
     log(f"$ {vllm_serve_line(cmd)}")
     env = dict(os.environ)
+    env.update(cpu_env.preload_env(env))
     with open(log_path, "ab") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env=env)
