@@ -65,7 +65,8 @@ def validate(file, skip_bad) -> None:
 @click.option("--chunk-size", type=int, default=32, show_default=True, help="Records decoded together; results are written after each chunk.")
 @click.option("--max-model-len", type=int, default=2048, show_default=True)
 @click.option("--gpu-memory-utilization", type=float, default=None,
-              help="Offline engine: share of GPU memory (on the CPU build: of host memory, for the KV cache) vLLM may take.")
+              help="Offline engine: share of GPU memory vLLM may take. On the CPU build the default sizes the KV cache "
+                   "from the model and --chunk-size instead (a chunk of full-length sequences, at most half the free memory).")
 @click.option("--skip-bad", is_flag=True, help="Leave out bad dataset lines (each is reported) instead of refusing the file.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def batch(data, out, constrained, model, adapter, schema_name, backend, server, api_key, max_concurrency, max_retries,
@@ -94,7 +95,7 @@ def batch(data, out, constrained, model, adapter, schema_name, backend, server, 
     else:
         def make_engine(model_path):
             return VllmOffline(model_path, spec, backend=backend, max_model_len=max_model_len,
-                               gpu_memory_utilization=gpu_memory_utilization)
+                               gpu_memory_utilization=gpu_memory_utilization, max_batch=chunk_size)
     summary = run_batch(cfg, make_engine, log=click.echo, progress=not no_progress)
     if summary.generated:
         click.echo(f"{summary.run_dir}: {summary.generated} samples in {summary.seconds:.0f} s "

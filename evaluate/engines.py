@@ -46,7 +46,7 @@ class VllmOffline:
 
     def __init__(self, model: str, adapter: AdapterSpec | None = None, backend: str = "outlines",
                  max_model_len: int = 2048, max_lora_rank: int = 16, dtype: str | None = None,
-                 seed: int = 0, gpu_memory_utilization: float | None = None):
+                 seed: int = 0, gpu_memory_utilization: float | None = None, max_batch: int = 32):
         if backend not in BACKENDS:
             raise UserError(f"unknown structured-outputs backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         from serve import cpu_env
@@ -62,12 +62,17 @@ class VllmOffline:
             gpu_memory_utilization=gpu_memory_utilization or cpu_env.default_memory_utilization(),
             structured_outputs_config={"backend": backend},
         )
+        if gpu_memory_utilization is None:
+            kv = cpu_env.kv_cache_bytes(model, kwargs["dtype"], max_model_len, max_batch)
+            if kv is not None:  # sized from the model and the batch instead of a share of host memory
+                kwargs["kv_cache_memory_bytes"] = kv
         if adapter is not None:
             kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
         self.llm = LLM(**kwargs)
         self._tokenizer = self.llm.get_tokenizer()
         self.description = {"name": "vllm", "version": vllm.__version__, "mode": "offline", "backend": backend,
                             "dtype": kwargs["dtype"], "max_model_len": max_model_len,
+                            "kv_cache_memory_bytes": kwargs.get("kv_cache_memory_bytes"),
                             "cpu_build": cpu_env.is_cpu_build(), "env": cpu_env.configure(offline=True)}
 
     def count_tokens(self, text: str) -> int:

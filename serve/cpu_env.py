@@ -77,3 +77,45 @@ def default_dtype() -> str:
 def default_memory_utilization() -> float:
     """On the CPU build this is the share of host memory reserved for the KV cache (0.92 fails)."""
     return 0.3 if is_cpu_build() else 0.9
+
+
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "auto": 4}
+
+
+def kv_bytes_per_token(model_path: str, dtype: str) -> int | None:
+    """K and V for one token over all layers, from the model's config.json (None when unreadable)."""
+    import json
+
+    try:
+        with open(os.path.join(model_path, "config.json"), encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (OSError, ValueError):
+        return None
+    cfg = cfg.get("text_config", cfg)
+    try:
+        heads = cfg["num_attention_heads"]
+        head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+        return 2 * cfg["num_hidden_layers"] * cfg.get("num_key_value_heads", heads) * head_dim * DTYPE_BYTES.get(dtype, 4)
+    except (KeyError, TypeError, ZeroDivisionError):
+        return None
+
+
+def available_memory() -> int:
+    with open("/proc/meminfo", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def kv_cache_bytes(model_path: str, dtype: str, max_model_len: int, max_seqs: int) -> int | None:
+    """The KV cache an offline batch needs: max_seqs sequences of max_model_len tokens (every record of a
+    chunk at full length), capped at half the memory now available and never below one full sequence.
+    On the CPU build vLLM otherwise reserves gpu_memory_utilization of all host memory per engine, which is
+    far more than a 32-record chunk uses (here: 7 GiB reserved, 3 GiB needed) and fails when other engines run."""
+    per_token = kv_bytes_per_token(model_path, dtype)
+    if per_token is None or not is_cpu_build():
+        return None
+    need = per_token * max_model_len * max_seqs
+    cap = available_memory() // 2
+    return max(per_token * max_model_len, min(need, cap))

@@ -28,3 +28,12 @@ def test_offline_binds_every_core(monkeypatch):
         assert chosen["VLLM_CPU_OMP_THREADS_BIND"] == "0-3" and chosen["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
     else:
         assert chosen == {}
+
+
+def test_kv_cache_is_sized_from_the_model_and_the_batch(embedded_model):
+    per_token = cpu_env.kv_bytes_per_token(str(embedded_model), "float32")
+    assert per_token == 2 * 30 * 3 * 64 * 4  # SmolLM2-135M: 30 layers, 3 KV heads of 64, fp32
+    kv = cpu_env.kv_cache_bytes(str(embedded_model), "float32", 2048, 32)
+    if cpu_env.is_cpu_build():
+        assert kv == min(per_token * 2048 * 32, cpu_env.available_memory() // 2)
+    assert cpu_env.kv_bytes_per_token("/nonexistent", "float32") is None
