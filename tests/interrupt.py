@@ -48,7 +48,7 @@ class Chain:
 
 
 def run_and_kill(cmd: list[str], results: Path, rng: random.Random, limit: int, timeout: float = 600,
-                 mode: str = "any") -> Kill | None:
+                 mode: str = "any", max_rows: int = 8) -> Kill | None:
     """Start the CLI in its own process group (vLLM's engine core is a child process) and SIGKILL the
     whole group at a random point: either a random moment after start (maybe before the engine is up)
     or just after a random number of new rows. Returns None if the run finished first."""
@@ -61,7 +61,7 @@ def run_and_kill(cmd: list[str], results: Path, rng: random.Random, limit: int, 
         deadline = time.monotonic() + rng.uniform(2.0, 40.0)
         cond = lambda: time.monotonic() >= deadline  # noqa: E731
     else:
-        target = start_rows + rng.randint(1, max(1, (limit - start_rows) - 1))
+        target = start_rows + rng.randint(1, max(1, min(max_rows, limit - start_rows - 1)))
         how = f"after row {target}"
         delay = rng.uniform(0.0, 1.5)
         cond = lambda: count_lines(results) >= target  # noqa: E731

@@ -1,5 +1,6 @@
 """`evaluate batch` killed with SIGKILL and re-run: exactly one row per sample, rows finished before the
 kill kept byte for byte, the same ids and outputs as an uninterrupted run (issue: reliability)."""
+import json
 import random
 
 import pytest
@@ -13,14 +14,18 @@ pytestmark = pytest.mark.engine
 LIMIT, CHUNK = 12, 3
 
 
-@pytest.fixture(scope="module")
-def reference(engine, tmp_path_factory):
+def _reference(engine, tmp_path_factory, limit):
     """The uninterrupted run, on the shared engine with the same settings."""
     out = tmp_path_factory.mktemp("ref") / "run"
-    cfg = BatchConfig(data=str(EVAL), out=str(out), constrained=True, adapter=engine.adapter, limit=LIMIT,
+    cfg = BatchConfig(data=str(EVAL), out=str(out), constrained=True, adapter=engine.adapter, limit=limit,
                       chunk_size=CHUNK, max_model_len=1024)
     run_batch(cfg, lambda m: Borrowed(engine), log=lambda s: None, progress=False)
     return rows_of(out / "results.jsonl")
+
+
+@pytest.fixture(scope="module")
+def reference(engine, tmp_path_factory):
+    return _reference(engine, tmp_path_factory, LIMIT)
 
 
 def _kill_resume_check(tmp_path, trained_adapter, reference, kills: int, seed: int, limit: int, mode: str):
@@ -50,3 +55,17 @@ def test_sigkill_mid_run_then_resume(tmp_path, trained_adapter, reference):
     # Resumed chunks start at other records, so they batch differently; with fp32 greedy decoding on this
     # engine the outputs still agree. A difference would be printed here and counted by the slow tier.
     assert cmp["differing_outputs"] == [], cmp
+
+
+@pytest.mark.slow
+def test_a_chain_of_sigkills_at_random_points(tmp_path, trained_adapter, engine, tmp_path_factory):
+    """Ten or more SIGKILLs of one run at random moments (some before the engine is up, some just after
+    a row is written), then a run to the end."""
+    limit = 60
+    ref = _reference(engine, tmp_path_factory, limit)
+    survived, cmp = _kill_resume_check(tmp_path, trained_adapter, ref, kills=10, seed=2026, limit=limit, mode="any")
+    assert len(survived) >= 10
+    summary = {"kills": len(survived), "kinds": [k.how for k in survived], "rows_at_kills": [k.rows_before for k in survived],
+               "torn_tails": sum(not k.bytes_before.endswith(b"\n") and bool(k.bytes_before) for k in survived), **cmp}
+    print("sigkill chain:", json.dumps(summary))
+    assert cmp["rows"] == limit and cmp["duplicates"] == 0
