@@ -104,6 +104,73 @@ def batch(data, out, constrained, model, adapter, schema_name, backend, server, 
 
 
 @main.command()
+@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help="Dataset JSONL; its first --limit records are used.")
+@click.option("--adapter", required=True, metavar="NAME=DIR", help="The LoRA adapter (PEFT in HF, a LoRA module in vLLM, merged for merged*).")
+@click.option("--model", default=None, help="Base model: HF id or local folder (default: the embedded SmolLM2-135M-Instruct).")
+@click.option("--configs", "configs", default=None, metavar="NAME,NAME,...",
+              help="Configurations to run, in this order (default: all): hf, hf-outlines, vllm, vllm-outlines, "
+                   "vllm-xgrammar, vllm-guidance, merged, merged-outlines.")
+@click.option("--limit", type=int, default=32, show_default=True, help="Samples for every configuration but hf-outlines.")
+@click.option("--hf-limit", type=int, default=8, show_default=True,
+              help="Samples for hf-outlines (one record at a time, slow); its rates are per sample, so ratios stay fair.")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="hf: at most this many records per generate call (left padding); records are grouped by their max_tokens so that each keeps its own budget.")
+@click.option("--hf-threads", type=int, default=None,
+              help="hf, hf-outlines: torch threads (default: every core). On a busy machine fewer threads than cores "
+                   "avoid OpenMP spin-waiting (measured here: 2 threads 10x slower than 1 while other jobs ran).")
+@click.option("--schema", "schema_name", default="v1", show_default=True, type=click.Choice(["v1", "v2"]), help="Target output schema.")
+@click.option("--max-model-len", type=int, default=2048, show_default=True, help="vLLM configurations.")
+@click.option("--gpu-memory-utilization", type=float, default=None,
+              help="vLLM: share of GPU memory vLLM may take. On the CPU build the default sizes the KV cache for "
+                   "--limit full-length sequences (at most half the free memory), as `evaluate batch` does per chunk.")
+@click.option("--out", default="artifacts/bench/latest", show_default=True, type=click.Path(file_okay=False),
+              help="Writes bench.json, bench.md, bench.png, outputs/CONFIG.jsonl and workers/ (spec, logs) here.")
+def bench(data, adapter, model, configs, limit, hf_limit, batch_size, hf_threads, schema_name, max_model_len,
+          gpu_memory_utilization, out) -> None:
+    """Throughput of every generation path on the same samples, adapter and max_tokens, in one invocation.
+
+    \b
+    Configurations (each in its own worker process, one after another, never concurrently):
+      hf               HF transformers generate + PEFT adapter, batched, unconstrained
+      hf-outlines      HF + PEFT + outlines JSON-schema logits processor (llguidance), one record at a time
+      vllm             vLLM offline, adapter as a LoRA module, unconstrained
+      vllm-outlines    the same, constrained (per-record schema), outlines backend
+      vllm-xgrammar    ... xgrammar backend
+      vllm-guidance    ... guidance (llguidance) backend
+      merged           vLLM offline, adapter merged into the base (train merge, once, temporary), no LoRA
+      merged-outlines  the same, constrained, outlines backend
+
+    \b
+    Per configuration: samples, output tokens, load_s (model load + warm-up), gen_s (generation only),
+    output tok/s, samples/s, schema compile time (constrained), peak RSS of the worker's process tree
+    (sampled every 0.2 s), json_valid, finish reasons, a hash of the outputs. Then ratios
+    (vllm-outlines over hf-outlines, constrained/unconstrained, adapter/merged) and how many raw
+    outputs are identical between vllm and merged (and their constrained pair).
+
+    \b
+    Develop with a small run, e.g.:
+      evaluate bench --data data/demo/eval.jsonl --adapter demo=artifacts/adapters/demo --limit 4 --hf-limit 2 \\
+                     --configs hf,vllm --out artifacts/bench/try
+    A full run (default limits, all configurations) takes several minutes on a 2-core CPU; figures taken
+    while other processes compete for the CPU are not comparable (see others' CPU/wall in the table).
+    """
+    from .bench import BenchOptions, parse_configs, run_bench
+
+    spec = _adapter(adapter)
+    opts = BenchOptions(data=data, adapter_name=spec.name, adapter_path=spec.path, model=model,
+                        configs=parse_configs(configs), limit=limit, hf_limit=hf_limit, batch_size=batch_size, out=out,
+                        schema_name=schema_name, max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
+                        hf_threads=hf_threads)
+    doc = run_bench(opts, log=click.echo)
+    click.echo(f"\n{Path(out) / 'bench.md'}\n{Path(out) / 'bench.json'}\n{Path(out) / 'bench.png'}")
+    failed = [r["config"] for r in doc["runs"] if r.get("status") != "ok"]
+    if failed:
+        from schemas.errors import UserError
+
+        raise UserError(f"configuration(s) failed: {', '.join(failed)} (logs under {Path(out) / 'workers'}); "
+                        "the others are reported")
+
+
+@main.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Writes metrics.json, report.md, report.html here.")
 @click.option("--baseline", default=None, help="Reference run name for comparisons (default: the first run).")

@@ -1,0 +1,301 @@
+"""One configuration of `evaluate bench`, in its own process (started by evaluate.bench, one at a time):
+
+    python -m evaluate.bench_worker --config NAME --spec spec.json --out result.json
+
+``--config prepare`` builds the requests once for every configuration (evaluate.requests.build_requests:
+prompts, per-record schemas, max_tokens; plus the HF prompt token ids) and, when a merged configuration
+is asked for, merges the adapter into the base (train.merge). Any other config loads its engine, warms it
+up, measures schema compilation where constrained, generates, and writes its outputs and timings.
+
+The worker writes ``gen`` into ``<out>.phase`` while generating so that the parent's memory sampler can
+tell the generation peak from the load peak.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from .bench import COMPILE_WHAT, CONFIGS, PREPARE, CpuWindow, phase_file
+
+WARMUP_TOKENS = 2
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _phase(out: Path, value: str) -> None:
+    phase_file(out).write_text(value)
+
+
+def _distinct(schemas: list[dict[str, Any]]) -> list[str]:
+    seen: dict[str, None] = {}
+    for s in schemas:
+        seen.setdefault(json.dumps(s), None)  # as vLLM keys a JSON constraint (json.dumps of the dict)
+    return list(seen)
+
+
+# --------------------------------------------------------------------------
+# prepare
+# --------------------------------------------------------------------------
+
+
+def prepare(spec: dict[str, Any], out: Path) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    from schemas.records import load_dataset
+    from train.features import prompt_ids
+
+    from .requests import build_requests
+
+    records = load_dataset(spec["data"], limit=spec["limit"]).records
+    tok = AutoTokenizer.from_pretrained(spec["model"])
+    count = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731 (as VllmOffline.count_tokens)
+    reqs = build_requests(records, spec["schema"], True, count)
+    rows = [{"record_id": r.record_id, "messages": r.messages, "max_tokens": r.max_tokens, "json_schema": r.json_schema,
+             "prompt_ids": prompt_ids(tok, rec, spec["schema"])} for r, rec in zip(reqs, records)]
+    _write_json(Path(spec["requests"]), rows)
+    result: dict[str, Any] = {"config": PREPARE, "requests": len(rows)}
+    if spec.get("merged"):
+        from train.merge import merge
+
+        t0 = time.perf_counter()
+        merge(spec["adapter"]["path"], spec["merged"], base=spec["model"], log=print)
+        result["merge_s"] = round(time.perf_counter() - t0, 2)
+    return result
+
+
+# --------------------------------------------------------------------------
+# HF transformers (+ PEFT, + outlines)
+# --------------------------------------------------------------------------
+
+
+def _eos_ids(model, tok) -> set[int]:
+    ids = model.generation_config.eos_token_id
+    out = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
+    if tok.eos_token_id is not None:
+        out.add(tok.eos_token_id)
+    return out
+
+
+def _finish(gen: list[int], eos: set[int], max_tokens: int) -> tuple[list[int], str]:
+    """The generated ids up to and including the first end token (as vLLM counts them), and why it ended."""
+    gen = gen[:max_tokens]
+    for i, t in enumerate(gen):
+        if t in eos:
+            return gen[:i + 1], "stop"
+    return gen, "length"
+
+
+def run_hf(name: str, spec: dict[str, Any], rows: list[dict[str, Any]], out: Path) -> dict[str, Any]:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList
+
+    from serve.cpu_env import default_dtype
+
+    cfg = CONFIGS[name]
+    torch.set_num_threads(spec.get("hf_threads") or os.cpu_count() or 1)
+    dtype = default_dtype()
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(spec["model"])
+    base = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=getattr(torch, dtype) if dtype != "auto" else "auto")
+    model = PeftModel.from_pretrained(base, spec["adapter"]["path"]).eval()
+    eos = _eos_ids(model, tok)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else next(iter(eos))
+
+    def generate(batch: list[list[int]], max_new: int, processors=None) -> list[list[int]]:
+        width = max(len(ids) for ids in batch)
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch])
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch])
+        with torch.inference_mode():
+            gen = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False,
+                                 pad_token_id=pad, logits_processor=processors)
+        return gen[:, width:].tolist()
+
+    generate([rows[0]["prompt_ids"]], WARMUP_TOKENS)
+    info: dict[str, Any] = {"name": "transformers", "version": _version("transformers"), "peft": _version("peft"),
+                            "dtype": dtype, "threads": torch.get_num_threads()}
+    compile_s = setup_s = None
+    processors: list[Any] = []
+    if cfg.constrained:
+        import outlines
+        from outlines.backends.llguidance import LLGuidanceBackend
+
+        omodel = outlines.from_transformers(model, tok)
+        # one constrained warm-up: llguidance's mask kernel is torch.compile'd on its first call
+        ts = time.perf_counter()
+        backend = LLGuidanceBackend(omodel)
+        setup_s = time.perf_counter() - ts
+        warm = backend.get_json_schema_logits_processor(json.dumps(rows[0]["json_schema"]))
+        generate([rows[0]["prompt_ids"]], WARMUP_TOKENS, LogitsProcessorList([warm]))
+        info.update(outlines=_version("outlines"), outlines_backend="llguidance", llguidance=_version("llguidance"))
+    load_s = time.perf_counter() - t0 - (setup_s or 0.0)
+    if cfg.constrained:
+        compile_s = 0.0
+        for r in rows:  # one processor per record: each record has its own schema
+            ts = time.perf_counter()
+            processors.append(backend.get_json_schema_logits_processor(json.dumps(r["json_schema"])))
+            compile_s += time.perf_counter() - ts
+        # For comparison with vllm-guidance: llguidance's own compile (an LLMatcher per distinct grammar),
+        # which the processor does lazily at its first token; these matchers are thrown away.
+        import llguidance
+
+        grammars = list(dict.fromkeys(p.grammar for p in processors))
+        ts = time.perf_counter()
+        for g in grammars:
+            llguidance.LLMatcher(backend.llg_tokenizer, g)
+        info["llguidance_matcher_compile_s"] = round(time.perf_counter() - ts, 4)
+
+    results: dict[str, tuple[list[int], str]] = {}
+    _phase(out, "gen")
+    window = CpuWindow()
+    t0 = time.perf_counter()
+    if cfg.constrained:
+        for r, proc in zip(rows, processors):  # one record at a time
+            gen = generate([r["prompt_ids"]], r["max_tokens"], LogitsProcessorList([proc]))[0]
+            results[r["record_id"]] = _finish(gen, eos, r["max_tokens"])
+    else:
+        groups: dict[int, list[dict[str, Any]]] = {}
+        for r in rows:  # batches share max_new_tokens: group by each record's own budget
+            groups.setdefault(r["max_tokens"], []).append(r)
+        bs = spec["batch_size"]
+        info["batches"] = []  # (records, max_new_tokens) of each generate call
+        for max_new, group in groups.items():
+            for i in range(0, len(group), bs):
+                chunk = group[i:i + bs]
+                info["batches"].append([len(chunk), max_new])
+                for r, gen in zip(chunk, generate([r["prompt_ids"] for r in chunk], max_new)):
+                    results[r["record_id"]] = _finish(gen, eos, r["max_tokens"])
+    gen_s = time.perf_counter() - t0
+    contention = window.stop()
+    _phase(out, "done")
+    outputs = []
+    for r in rows:
+        ids, reason = results[r["record_id"]]
+        outputs.append({"record_id": r["record_id"], "raw_output": tok.decode(ids, skip_special_tokens=True),
+                        "finish_reason": reason, "prompt_tokens": len(r["prompt_ids"]), "output_tokens": len(ids),
+                        "max_tokens": r["max_tokens"]})
+    info["batch_size"] = spec["batch_size"] if not cfg.constrained else 1
+    return {"config": name, "load_s": load_s, "gen_s": gen_s, "compile_s": compile_s, "compile_setup_s": setup_s,
+            "compile_what": COMPILE_WHAT["hf"] if cfg.constrained else None,
+            "distinct_schemas": len(_distinct([r["json_schema"] for r in rows])) if cfg.constrained else None,
+            "outputs": outputs, "engine_info": info, "contention": contention}
+
+
+def _version(dist: str) -> str | None:
+    import importlib.metadata as md
+
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
+# --------------------------------------------------------------------------
+# vLLM offline (+ LoRA or merged)
+# --------------------------------------------------------------------------
+
+
+def measure_vllm_compile(llm, backend: str, schemas: list[str]) -> tuple[float, float]:
+    """(setup seconds, compile seconds): vLLM's own backend class built with the engine's config and
+    tokenizer, then each distinct schema compiled as the engine core would (a JSON constraint)."""
+    from vllm.tokenizers import cached_tokenizer_from_config
+    from vllm.v1.structured_output.backend_types import StructuredOutputOptions
+
+    if backend == "outlines":
+        from vllm.v1.structured_output.backend_outlines import OutlinesBackend as Backend
+    elif backend == "xgrammar":
+        from vllm.v1.structured_output.backend_xgrammar import XgrammarBackend as Backend
+    elif backend == "guidance":
+        from vllm.v1.structured_output.backend_guidance import GuidanceBackend as Backend
+    else:
+        raise ValueError(backend)
+    vc = llm.llm_engine.vllm_config
+    tokenizer = cached_tokenizer_from_config(model_config=vc.model_config)
+    t0 = time.perf_counter()
+    be = Backend(vc, tokenizer=tokenizer, vocab_size=vc.model_config.get_vocab_size())
+    setup = time.perf_counter() - t0
+    total = 0.0
+    for s in schemas:
+        t0 = time.perf_counter()
+        be.compile_grammar(StructuredOutputOptions.JSON, s)
+        total += time.perf_counter() - t0
+    be.destroy()
+    return setup, total
+
+
+def run_vllm(name: str, spec: dict[str, Any], rows: list[dict[str, Any]], out: Path) -> dict[str, Any]:
+    from .engines import AdapterSpec, VllmOffline
+    from .requests import GenRequest
+
+    cfg = CONFIGS[name]
+    if cfg.adapter_mode == "merged":
+        model, adapter = spec["merged"], None
+    else:
+        model, adapter = spec["model"], AdapterSpec(spec["adapter"]["name"], spec["adapter"]["path"])
+    t0 = time.perf_counter()
+    engine = VllmOffline(model, adapter, backend=cfg.backend or "outlines", max_model_len=spec["max_model_len"],
+                         gpu_memory_utilization=spec.get("gpu_memory_utilization"), seed=spec.get("seed", 0),
+                         max_batch=len(rows))  # the KV cache is sized for all samples at once, as one batch chunk
+    try:
+        engine.generate([GenRequest(rows[0]["record_id"], rows[0]["messages"], WARMUP_TOKENS, None)])
+        load_s = time.perf_counter() - t0
+        compile_s = setup_s = None
+        schemas = _distinct([r["json_schema"] for r in rows]) if cfg.constrained else []
+        if cfg.constrained:
+            setup_s, compile_s = measure_vllm_compile(engine.llm, cfg.backend, schemas)
+        reqs = [GenRequest(r["record_id"], r["messages"], r["max_tokens"], r["json_schema"] if cfg.constrained else None)
+                for r in rows]
+        _phase(out, "gen")
+        window = CpuWindow()
+        t0 = time.perf_counter()
+        results = engine.generate(reqs)
+        gen_s = time.perf_counter() - t0
+        contention = window.stop()
+        _phase(out, "done")
+        info = dict(engine.description)
+    finally:
+        engine.close()
+    info["adapter"] = "merged into the base (no LoRA)" if adapter is None else f"LoRA module {adapter.name}"
+    budget = {r["record_id"]: r["max_tokens"] for r in rows}
+    outputs = [{"record_id": g.record_id, "raw_output": g.raw_output, "finish_reason": g.finish_reason,
+                "prompt_tokens": g.prompt_tokens, "output_tokens": g.output_tokens, "max_tokens": budget[g.record_id]}
+               for g in results]
+    return {"config": name, "load_s": load_s, "gen_s": gen_s, "compile_s": compile_s, "compile_setup_s": setup_s,
+            "compile_what": COMPILE_WHAT["vllm"] if cfg.constrained else None,
+            "distinct_schemas": len(schemas) if cfg.constrained else None, "outputs": outputs, "engine_info": info,
+            "contention": contention}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m evaluate.bench_worker", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, choices=[PREPARE, *CONFIGS])
+    p.add_argument("--spec", required=True, type=Path, help="spec.json written by evaluate.bench")
+    p.add_argument("--out", required=True, type=Path, help="result JSON to write")
+    args = p.parse_args(argv)
+    spec = json.loads(args.spec.read_text(encoding="utf-8"))
+    if args.config == PREPARE:
+        result = prepare(spec, args.out)
+    else:
+        rows = json.loads(Path(spec["requests"]).read_text(encoding="utf-8"))[:spec["limits"][args.config]]
+        runner = run_hf if CONFIGS[args.config].engine == "hf" else run_vllm
+        result = runner(args.config, spec, rows, args.out)
+        outputs_dir = Path(spec["outputs_dir"])
+        outputs_dir.mkdir(parents=True, exist_ok=True)
+        with open(outputs_dir / f"{args.config}.jsonl", "w", encoding="utf-8") as f:
+            for o in result["outputs"]:
+                f.write(json.dumps(o, ensure_ascii=False) + "\n")
+    _write_json(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

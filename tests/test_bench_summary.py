@@ -1,0 +1,65 @@
+"""evaluate.bench's pure parts: a worker result summarized, ratios, identical outputs, the markdown table."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from evaluate.bench import compare_outputs, identical_outputs, parse_configs, ratios, summarize_run, to_markdown
+from schemas.errors import UserError
+
+VALID = '{"risk_level":"낮음","matches":[{"element_id":"E1","match":"대응"}]}'
+
+
+def _raw(config, gen_s, outputs, **extra):
+    return {"config": config, "status": "ok", "load_s": 1.0, "gen_s": gen_s, "outputs": outputs, "peak_rss_mb": 100.0,
+            **extra}
+
+
+def _out(rid, text, tokens=10, reason="stop"):
+    return {"record_id": rid, "raw_output": text, "finish_reason": reason, "prompt_tokens": 5, "output_tokens": tokens,
+            "max_tokens": 20}
+
+
+def test_summary_counts_validity_finish_reasons_and_rates():
+    run = summarize_run(_raw("vllm", 2.0, [_out("a", VALID), _out("b", VALID[:-5], 20, "length")]),
+                        [{"record_id": "a", "max_tokens": 20}, {"record_id": "b", "max_tokens": 20}])
+    assert run["samples"] == 2 and run["output_tokens"] == 30
+    assert run["output_tok_s"] == 15.0 and run["samples_s"] == 1.0
+    assert run["json_valid"] == 0.5 and run["json_valid_count"] == 1
+    assert run["finish_reasons"] == {"length": 1, "stop": 1}
+    assert run["same_max_tokens"] is True
+    assert run["compile_s"] is None
+    same = summarize_run(_raw("merged", 1.0, [_out("a", VALID), _out("b", VALID[:-5], 20, "length")]))
+    assert same["outputs_sha256"] == run["outputs_sha256"]
+
+
+def test_ratios_and_identical_outputs(tmp_path):
+    runs = [summarize_run(_raw("vllm", 2.0, [_out("a", VALID)])), summarize_run(_raw("merged", 1.0, [_out("a", VALID)])),
+            summarize_run(_raw("vllm-outlines", 4.0, [_out("a", VALID)])),
+            summarize_run(_raw("hf-outlines", 40.0, [_out("a", VALID)])),
+            {"config": "merged-outlines", "engine": "vllm", "adapter_mode": "merged", "constrained": True,
+             "backend": "outlines", "status": "failed", "error": "worker exited with 1"}]
+    q = {(r["numerator"], r["denominator"], r["metric"]): r["value"] for r in ratios(runs)}
+    assert q[("vllm", "merged", "output_tok_s")] == 0.5
+    assert q[("vllm-outlines", "vllm", "samples_s")] == 0.5
+    assert q[("vllm-outlines", "hf-outlines", "samples_s")] == 10.0
+    assert not any(k[1] == "merged-outlines" for k in q)  # failed runs give no ratio
+    (tmp_path / "vllm.jsonl").write_text(json.dumps(_out("a", VALID)) + "\n" + json.dumps(_out("b", "x")) + "\n")
+    (tmp_path / "merged.jsonl").write_text(json.dumps(_out("a", VALID)) + "\n" + json.dumps(_out("b", "y")) + "\n")
+    pairs = identical_outputs(runs, tmp_path)
+    assert pairs == [{"a": "vllm", "b": "merged", "compared": 2, "identical": 1, "share": 0.5}]
+    assert compare_outputs({"a": "1"}, {"b": "1"}) == {"compared": 0, "identical": 0, "share": None}
+    md = to_markdown({"runs": runs, "ratios": ratios(runs), "identical_outputs": pairs, "notes": ["n"]})
+    assert "| vllm | vllm | lora | none | 1 | 10 |" in md
+    assert "FAILED: worker exited with 1" in md
+    assert "| vllm vs merged | 2 | 1 | 0.5 |" in md
+
+
+def test_configs_are_checked():
+    assert parse_configs("hf,vllm") == ("hf", "vllm")
+    assert parse_configs(None)[0] == "hf"
+    with pytest.raises(UserError, match="unknown configuration"):
+        parse_configs("hf,vlm")
+    with pytest.raises(UserError, match="twice"):
+        parse_configs("hf,hf")
