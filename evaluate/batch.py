@@ -26,7 +26,7 @@ from .rundir import RESULTS, RUN_JSON, read_results, repair_torn_tail
 
 RUN_FORMAT_VERSION = 1
 # The provenance fields that must agree for a run directory to be resumed.
-RESUME_KEYS = ("base_model", "adapter", "dataset", "schema", "constrained", "backend", "prompt", "sampling")
+RESUME_KEYS = ("base_model", "adapter", "adapter_mode", "dataset", "schema", "constrained", "backend", "prompt", "sampling")
 
 
 @dataclass
@@ -43,6 +43,7 @@ class BatchConfig:
     chunk_size: int = 32
     max_model_len: int = 2048
     skip_bad: bool = False
+    merged: bool = False  # the adapter merged into the base (no LoRA at decoding time)
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -87,6 +88,7 @@ def provenance(cfg: BatchConfig, model_path: str, engine_desc: dict[str, Any], n
         "format_version": RUN_FORMAT_VERSION,
         "base_model": model_info,
         "adapter": adapter,
+        "adapter_mode": None if adapter is None else ("merged" if cfg.merged else "lora"),
         "dataset": {"path": cfg.data, "sha256": file_sha256(cfg.data), "records": n_records, "limit": cfg.limit},
         "schema": {"name": cfg.schema_name, "hash": schema_hash(load_schema(cfg.schema_name))},
         "constrained": cfg.constrained,
@@ -103,6 +105,8 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         a, b = old.get(key), new.get(key)
         if key == "dataset":
             a, b = (a or {}).get("sha256"), (b or {}).get("sha256")
+        if key == "adapter_mode" and a is None and old.get("adapter"):
+            a = "lora"  # runs written before merged mode existed
         if a != b:
             diffs.append(f"{key}: {json.dumps(a, ensure_ascii=False)} -> {json.dumps(b, ensure_ascii=False)}")
     return diffs

@@ -50,6 +50,7 @@ class BenchConfig:
     constrained: bool
     backend: str | None  # structured-outputs backend (None: unconstrained)
     description: str
+    eager: bool = False  # vLLM without torch.compile, as vLLM's CPU build runs every LoRA engine
 
 
 CONFIGS: dict[str, BenchConfig] = {c.name: c for c in (
@@ -67,6 +68,9 @@ CONFIGS: dict[str, BenchConfig] = {c.name: c for c in (
     BenchConfig("merged", "vllm", "merged", False, None, "vLLM offline, adapter merged into the base (no LoRA), unconstrained"),
     BenchConfig("merged-outlines", "vllm", "merged", True, "outlines",
                 "vLLM offline, adapter merged into the base (no LoRA), structured outputs with the outlines backend"),
+    BenchConfig("merged-eager", "vllm", "merged", False, None,
+                "vLLM offline, adapter merged, unconstrained, torch.compile off (vLLM's CPU build turns it off for "
+                "LoRA engines): separates the compile gain from the LoRA cost", eager=True),
 )}
 DEFAULT_CONFIGS = tuple(CONFIGS)
 
@@ -415,6 +419,7 @@ def summarize_run(raw: dict[str, Any], requests: list[dict[str, Any]] | None = N
     gen_s = raw["gen_s"]
     row = {
         **base, "samples": n, "prompt_tokens": sum(o["prompt_tokens"] for o in outputs), "output_tokens": tokens,
+        "cached_prompt_tokens": sum(o.get("cached_prompt_tokens", 0) for o in outputs),
         "max_tokens_total": sum(o["max_tokens"] for o in outputs),
         "load_s": round(raw["load_s"], 2), "gen_s": round(gen_s, 3),
         "output_tok_s": _div(tokens, gen_s, 2), "samples_s": _div(n, gen_s, 4),
@@ -440,6 +445,8 @@ RATIO_SPECS = (
     ("constrained / unconstrained, vLLM + LoRA (guidance)", "vllm-guidance", "vllm", ("output_tok_s", "samples_s")),
     ("adapter as LoRA / merged, unconstrained", "vllm", "merged", ("output_tok_s", "samples_s")),
     ("adapter as LoRA / merged, constrained (outlines)", "vllm-outlines", "merged-outlines", ("output_tok_s", "samples_s")),
+    ("adapter as LoRA / merged without torch.compile (the LoRA ops' own cost)", "vllm", "merged-eager", ("output_tok_s", "samples_s")),
+    ("merged without / with torch.compile (the compile gain)", "merged-eager", "merged", ("output_tok_s", "samples_s")),
     ("vLLM + LoRA / HF + PEFT, unconstrained", "vllm", "hf", ("output_tok_s", "samples_s")),
     ("constrained / unconstrained, HF + PEFT", "hf-outlines", "hf", ("output_tok_s", "samples_s")),
     ("constrained / unconstrained, merged", "merged-outlines", "merged", ("output_tok_s", "samples_s")),

@@ -243,7 +243,7 @@ def run_vllm(name: str, spec: dict[str, Any], rows: list[dict[str, Any]], out: P
     t0 = time.perf_counter()
     engine = VllmOffline(model, adapter, backend=cfg.backend or "outlines", max_model_len=spec["max_model_len"],
                          gpu_memory_utilization=spec.get("gpu_memory_utilization"), seed=spec.get("seed", 0),
-                         max_batch=len(rows))  # the KV cache is sized for all samples at once, as one batch chunk
+                         max_batch=len(rows), enforce_eager=cfg.eager)  # the KV cache is sized for all samples at once, as one batch chunk
     try:
         engine.generate([GenRequest(rows[0]["record_id"], rows[0]["messages"], WARMUP_TOKENS, None)])
         load_s = time.perf_counter() - t0
@@ -266,7 +266,8 @@ def run_vllm(name: str, spec: dict[str, Any], rows: list[dict[str, Any]], out: P
     info["adapter"] = "merged into the base (no LoRA)" if adapter is None else f"LoRA module {adapter.name}"
     budget = {r["record_id"]: r["max_tokens"] for r in rows}
     outputs = [{"record_id": g.record_id, "raw_output": g.raw_output, "finish_reason": g.finish_reason,
-                "prompt_tokens": g.prompt_tokens, "output_tokens": g.output_tokens, "max_tokens": budget[g.record_id]}
+                "prompt_tokens": g.prompt_tokens, "output_tokens": g.output_tokens, "max_tokens": budget[g.record_id],
+                "cached_prompt_tokens": g.cached_tokens}
                for g in results]
     return {"config": name, "load_s": load_s, "gen_s": gen_s, "compile_s": compile_s, "compile_setup_s": setup_s,
             "compile_what": COMPILE_WHAT["vllm"] if cfg.constrained else None,

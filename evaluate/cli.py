@@ -68,9 +68,14 @@ def validate(file, skip_bad) -> None:
               help="Offline engine: share of GPU memory vLLM may take. On the CPU build the default sizes the KV cache "
                    "from the model and --chunk-size instead (a chunk of full-length sequences, at most half the free memory).")
 @click.option("--skip-bad", is_flag=True, help="Leave out bad dataset lines (each is reported) instead of refusing the file.")
+@click.option("--merge", "merged", is_flag=True,
+              help="Offline only: merge the adapter into the base (cached under artifacts/merged/) and run without LoRA. "
+                   "Same outputs (evaluate bench compares them), faster on vLLM's CPU build, which turns torch.compile off "
+                   "for LoRA engines.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def batch(data, out, constrained, model, adapter, schema_name, backend, server, api_key, max_concurrency, max_retries,
-          request_timeout, limit, chunk_size, max_model_len, gpu_memory_utilization, skip_bad, no_progress) -> None:
+          request_timeout, limit, chunk_size, max_model_len, gpu_memory_utilization, skip_bad, merged,
+          no_progress) -> None:
     """Run a dataset through vLLM into a run directory (results.jsonl + run.json).
 
     \b
@@ -84,7 +89,9 @@ def batch(data, out, constrained, model, adapter, schema_name, backend, server, 
     spec = _adapter(adapter)
     cfg = BatchConfig(data=data, out=out, constrained=constrained, model=model, adapter=spec, schema_name=schema_name,
                       backend=backend, server=server, limit=limit, chunk_size=chunk_size, max_model_len=max_model_len,
-                      skip_bad=skip_bad)
+                      skip_bad=skip_bad, merged=merged)
+    if merged and server:
+        raise click.UsageError("--merge is for the offline engine; a server serves what it was started with")
     if server:
         from serve.server import served_backend
 
@@ -92,6 +99,18 @@ def batch(data, out, constrained, model, adapter, schema_name, backend, server, 
             served = spec.name if spec else model_path
             return VllmServer(server, served, model_path, api_key=api_key, max_concurrency=max_concurrency,
                               max_retries=max_retries, timeout=request_timeout, backend=served_backend(server))
+    elif merged:
+        if spec is None:
+            raise click.UsageError("--merge needs --adapter NAME=DIR")
+
+        def make_engine(model_path):
+            from train.merge import merged_for
+
+            engine = VllmOffline(str(merged_for(spec.path, model_path, log=click.echo)), None, backend=backend,
+                                 max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
+                                 max_batch=chunk_size)
+            engine.description["merged_adapter"] = spec.name
+            return engine
     else:
         def make_engine(model_path):
             return VllmOffline(model_path, spec, backend=backend, max_model_len=max_model_len,

@@ -22,6 +22,7 @@ class GenResult:
     prompt_tokens: int
     output_tokens: int
     latency_s: float
+    cached_tokens: int = 0  # prompt tokens vLLM's prefix cache served (offline engine)
 
 
 class Engine(Protocol):
@@ -46,7 +47,8 @@ class VllmOffline:
 
     def __init__(self, model: str, adapter: AdapterSpec | None = None, backend: str = "outlines",
                  max_model_len: int = 2048, max_lora_rank: int = 16, dtype: str | None = None,
-                 seed: int = 0, gpu_memory_utilization: float | None = None, max_batch: int = 32):
+                 seed: int = 0, gpu_memory_utilization: float | None = None, max_batch: int = 32,
+                 enforce_eager: bool = False):
         if backend not in BACKENDS:
             raise UserError(f"unknown structured-outputs backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         from serve import cpu_env
@@ -62,6 +64,8 @@ class VllmOffline:
             gpu_memory_utilization=gpu_memory_utilization or cpu_env.default_memory_utilization(),
             structured_outputs_config={"backend": backend},
         )
+        if enforce_eager:
+            kwargs["enforce_eager"] = True
         if gpu_memory_utilization is None:
             kv = cpu_env.kv_cache_bytes(model, kwargs["dtype"], max_model_len, max_batch)
             if kv is not None:  # sized from the model and the batch instead of a share of host memory
@@ -73,6 +77,7 @@ class VllmOffline:
         self.description = {"name": "vllm", "version": vllm.__version__, "mode": "offline", "backend": backend,
                             "dtype": kwargs["dtype"], "max_model_len": max_model_len,
                             "kv_cache_memory_bytes": kwargs.get("kv_cache_memory_bytes"),
+                            "enforce_eager": enforce_eager,
                             "cpu_build": cpu_env.is_cpu_build(), "env": cpu_env.configure(offline=True)}
 
     def count_tokens(self, text: str) -> int:
@@ -105,7 +110,8 @@ class VllmOffline:
             comp = out.outputs[0]
             results.append(GenResult(record_id=req.record_id, raw_output=comp.text,
                                      finish_reason=str(comp.finish_reason), prompt_tokens=len(out.prompt_token_ids or []),
-                                     output_tokens=len(comp.token_ids), latency_s=round(elapsed, 3)))
+                                     output_tokens=len(comp.token_ids), latency_s=round(elapsed, 3),
+                                     cached_tokens=int(getattr(out, "num_cached_tokens", 0) or 0)))
         return results
 
     def close(self) -> None:

@@ -75,3 +75,13 @@ def test_vllm_lora_equals_peft_and_differs_from_base(engine, embedded_model, tra
             hf.append(tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True))
     assert with_lora == hf
     assert with_lora != without
+
+
+def test_a_lora_run_directory_refuses_to_resume_merged(engine, tmp_path):
+    out = tmp_path / "run-m"
+    cfg = BatchConfig(data=str(EVAL), out=str(out), constrained=True, adapter=engine.adapter, limit=2, chunk_size=2)
+    run_batch(cfg, lambda m: Borrowed(engine), log=lambda s: None, progress=False)
+    assert json.loads((out / "run.json").read_text())["adapter_mode"] == "lora"
+    cfg.limit, cfg.merged = 4, True
+    with pytest.raises(UserError, match='adapter_mode: "lora" -> "merged"'):
+        run_batch(cfg, lambda m: Borrowed(engine), log=lambda s: None, progress=False)

@@ -51,3 +51,25 @@ def merge(adapter_dir: str | Path, out_dir: str | Path, base: str | None = None,
     (out_dir / "merge_manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     log(f"merged model written to {out_dir}")
     return out_dir
+
+
+def merged_for(adapter_dir: str | Path, base: str, dtype: str = "float32", log: Callable[[str], None] = print) -> Path:
+    """The adapter merged into ``base``, made once and kept under artifacts/merged/ by the content hash
+    of adapter and base, so that offline evaluation can run without LoRA (vLLM's CPU build runs a LoRA
+    engine without torch.compile). Written to a temporary folder first, then renamed."""
+    import hashlib
+    import shutil
+
+    from schemas.artifacts import dir_sha256, subdir
+
+    key = hashlib.sha256(f"{dir_sha256(adapter_dir)}|{dir_sha256(base) if Path(base).is_dir() else base}|{dtype}".encode()).hexdigest()[:16]
+    out = subdir("merged") / key
+    if (out / "merge_manifest.json").exists():
+        log(f"merged model: reusing {out}")
+        return out
+    tmp = out.with_name(key + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merge(adapter_dir, tmp, base=base, dtype=dtype, log=log)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
