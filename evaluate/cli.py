@@ -128,7 +128,7 @@ def batch(data, out, constrained, model, adapter, schema_name, backend, server, 
 @click.option("--model", default=None, help="Base model: HF id or local folder (default: the embedded SmolLM2-135M-Instruct).")
 @click.option("--configs", "configs", default=None, metavar="NAME,NAME,...",
               help="Configurations to run, in this order (default: all): hf, hf-outlines, vllm, vllm-outlines, "
-                   "vllm-xgrammar, vllm-guidance, merged, merged-outlines.")
+                   "vllm-xgrammar, vllm-guidance, merged, merged-outlines, merged-eager.")
 @click.option("--limit", type=int, default=32, show_default=True, help="Samples for every configuration but hf-outlines.")
 @click.option("--hf-limit", type=int, default=8, show_default=True,
               help="Samples for hf-outlines (one record at a time, slow); its rates are per sample, so ratios stay fair.")
@@ -157,6 +157,7 @@ def bench(data, adapter, model, configs, limit, hf_limit, batch_size, hf_threads
       vllm-guidance    ... guidance (llguidance) backend
       merged           vLLM offline, adapter merged into the base (train merge, once, temporary), no LoRA
       merged-outlines  the same, constrained, outlines backend
+    merged-eager     merged, unconstrained, torch.compile off (as vLLM's CPU build runs LoRA engines)
 
     \b
     Per configuration: samples, output tokens, load_s (model load + warm-up), gen_s (generation only),
