@@ -32,7 +32,7 @@ chromium:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-cjk >/dev/null) || \
 	  echo "chromium not installed: the HTML rendering test will fail; install Debian's chromium package"; }
 
-# tcmalloc, which vLLM's CPU workers run faster with; serve/cpu_env.py preloads it where installed. Optional.
+# tcmalloc, which vLLM's CPU install guide asks to preload; serve/cpu_env.py preloads it where installed. Optional.
 tcmalloc:
 	@[ -n "$$(ls /usr/lib/*/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4 2>/dev/null)" ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4 >/dev/null) || \
