@@ -94,9 +94,9 @@ async def _run_level(url: str, api_key: str | None, model: str, requests, concur
     return stats, wall
 
 
-def run_bench(url: str, served_models: list[str], data: str, arms: list[bool], concurrencies: list[int],
-              num_requests: int, tokenizer_model: str, schema_name: str = "v1", api_key: str | None = None,
-              seed: int = 0, log: Callable[[str], None] = print) -> dict[str, Any]:
+def prompt_requests(data: str, num_requests: int, tokenizer_model: str, schema_name: str, arms: list[bool]):
+    """The tokenizer and, per arm, the requests for the dataset's first ``num_requests`` records (cycling
+    through the file when it has fewer)."""
     from transformers import AutoTokenizer
 
     from evaluate.requests import build_requests
@@ -111,10 +111,17 @@ def run_bench(url: str, served_models: list[str], data: str, arms: list[bool], c
     def count(text):
         return len(tok(text, add_special_tokens=False)["input_ids"])
 
+    return tok, {constrained: build_requests(picked, schema_name, constrained, count) for constrained in arms}
+
+
+def run_bench(url: str, served_models: list[str], data: str, arms: list[bool], concurrencies: list[int],
+              num_requests: int, tokenizer_model: str, schema_name: str = "v1", api_key: str | None = None,
+              seed: int = 0, log: Callable[[str], None] = print) -> dict[str, Any]:
+    _, by_arm = prompt_requests(data, num_requests, tokenizer_model, schema_name, arms)
     results = []
     for model in served_models:
         for constrained in arms:
-            reqs = build_requests(picked, schema_name, constrained, count)
+            reqs = by_arm[constrained]
             for c in concurrencies:
                 stats, wall = asyncio.run(_run_level(url, api_key, model, reqs, c, seed))
                 row = {"served_model": model, "constrained": constrained, "concurrency": c, **summarize(stats, wall)}

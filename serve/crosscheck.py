@@ -15,7 +15,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from schemas.errors import UserError
 
 METRICS = ("ttft", "tpot", "itl", "e2el")
 
@@ -56,19 +55,10 @@ def _from_vllm(res: dict[str, Any]) -> dict[str, Any]:
 
 def crosscheck(url: str, served_model: str, data: str, concurrency: int, num_requests: int, tokenizer_model: str,
                schema_name: str = "v1", api_key: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    from transformers import AutoTokenizer
+    from .bench import _run_level, prompt_requests, summarize
 
-    from evaluate.requests import build_requests
-    from schemas.records import load_dataset
-
-    from .bench import _run_level, summarize
-
-    records = load_dataset(data).records
-    if not records:
-        raise UserError(f"{data}: no records")
-    picked = [records[i % len(records)] for i in range(num_requests)]
-    tok = AutoTokenizer.from_pretrained(tokenizer_model)
-    reqs = build_requests(picked, schema_name, False, lambda t: len(tok(t, add_special_tokens=False)["input_ids"]))
+    tok, by_arm = prompt_requests(data, num_requests, tokenizer_model, schema_name, [False])
+    reqs = by_arm[False]
     # The completions endpoint adds the tokenizer's special tokens itself: a BOS the chat template
     # writes as text would otherwise be doubled.
     adds_bos = tok.bos_token_id is not None and tok("x")["input_ids"][:1] == [tok.bos_token_id]
