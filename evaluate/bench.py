@@ -136,7 +136,7 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def _stat_fields(pid: int) -> list[str] | None:
+def stat_fields(pid: int) -> list[str] | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -150,7 +150,7 @@ def tree_pids(root: int) -> list[int]:
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
-        f = _stat_fields(int(d.name))
+        f = stat_fields(int(d.name))
         if f is None or f[0] == "Z":
             continue
         children.setdefault(int(f[1]), []).append(int(d.name))
@@ -177,7 +177,7 @@ def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU seconds the given processes have used."""
     total = 0
     for pid in pids:
-        f = _stat_fields(pid)
+        f = stat_fields(pid)
         if f is not None:
             total += int(f[11]) + int(f[12])  # utime, stime
     return total / _TICK

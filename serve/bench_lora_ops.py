@@ -183,17 +183,6 @@ def _profile_run(llm, prompts, sampling, lora, top: int) -> dict:
     return {"wall_s": wall, "labelled": labelled_rows}
 
 
-def _machine_busy_s() -> float | None:
-    """CPU seconds all processes have used (Linux /proc/stat), else None."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-        ticks = [int(v) for v in fields]
-    except (OSError, ValueError, IndexError):
-        return None
-    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
-    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
 def run_child(args) -> None:
     for key, value in THREAD_ENV.items():
         os.environ.setdefault(key, value)
@@ -257,7 +246,9 @@ def run_child(args) -> None:
         use_tqdm=False,
     )
     load_before = os.getloadavg()[0]
-    busy0 = _machine_busy_s()
+    from evaluate.bench import machine_busy_seconds
+
+    busy0 = machine_busy_seconds()
     cpu0 = time.process_time()
     t0 = time.perf_counter()
     outputs = llm.generate(prompts, sampling, lora_request=lora, use_tqdm=False)
@@ -267,7 +258,7 @@ def run_child(args) -> None:
     # and the 1-minute load average around the run
     own = time.process_time() - cpu0
     result["cpu_per_wall"] = own / elapsed
-    busy1 = _machine_busy_s()
+    busy1 = machine_busy_seconds()
     if busy0 is not None and busy1 is not None:
         result["others_cpu_per_wall"] = max(0.0, (busy1 - busy0 - own) / elapsed)
     result["loadavg_1m"] = [load_before, os.getloadavg()[0]]

@@ -17,25 +17,21 @@ TRAIN = ROOT / "data" / "demo" / "train.jsonl"
 CHECK_CONTRACT = ROOT.parent / "shared" / "tools" / "check_contract.py"
 
 
-def live_group_members(pgid: int, wait: float = 30.0) -> list[tuple[int, str]]:
+def live_group_members(pgid: int, wait: float = 30.0) -> list[int]:
     """Processes of group pgid that are not zombies, after waiting up to `wait` s for them to exit. A
     killed server's children are reparented to init, which reaps them on its own schedule; a zombie
     holds no memory, port or CPU, so only live members count as left behind."""
     import time
 
+    from evaluate.bench import stat_fields
+
     deadline = time.monotonic() + wait
     while True:
         live = []
         for d in Path("/proc").iterdir():
-            if not d.name.isdigit():
-                continue
-            try:
-                stat = (d / "stat").read_text()
-            except OSError:
-                continue
-            rest = stat[stat.rindex(")") + 2:].split()
-            if int(rest[2]) == pgid and rest[0] != "Z":
-                live.append((int(d.name), stat[stat.index("(") + 1:stat.rindex(")")]))
+            f = stat_fields(int(d.name)) if d.name.isdigit() else None
+            if f is not None and int(f[2]) == pgid and f[0] != "Z":  # state, ppid, pgrp, ...
+                live.append(int(d.name))
         if not live or time.monotonic() > deadline:
             return live
         time.sleep(0.2)
