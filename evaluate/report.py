@@ -95,11 +95,17 @@ def _reference(runs: list[Run], baseline: str | None) -> str:
     raise UserError(f"--baseline {baseline!r} is not one of the runs; runs: {', '.join(r.name for r in runs)}")
 
 
-def _check_fields(by: Sequence[str], scored_samples: pl.DataFrame) -> None:
+def _check_syntax(by: Sequence[str]) -> None:
     for f in by:
-        path, _ = split_bins(f)
+        try:
+            path, _ = split_bins(f)
+        except ValueError as e:
+            raise UserError(str(e)) from None
         if not path or any(not part for part in path.split(".")):
             raise UserError(f"--by {f!r}: not a field path; use patent_id or meta.NAME (dotted for nested fields)")
+
+
+def _check_fields(by: Sequence[str], scored_samples: pl.DataFrame) -> None:
     for f in by:
         column = scored_samples.get_column(SLICE_PREFIX + f)
         if (column == NO_VALUE).all():
@@ -118,11 +124,7 @@ def build_report(run_dirs: Sequence[str | Path], baseline: str | None = None, by
     if bootstrap < 0:
         raise UserError(f"bootstrap resamples must be 0 or more, not {bootstrap}")
     by = list(dict.fromkeys(by))
-    for f in by:
-        try:
-            split_bins(f)
-        except ValueError as e:
-            raise UserError(str(e)) from None
+    _check_syntax(by)
     with gc_paused():  # many small objects, no cycles: the collector's passes would cost more than the work
         runs = _read_runs(run_dirs)
         _unique_names(runs)

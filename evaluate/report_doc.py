@@ -5,14 +5,12 @@ and everything shown can be traced to a key of metrics.json.
 """
 from __future__ import annotations
 
-import re
-
 from dataclasses import dataclass, field
 from typing import Any, Union
 
 from schemas.labels import INVALID, MATCH_LABELS, RISK_LEVELS
 
-from .scoring import NO_VALUE
+from .scoring import NO_VALUE, bin_labels, split_bins
 
 MAX_LISTED = 50  # rows of a per-run list shown in the report; metrics.json has them all
 
@@ -181,21 +179,20 @@ def _slice_table(runs: dict[str, Any], key: str, first: str) -> Table:
 
 
 def slice_values(runs: dict[str, Any], key: str) -> list[str]:
-    """The values of a slice over all runs: numbers in numeric order first, then text, ``(none)`` last."""
+    """The values of a slice over all runs: bins in their order, numbers in numeric order, then text,
+    ``(none)`` last."""
+    _, edges = split_bins(key[len("slices."):]) if key.startswith("slices.") else (key, None)
+    bins = {label: i for i, label in enumerate(bin_labels(edges))} if edges else {}
+
     def order(value: str) -> tuple[int, float, str]:
         if value == NO_VALUE:
             return (2, 0.0, value)
+        if bins:  # a binned slice: its bins in order, then what was not a number
+            return (0, bins[value], value) if value in bins else (1, 0.0, value)
         try:
             return (0, float(value), value)
         except ValueError:
-            pass
-        m = re.fullmatch(r"(<|≥)?(-?[0-9.e+-]+)(?:–(-?[0-9.e+-]+))?", value)  # a bin label (see scoring.bin_label)
-        if m:
-            try:
-                return (0, float(m.group(2)) + (-1e-9 if m.group(1) == "<" else 1e-9 if m.group(1) == "≥" else 0), value)
-            except ValueError:
-                pass
-        return (1, 0.0, value)
+            return (1, 0.0, value)
     return sorted({v for r in runs.values() for v in r_get(r, key)}, key=order)
 
 

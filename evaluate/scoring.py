@@ -12,6 +12,7 @@ Choices the contract leaves open, made here:
 """
 from __future__ import annotations
 
+import bisect
 import json
 import re
 from dataclasses import dataclass
@@ -103,14 +104,14 @@ def _num(x: float) -> str:
     return f"{x:g}"
 
 
+def bin_labels(edges: list[float]) -> list[str]:
+    """The bins' labels in order: ``<a``, ``a–b`` (a <= v < b) ..., ``≥z``."""
+    return ([f"<{_num(edges[0])}"] + [f"{_num(lo)}–{_num(hi)}" for lo, hi in zip(edges, edges[1:])]
+            + [f"≥{_num(edges[-1])}"])
+
+
 def bin_label(value: float, edges: list[float]) -> str:
-    """``<a``, ``a–b`` (a <= v < b) or ``≥z``."""
-    if value < edges[0]:
-        return f"<{_num(edges[0])}"
-    for lo, hi in zip(edges, edges[1:]):
-        if lo <= value < hi:
-            return f"{_num(lo)}–{_num(hi)}"
-    return f"≥{_num(edges[-1])}"
+    return bin_labels(edges)[bisect.bisect_right(edges, value)]
 
 
 def lookup(row: dict[str, Any], path: str) -> str:
