@@ -20,6 +20,7 @@ from typing import Any, Iterable, Literal, Sequence
 
 import polars as pl
 
+from schemas.jsonl import MISSING, dig
 from schemas.labels import INVALID, MATCH_LABELS, RISK_LEVELS
 from schemas.output import schema_errors
 
@@ -118,12 +119,8 @@ def lookup(row: dict[str, Any], path: str) -> str:
     """The value at a dotted ``path`` of a result row, as text; ``(none)`` when absent or null. With
     bin edges (``path:E1,E2``) a number becomes its bin's label; a value that is not a number stays as it is."""
     path, edges = split_bins(path)
-    value: Any = row
-    for part in path.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return NO_VALUE
-        value = value[part]
-    if value is None:
+    value = dig(row, path)
+    if value is MISSING or value is None:
         return NO_VALUE
     if edges is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
         return bin_label(float(value), edges)

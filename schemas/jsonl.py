@@ -10,6 +10,17 @@ from typing import Any
 from .errors import DataError, Problem
 
 BOM = b"\xef\xbb\xbf"
+MISSING = object()  # what `dig` returns for a path that is not there
+
+
+def dig(value: Any, path: str) -> Any:
+    """The value at a dotted ``path`` (``meta.boundary.distance``) of decoded JSON, or MISSING when a step
+    of the path is absent or not an object."""
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return MISSING
+        value = value[part]
+    return value
 
 
 def read_bytes(path: str | Path) -> bytes:

@@ -21,11 +21,10 @@ from typing import Any, Sequence
 from pydantic import ValidationError
 
 from schemas.errors import UserError
+from schemas.jsonl import MISSING, dig
 from schemas.records import Record
 
 from .config import TrainConfig
-
-_MISSING = object()
 
 
 def split_records(records: list, eval_fraction: float, seed: int) -> tuple[list, list]:
@@ -37,16 +36,6 @@ def split_records(records: list, eval_fraction: float, seed: int) -> tuple[list,
     random.Random(seed).shuffle(idx)
     held = set(idx[:n_eval])
     return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
-
-
-def meta_value(record: Record, path: str) -> Any:
-    """The value at ``meta.A.B`` in a record, or ``_MISSING`` when any step of the path is absent."""
-    value: Any = record.meta
-    for key in path.split(".")[1:]:
-        if not isinstance(value, dict) or key not in value:
-            return _MISSING
-        value = value[key]
-    return value
 
 
 def ids_sha256(records: Sequence[Record]) -> str:
@@ -108,12 +97,12 @@ def build_training_mix(cfg: TrainConfig, base: Sequence[Record], *,
     mixed = list(base)
     selected: list[Record] = []
     if cfg.oversample_where is not None:
-        values = [meta_value(r, cfg.oversample_where) for r in base]
-        if all(v is _MISSING for v in values):
+        values = [dig({"meta": r.meta}, cfg.oversample_where) for r in base]
+        if all(v is MISSING for v in values):
             keys = sorted({k for r in base for k in (r.meta or {})})
             raise UserError(f"oversample_where={cfg.oversample_where}: no training record has that field "
                             f"(meta keys present: {', '.join(keys) or 'none'})")
-        selected = [r for r, v in zip(base, values) if v is not _MISSING and v]
+        selected = [r for r, v in zip(base, values) if v is not MISSING and v]
         mixed += [r for r in selected for _ in range(cfg.oversample_factor - 1)]
     generated: list[Record] = []
     patents: list[str] = []
