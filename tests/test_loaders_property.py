@@ -201,28 +201,41 @@ def ds_wrong_type(draw, rec, _key) -> Bad:
         (["elements", i, "id"], None), (["elements", i, "text"], None),
     ]
     if label:
-        choices += [(["label", "risk_level"], NOT_STR), (["label", "matches"], NOT_LIST), (["label", "matches", j], NOT_DICT),
-                    (["label", "matches", j, "element_id"], NOT_STR | st.just("")), (["label", "matches", j, "match"], NOT_STR),
-                    (["label", "x_unknown"], JSON_VALUE), (["label", "matches", j, "x_unknown"], JSON_VALUE),
-                    (["label", "risk_level"], None), (["label", "matches"], None),
-                    (["label", "matches", j, "element_id"], None), (["label", "matches", j, "match"], None)]
+        choices += _label_choices("label", j) + [(["label", "x_unknown"], JSON_VALUE),
+                                                 (["label", "matches", j, "x_unknown"], JSON_VALUE)]
+    return _corrupt(draw, rec, choices)
+
+
+def _label_choices(key: str, j: int) -> list[tuple[list, st.SearchStrategy | None]]:
+    """Wrong types (or, with None, deletion) for the parts of a label: `label` in datasets, `gold` in results."""
+    return [([key, "risk_level"], NOT_STR), ([key, "matches"], NOT_LIST), ([key, "matches", j], NOT_DICT),
+            ([key, "matches", j, "element_id"], NOT_STR | st.just("")), ([key, "matches", j, "match"], NOT_STR),
+            ([key, "risk_level"], None), ([key, "matches"], None),
+            ([key, "matches", j, "element_id"], None), ([key, "matches", j, "match"], None)]
+
+
+def _corrupt(draw, obj: dict, choices: list[tuple[list, st.SearchStrategy | None]]) -> Bad:
+    """Give one drawn path a drawn wrong value, or delete it."""
     path, values = draw(st.sampled_from(choices))
     if values is None:
-        _setter(rec, path, delete=True)
+        _setter(obj, path, delete=True)
     else:
-        _setter(rec, path, draw(values))
-    return dumps(draw, rec), _name(path), True
+        _setter(obj, path, draw(values))
+    return dumps(draw, obj), _name(path), True
+
+
+def _unknown_label(draw, label: dict, obj: dict, key: str) -> Bad:
+    if draw(st.booleans()):
+        label["risk_level"] = draw(UNKNOWN_RISK)
+        return dumps(draw, obj), f"{key}.risk_level", True
+    j = draw(st.integers(0, len(label["matches"]) - 1))
+    label["matches"][j]["match"] = draw(UNKNOWN_MATCH)
+    return dumps(draw, obj), f"{key}.matches[{j}].match", True
 
 
 def ds_unknown_label(draw, rec, _key) -> Bad:
     rec = copy.deepcopy(rec)
-    label = _ensure_label(draw, rec)
-    if draw(st.booleans()):
-        label["risk_level"] = draw(UNKNOWN_RISK)
-        return dumps(draw, rec), "label.risk_level", True
-    j = draw(st.integers(0, len(label["matches"]) - 1))
-    label["matches"][j]["match"] = draw(UNKNOWN_MATCH)
-    return dumps(draw, rec), f"label.matches[{j}].match", True
+    return _unknown_label(draw, _ensure_label(draw, rec), rec, "label")
 
 
 def ds_uncovered(draw, rec, _key) -> Bad:
@@ -257,16 +270,8 @@ def rr_wrong_type(draw, row, _key) -> Bad:
          | st.lists(st.fixed_dictionaries({"id": NOT_STR}), min_size=1, max_size=2)),
     ]
     if gold:
-        choices += [(["gold", "risk_level"], NOT_STR), (["gold", "matches"], NOT_LIST), (["gold", "matches", j], NOT_DICT),
-                    (["gold", "matches", j, "element_id"], NOT_STR | st.just("")), (["gold", "matches", j, "match"], NOT_STR),
-                    (["gold", "risk_level"], None), (["gold", "matches"], None),
-                    (["gold", "matches", j, "element_id"], None), (["gold", "matches", j, "match"], None)]
-    path, values = draw(st.sampled_from(choices))
-    if values is None:
-        _setter(row, path, delete=True)
-    else:
-        _setter(row, path, draw(values))
-    return dumps(draw, row), _name(path), True
+        choices += _label_choices("gold", j)
+    return _corrupt(draw, row, choices)
 
 
 def _ensure_gold(draw, row: dict) -> dict:
@@ -278,13 +283,7 @@ def _ensure_gold(draw, row: dict) -> dict:
 
 def rr_unknown_label(draw, row, _key) -> Bad:
     row = copy.deepcopy(row)
-    gold = _ensure_gold(draw, row)
-    if draw(st.booleans()):
-        gold["risk_level"] = draw(UNKNOWN_RISK)
-        return dumps(draw, row), "gold.risk_level", True
-    j = draw(st.integers(0, len(gold["matches"]) - 1))
-    gold["matches"][j]["match"] = draw(UNKNOWN_MATCH)
-    return dumps(draw, row), f"gold.matches[{j}].match", True
+    return _unknown_label(draw, _ensure_gold(draw, row), row, "gold")
 
 
 def rr_uncovered(draw, row, _key) -> Bad:
