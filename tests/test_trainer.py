@@ -27,6 +27,16 @@ def test_defaults_are_the_seed_recipe():
     assert TrainConfig(include_mlp=True).modules[-3:] == ["gate_proj", "up_proj", "down_proj"]
 
 
+@pytest.mark.parametrize("double_quant", [True, False])
+def test_quantization_config_honours_double_quant(double_quant):
+    from train.trainer import quantization_config
+
+    q = quantization_config(TrainConfig(double_quant=double_quant), torch.bfloat16)
+    assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4"
+    assert q.bnb_4bit_use_double_quant is double_quant
+    assert q.bnb_4bit_compute_dtype == q.bnb_4bit_quant_storage == torch.bfloat16
+
+
 def test_no_config_is_the_demo_recipe_and_overrides_apply():
     cfg = load_config(None, ["epochs=2", "learning-rate=5e-4", "target_modules=[q_proj, v_proj]"])
     assert cfg.base_model is None and cfg.epochs == 2 and cfg.learning_rate == 5e-4

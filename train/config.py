@@ -56,7 +56,7 @@ class TrainConfig(BaseModel):
     seed: int = 42
 
     quantization: Literal["auto", "nf4", "none"] = Field("auto", description="auto: NF4 where bitsandbytes runs on the device, else plain LoRA.")
-    double_quant: bool = True
+    double_quant: bool = Field(True, description="NF4 only: quantize the quantization constants too (bnb_4bit_use_double_quant).")
     compute_dtype: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 where the hardware is fast at it, else fp32.")
     gradient_checkpointing: bool = False
 

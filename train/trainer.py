@@ -47,9 +47,19 @@ def target_modules_for(model, modules: list[str]) -> list[str] | str:
     return modules
 
 
-def load_base(model_path: str, plan: hardware.Plan):
+def quantization_config(cfg: TrainConfig, compute_dtype):
+    """The BitsAndBytesConfig of an NF4 base: 4-bit NF4 weights, their quantization constants quantized
+    again when ``cfg.double_quant``, compute and storage in ``compute_dtype`` (a torch dtype)."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=cfg.double_quant,
+        bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_quant_storage=compute_dtype)
+
+
+def load_base(model_path: str, plan: hardware.Plan, cfg: TrainConfig):
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = torch.bfloat16 if plan.compute_dtype == "bf16" else torch.float32
     tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -57,9 +67,7 @@ def load_base(model_path: str, plan: hardware.Plan):
         tokenizer.pad_token = tokenizer.eos_token
     kwargs: dict[str, Any] = {"dtype": dtype}
     if plan.quantization == "nf4":
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=dtype)
+        kwargs["quantization_config"] = quantization_config(cfg, dtype)
         kwargs["device_map"] = {"": plan.device if plan.device == "cpu" else torch.cuda.current_device()}
     model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
     return model, tokenizer
@@ -112,7 +120,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
             + (f" + {data_mix['augment_boundary']} generated boundary records" if data_mix["augment_boundary"] else "")
             + f" = {data_mix['train_examples']} training examples; risk levels {data_mix['train_risk_levels']}")
 
-    model, tokenizer = load_base(model_path, plan)
+    model, tokenizer = load_base(model_path, plan, cfg)
     too_long = []
     train_feats, eval_feats = [], []
     for recs, out in ((train_recs, train_feats), (eval_recs, eval_feats)):
