@@ -1,5 +1,6 @@
 """CPU settings chosen in code (serve/cpu_env.py)."""
 import os
+from unittest import mock
 
 from serve import cpu_env
 
@@ -23,7 +24,8 @@ def test_offline_binds_every_core(monkeypatch):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
     monkeypatch.setenv("LD_PRELOAD", "")
-    chosen = cpu_env.configure(offline=True)
+    with mock.patch.dict(os.environ):  # configure() writes os.environ: put back all it set, faked cores and all
+        chosen = cpu_env.configure(offline=True)
     if cpu_env.is_cpu_build():
         assert chosen["VLLM_CPU_OMP_THREADS_BIND"] == "0-3" and chosen["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
     else:
