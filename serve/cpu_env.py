@@ -101,11 +101,23 @@ def kv_bytes_per_token(model_path: str, dtype: str) -> int | None:
 
 
 def available_memory() -> int:
+    """Memory an engine's KV cache can take now: the host's MemAvailable, or less where vLLM's CPU worker
+    measures less. The worker checks the NUMA node of its first CPU (/sys/devices/system/node/nodeN), and
+    on some virtual machines that node holds only part of the host's memory (seen here: node 0 10.5 GiB of
+    23): a cache sized from the host's figure then fails at engine start."""
+    host = 0
     with open("/proc/meminfo", encoding="ascii") as f:
         for line in f:
             if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
+                host = int(line.split()[1]) * 1024
+                break
+    try:
+        from vllm.utils.cpu_resource_utils import get_allowed_cpu_list, get_memory_node_info
+
+        node = get_memory_node_info(get_allowed_cpu_list()[0].numa_node).available_memory
+    except Exception:  # noqa: BLE001 - not the CPU build, or its helpers moved: the host's figure stands
+        return host
+    return min(host, node) if host else node
 
 
 def kv_cache_bytes(model_path: str, dtype: str, max_model_len: int, max_seqs: int) -> int | None:

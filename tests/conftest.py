@@ -98,6 +98,29 @@ def engine(embedded_model, trained_adapter):
     from evaluate.engines import AdapterSpec, VllmOffline
 
     eng = VllmOffline(str(embedded_model), AdapterSpec("tiny", str(trained_adapter)), backend="outlines",
-                      max_model_len=1024, gpu_memory_utilization=0.1)
+                      max_model_len=1024)  # KV cache sized from the model and the batch (cpu_env.kv_cache_bytes)
     yield eng
     eng.close()
+
+
+GUARDED_ENV = ("VLLM_", "OMP_", "LD_PRELOAD")  # VLLM_CPU_* included
+
+
+def _guarded_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(GUARDED_ENV)}
+
+
+@pytest.fixture(autouse=True)
+def _engine_env_unchanged():
+    """Fails a test that leaves a VLLM_*, OMP_* or LD_PRELOAD variable changed: every later engine in this
+    process would run with it. Compared around each test function only. The deliberate process-wide
+    settings of the session `engine` fixture (cpu_env.configure and vLLM's CPU platform write VLLM_CPU_*,
+    LD_PRELOAD, ...) happen before the first snapshot: pytest sets up session and module fixtures before
+    function ones."""
+    before = _guarded_env()
+    yield
+    after = _guarded_env()
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    if changed:
+        pytest.fail(f"the test left {', '.join(changed)} changed in os.environ; restore it "
+                    "(monkeypatch.setenv, or a snapshot of os.environ)", pytrace=False)

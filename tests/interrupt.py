@@ -18,7 +18,7 @@ from .conftest import ROOT, live_group_members
 def batch_command(data: Path, out: Path, adapter: Path, limit: int, chunk: int) -> list[str]:
     return [sys.executable, "-m", "evaluate.cli", "batch", "--data", str(data), "--out", str(out), "--constrained",
             "--adapter", f"tiny={adapter}", "--limit", str(limit), "--chunk-size", str(chunk),
-            "--max-model-len", "1024", "--gpu-memory-utilization", "0.1", "--no-progress"]
+            "--max-model-len", "1024", "--no-progress"]
 
 
 def count_lines(path: Path) -> int:

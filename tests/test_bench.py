@@ -19,7 +19,7 @@ def test_bench_runs_three_configurations_with_plausible_numbers(embedded_model, 
     # hf_threads=1: on a 2-core machine shared with other jobs, two OpenMP threads spin-wait and run ~10x slower.
     opts = BenchOptions(data=str(EVAL), adapter_name="tiny", adapter_path=str(trained_adapter), model=str(embedded_model),
                         configs=("hf", "hf-outlines", "vllm-outlines"), limit=2, hf_limit=2, batch_size=2, out=str(out),
-                        max_model_len=1024, gpu_memory_utilization=0.1, hf_threads=1)
+                        max_model_len=1024, hf_threads=1)
     doc = run_bench(opts, log=lines.append)
 
     assert json.loads((out / "bench.json").read_text(encoding="utf-8")) == doc
