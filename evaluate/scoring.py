@@ -299,11 +299,14 @@ def match_confusion(elements: pl.DataFrame, group: str | None = None) -> dict[An
 
 
 def per_class(matrix: Matrix, labels: Iterable[str]) -> dict[str, Any]:
-    """Precision, recall and F1 per label from a confusion matrix, and macro-F1 over labels with gold.
+    """Precision, recall and F1 per label from a confusion matrix, and macro-F1 over the labels that are
+    gold or predicted, as scikit-learn (``labels`` = gold | predicted, ``zero_division=0``).
 
-    Precision is over the label's predictions (the ``invalid`` row predicts nothing); recall over its
-    gold items (invalid outputs included, as misses). Undefined values are null; a label that has gold
-    items but was never predicted gets F1 0, as in scikit-learn.
+    Precision is over the label's predictions (the ``invalid`` row predicts nothing and is no label);
+    recall over its gold items (invalid outputs included, as misses). Undefined precision or recall is
+    null, but counts as 0 in F1: a label that has gold items but was never predicted, or was predicted
+    but has no gold item, gets F1 0 and enters macro-F1. A label neither gold nor predicted has F1 null
+    and is left out of macro-F1.
     """
     classes: dict[str, dict[str, Any]] = {}
     f1s = []
@@ -314,13 +317,13 @@ def per_class(matrix: Matrix, labels: Iterable[str]) -> dict[str, Any]:
         support = sum(row[lab] for row in matrix.values())
         precision = tp / predicted if predicted else None
         recall = tp / support if support else None
-        if recall is None:
+        if not predicted and not support:
             f1 = None
-        elif precision is None or precision + recall == 0:
+        elif precision is None or recall is None or precision + recall == 0:
             f1 = 0.0
         else:
             f1 = 2 * precision * recall / (precision + recall)
-        if support:
+        if f1 is not None:
             f1s.append(f1)
         classes[lab] = {"support": support, "predicted": predicted, "correct": tp,
                         "precision": _r(precision), "recall": _r(recall), "f1": _r(f1)}

@@ -179,8 +179,21 @@ def test_per_class_never_predicted_gets_f1_zero():
          "낮음": {"높음": 0, "애매": 0, "낮음": 0}, INVALID: {"높음": 0, "애매": 0, "낮음": 0}}
     pc = per_class(m, RISK_LEVELS)
     assert pc["classes"]["높음"]["precision"] is None and pc["classes"]["높음"]["f1"] == 0.0
-    assert pc["classes"]["낮음"]["f1"] is None  # no gold: left out of macro-F1
+    assert pc["classes"]["낮음"]["f1"] is None  # neither gold nor predicted: not a label here, left out of macro-F1
     assert pc["macro_f1"] == round((0.0 + 2 * (1 / 3) / (1 / 3 + 1)) / 2, 4)
+
+
+def test_per_class_predicted_but_never_gold_counts_in_macro_f1():
+    # gold: 높음 x2 (one answered invalid), 애매 x3; 낮음 is predicted once but never gold
+    m = {"높음": {"높음": 1, "애매": 1, "낮음": 0}, "애매": {"높음": 0, "애매": 1, "낮음": 0},
+         "낮음": {"높음": 0, "애매": 1, "낮음": 0}, INVALID: {"높음": 1, "애매": 0, "낮음": 0}}
+    pc = per_class(m, RISK_LEVELS)
+    low = pc["classes"]["낮음"]
+    assert (low["support"], low["predicted"], low["correct"]) == (0, 1, 0)
+    assert low["precision"] == 0.0 and low["recall"] is None and low["f1"] == 0.0
+    high_f1 = 2 * (1 / 2) * (1 / 2) / (1 / 2 + 1 / 2)  # precision 1/2, recall 1/2
+    mid_f1 = 2 * 1.0 * (1 / 3) / (1.0 + 1 / 3)  # precision 1/1, recall 1/3
+    assert pc["macro_f1"] == round((high_f1 + mid_f1 + 0.0) / 3, 4)  # as scikit-learn: labels gold or predicted
 
 
 # --- property: every gold item lands in exactly one cell ---------------------------------------
