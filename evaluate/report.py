@@ -7,7 +7,8 @@ Layout of metrics.json (``format_version`` 1):
   ``bootstrap`` {resamples, seed}, ``warnings``, ``run_list`` [{name, path, schema {name, hash},
   constrained, adapter_hash, dataset_hash, results_sha256}]
 - ``runs``: {RUN: the contract's ``n``, ``json_valid``, ``risk_accuracy``, ``match_accuracy``
-  ({count, total, rate, ci95}), ``risk_confusion``, ``match_confusion`` (rows: predicted labels and
+  ({count, total, rate, ci95}), ``record_valid`` ({count, total, rate}: valid with exactly the record's
+  element ids, in order, each once), ``risk_confusion``, ``match_confusion`` (rows: predicted labels and
   ``invalid``; columns: gold labels); and ``schema``, ``constrained``, ``provenance``, ``path``,
   ``results_sha256``, ``samples_without_gold``, ``parse_failures``, ``schema_failures``,
   ``finish_length``, ``finish_reasons``, ``unknown_element_ids``, ``repeated_element_ids``,
@@ -15,7 +16,9 @@ Layout of metrics.json (``format_version`` 1):
   precision, recall, f1}}, ``risk_macro_f1``, ``match_macro_f1``, ``majority_baseline`` {risk, match},
   ``per_patent``, ``slices`` {FIELD: {value: headline + both matrices}}, ``error_patterns``,
   ``error_cases``, ``invalid_outputs``, ``warnings``}
-- ``comparisons``: one entry per run against the reference (see ``report_compare``).
+- ``comparisons``: one entry per run against the reference (see ``report_compare``), each with
+  ``differs`` (what differs between the two runs' run.json: ``field: reference -> run`` lines; None when
+  one has no run.json) and ``differs_unknown`` (the runs without run.json).
 """
 from __future__ import annotations
 
@@ -29,8 +32,9 @@ import polars as pl
 
 from schemas.errors import DataError, UserError
 
+from .provenance import comparison_differences
 from .report_compare import compare_runs
-from .report_doc import build_document, comparison_sentence, markdown_table, render_markdown, summary_table
+from .report_doc import build_document, comparison_sentence, differs_words, markdown_table, render_markdown, summary_table
 from .report_html import render_html
 from .report_metrics import run_metrics
 from .rundir import Run, gc_paused, read_run
@@ -112,6 +116,16 @@ def _check_fields(by: Sequence[str], scored_samples: pl.DataFrame) -> None:
             raise UserError(f"--by {f}: no result row has this field; use patent_id or a meta.* path that the rows carry")
 
 
+def _state_differences(comparisons: list[dict[str, Any]], infos: dict[str, dict[str, Any] | None]) -> None:
+    """Each comparison says what differs between its two runs (evaluate.provenance's identity fields and
+    the max_tokens budget): ``differs`` is a list of ``field: reference -> run`` lines, empty when the two
+    were made the same way, None when a run has no run.json to tell (``differs_unknown`` names it)."""
+    for c in comparisons:
+        ref, run = infos[c["reference"]], infos[c["run"]]
+        c["differs"] = comparison_differences(ref, run)
+        c["differs_unknown"] = [name for name, info in ((c["reference"], ref), (c["run"], run)) if info is None]
+
+
 def build_report(run_dirs: Sequence[str | Path], baseline: str | None = None, by: Sequence[str] = (),
                  bootstrap: int = 1000, seed: int = 0) -> Report:
     """Score run directories and build the report (nothing is written).
@@ -134,6 +148,7 @@ def build_report(run_dirs: Sequence[str | Path], baseline: str | None = None, by
         warnings = [w for r in runs for w in r.warnings]
         runs_m = run_metrics(runs, scored, by, warnings)
         comparisons = compare_runs(scored, [r.name for r in runs], reference, bootstrap, seed)
+        _state_differences(comparisons, {r.name: r.info for r in runs})
     warnings += [f"{c['run']} vs {c['reference']}: {c['note']}" for c in comparisons if c["note"]]
     metrics: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
@@ -153,7 +168,7 @@ def build_report(run_dirs: Sequence[str | Path], baseline: str | None = None, by
     blocks = build_document(metrics)
     summary = markdown_table(summary_table(metrics)) + "\n"
     if comparisons:
-        summary += "\n" + "\n".join(f"- {comparison_sentence(c)}" for c in comparisons) + "\n"
+        summary += "\n" + "\n".join(f"- {comparison_sentence(c)} Differs: {differs_words(c)}." for c in comparisons) + "\n"
     return Report(metrics, summary, render_markdown(blocks), render_html(blocks), warnings)
 
 

@@ -92,7 +92,7 @@ def summary_table(metrics: dict[str, Any]) -> Table:
     """Runs side by side (a row each) with the majority-class baseline over the same samples."""
     rows = []
     for name, r in metrics["runs"].items():
-        rows.append([run_label(name, r), str(r["n"]), fmt_block(r["json_valid"]),
+        rows.append([run_label(name, r), str(r["n"]), fmt_block(r["json_valid"]), fmt_block(r.get("record_valid")),
                      fmt_block(r["risk_accuracy"], True), fmt_block(r["match_accuracy"], True), str(r["finish_length"])])
     baselines: dict[tuple, list[str]] = {}
     for name, r in metrics["runs"].items():
@@ -104,10 +104,10 @@ def summary_table(metrics: dict[str, Any]) -> Table:
         mb = r.get("majority_baseline", {})
         labels = " / ".join(mb[k]["label"] for k in ("risk", "match") if k in mb) or "no gold"
         scope = "" if len(baselines) == 1 else f", samples of {', '.join(names)}"
-        rows.append([f"majority-class baseline (always {labels}{scope})", str(r["n"]), "—",
+        rows.append([f"majority-class baseline (always {labels}{scope})", str(r["n"]), "—", "—",
                      fmt_block(mb.get("risk")), fmt_block(mb.get("match")), "—"])
-    return Table(["run", "n", "json_valid", "risk accuracy [95% CI]", "match accuracy [95% CI]", "finish_reason=length"], rows,
-                 row_headers=True)
+    return Table(["run", "n", "json_valid", "record_valid", "risk accuracy [95% CI]", "match accuracy [95% CI]",
+                  "finish_reason=length"], rows, row_headers=True)
 
 
 def _overview(metrics: dict[str, Any]) -> Table:
@@ -134,6 +134,7 @@ def _side_by_side(metrics: dict[str, Any]) -> Table:
         ("constrained", lambda r: _yes_no(r.get("constrained"))),
         ("samples", lambda r: str(r["n"])),
         ("json_valid", lambda r: fmt_block(r["json_valid"], True)),
+        ("record_valid (the record's ids, in order, each once)", lambda r: fmt_block(r.get("record_valid"))),
         ("parse failures", lambda r: str(r["parse_failures"])),
         ("schema failures", lambda r: str(r["schema_failures"])),
         ("finish_reason=length", lambda r: str(r["finish_length"])),
@@ -231,6 +232,8 @@ def _comparisons(metrics: dict[str, Any]) -> list[Block]:
     blocks.append(Table(["run vs " + metrics["reference"], "common samples", "json_valid gain", "risk accuracy Δ [95% CI]",
                          "McNemar b / c", "p (exact)", "match accuracy Δ [95% CI]", "flipped"], rows, row_headers=True))
     blocks.append(Bullets([comparison_sentence(c) for c in comps]))
+    blocks.append(Heading(3, "What differs between the compared runs"))
+    blocks.append(Bullets([f"{c['run']} vs {c['reference']}: {differs_words(c)}" for c in comps]))
     for c in comps:
         if not c["flipped"]:
             continue
@@ -239,6 +242,17 @@ def _comparisons(metrics: dict[str, Any]) -> list[Block]:
         blocks.append(Table(["id", "gold", f"{c['reference']} predicted", f"{c['run']} predicted", "run is"], rows))
         blocks += _listed(len(c["flipped"]))
     return blocks
+
+
+def differs_words(c: dict[str, Any]) -> str:
+    """A comparison's ``differs`` in words: each differing run.json field, reference -> run."""
+    if c.get("differs") is None:
+        missing = c.get("differs_unknown") or []
+        return (f"unknown: {' and '.join(missing)} {'has' if len(missing) == 1 else 'have'} no run.json to tell "
+                "(pairing is by sample id and gold only)")
+    if not c["differs"]:
+        return "nothing in run.json (same model, adapter, data, schema, prompt, constraint, sampling and engine)"
+    return "; ".join(c["differs"])
 
 
 def _ci_words(ci: list[float] | None) -> str:

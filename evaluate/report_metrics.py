@@ -27,6 +27,8 @@ def _headline_exprs() -> list[pl.Expr]:
     return [
         pl.len().alias("n"),
         pl.col("valid").sum().alias("valid"),
+        pl.col("record_valid").sum().alias("record_valid"),
+        pl.col("record_valid").is_not_null().sum().alias("record_total"),
         (pl.col("status") == PARSE_FAILURE).sum().alias("parse_failures"),
         (pl.col("status") == SCHEMA_FAILURE).sum().alias("schema_failures"),
         pl.col("has_gold").sum().alias("risk_total"),
@@ -60,6 +62,7 @@ def headline_blocks(rec: dict[str, Any]) -> dict[str, Any]:
     return {
         "n": int(rec["n"]),
         "json_valid": count_block(rec["valid"], rec["n"]),
+        "record_valid": count_block(rec["record_valid"] or 0, rec["record_total"]),
         "risk_accuracy": count_block(rec["risk_correct"], rec["risk_total"]),
         "match_accuracy": count_block(rec["match_correct"], rec["match_total"]),
     }
@@ -98,9 +101,9 @@ def provenance(info: dict[str, Any] | None) -> dict[str, Any]:
     return {
         "base_model": _describe(info.get("base_model")),
         "adapter": _describe(info.get("adapter")),
-        "adapter_hash": _field(info.get("adapter"), "hash"),
+        "adapter_hash": _field(info.get("adapter"), "sha256") or _field(info.get("adapter"), "hash"),
         "dataset": _describe(info.get("dataset")),
-        "dataset_hash": _field(info.get("dataset"), "hash"),
+        "dataset_hash": _field(info.get("dataset"), "sha256") or _field(info.get("dataset"), "hash"),
         "backend": info.get("backend"),
         "engine": _describe(info.get("engine")),
         "sampling": info.get("sampling"),

@@ -133,7 +133,8 @@ class Scored:
 
     ``samples``: one row per result: ``sid`` (a key unique across runs), ``run``, ``row`` (order in the
     run), ``id``, ``patent_id``, ``query``, ``finish_reason``, ``status``, ``valid``, ``error``,
-    ``raw_output`` (kept for invalid outputs only), ``has_gold``, ``gold_risk``, ``pred_risk`` (a label
+    ``raw_output`` (kept for invalid outputs only), ``record_valid`` (valid with exactly the record's
+    element ids in order; null when the row tells no ids), ``has_gold``, ``gold_risk``, ``pred_risk`` (a label
     or ``invalid``), ``risk_correct`` (null without gold), ``match_total``, ``match_correct``,
     ``missing_elements``, ``unknown_ids``, ``repeated_ids``, and one ``by:FIELD`` column per slice field.
     ``elements``: one row per gold element: ``sid``, ``run``, ``id``, ``element_id``, ``gold_match``,
@@ -155,7 +156,7 @@ def score_runs(runs: Sequence[Run], slice_fields: Sequence[str] = (), parser: Ou
 
 _SAMPLE_COLUMNS = {"sid": pl.UInt32, "run": pl.Utf8, "row": pl.UInt32, "id": pl.Utf8, "patent_id": pl.Utf8,
                    "query": pl.Utf8, "finish_reason": pl.Utf8, "status": pl.Utf8, "error": pl.Utf8, "raw_output": pl.Utf8,
-                   "gold_risk": pl.Utf8, "pred_risk": pl.Utf8, "ids_known": pl.Boolean}
+                   "gold_risk": pl.Utf8, "pred_risk": pl.Utf8, "ids_known": pl.Boolean, "record_valid": pl.Boolean}
 
 
 class _TableBuilder:
@@ -204,9 +205,20 @@ class _TableBuilder:
         self.record_el["sid"].extend([sid for sid, ms in from_gold for _ in ms])
         self.record_el["element_id"].extend([m["element_id"] for _, ms in from_gold for m in ms])
         c["ids_known"].extend([es is not None or g is not None for es, g in zip(elements, golds)])
+        c["record_valid"].extend([_record_valid(o, es, g) for o, es, g in zip(objs, elements, golds)])
 
     def tables(self) -> Scored:
         return _build_tables(self.cols, self.slices, self.gold_el, self.pred_el, self.record_el)
+
+
+def _record_valid(obj: dict[str, Any] | None, elements: list[dict[str, Any]] | None, gold: dict[str, Any] | None) -> bool | None:
+    """Valid against the record's own specialized schema: a valid output whose ``matches`` carry exactly
+    the record's element ids, in order, each once (None when the row tells neither elements nor gold)."""
+    ids = [e["id"] for e in elements] if elements is not None else (
+        [m["element_id"] for m in gold["matches"]] if gold is not None else None)
+    if ids is None:
+        return None
+    return obj is not None and [m["element_id"] for m in obj["matches"]] == ids
 
 
 def _add_elements(target: dict[str, list[Any]], matches: list[tuple[int, list[dict[str, str]]]], label_column: str) -> None:
