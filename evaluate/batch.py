@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from schemas.artifacts import describe_path, file_sha256
+from schemas.artifacts import EMBEDDED_MODEL_NAME, atomic_write_text, describe_path, file_sha256
 from schemas.embedded import resolve_model
 from schemas.errors import UserError
 from schemas.output import load_schema, schema_hash
@@ -21,13 +22,12 @@ from schemas.prompt import PROMPT_VERSION, prompt_fingerprint
 from schemas.records import Record, load_dataset
 
 from .engines import AdapterSpec, Engine, GenResult
-from .requests import build_requests, sampling_summary
-from .rundir import RESULTS, RUN_JSON, read_results, repair_torn_tail
+from .provenance import differences
+from .requests import build_requests, max_tokens_summary, sampling_summary
+from .rundir import RESULTS, RUN_JSON, read_info, read_results, repair_torn_tail
 
-RUN_FORMAT_VERSION = 1
-# The provenance fields that must agree for a run directory to be resumed.
-RESUME_KEYS = ("base_model", "adapter", "adapter_mode", "dataset", "schema", "constrained", "backend", "prompt", "sampling")
-
+RUN_FORMAT_VERSION = 2  # 2: identity keyed on content (evaluate.provenance), structured_outputs, max_tokens
+LOCK = ".lock"
 
 @dataclass
 class BatchConfig:
@@ -72,13 +72,31 @@ def _result_row(rec: Record, res: GenResult) -> dict[str, Any]:
         "output_tokens": res.output_tokens,
         "latency_s": res.latency_s,
     }
+    if res.ttft_s is not None:
+        row["ttft_s"] = res.ttft_s
+    if res.chunk_wall_s is not None:
+        row["chunk_wall_s"] = res.chunk_wall_s
     if rec.meta is not None:
         row["meta"] = rec.meta
     return row
 
 
+def engine_identity(cfg: BatchConfig) -> dict[str, Any]:
+    """The engine part of a run's identity, known without starting one: vLLM's installed version offline,
+    the server's own /version through a server."""
+    from .engines import server_version, vllm_version
+
+    if cfg.server:
+        return {"name": "vllm", "version": server_version(cfg.server), "mode": "server"}
+    return {"name": "vllm", "version": vllm_version(), "mode": "offline"}
+
+
 def provenance(cfg: BatchConfig, model_path: str, engine_desc: dict[str, Any], n_records: int) -> dict[str, Any]:
-    model_info: dict[str, Any] = {"name": cfg.model or "embedded:SmolLM2-135M-Instruct"}
+    """run.json's content before generation: every identity field (evaluate.provenance) and what describes
+    this invocation. ``engine_desc`` holds at least the engine's name, version and mode."""
+    from .requests import STRUCTURED_OUTPUT_OPTIONS
+
+    model_info: dict[str, Any] = {"name": cfg.model or f"embedded:{EMBEDDED_MODEL_NAME}"}
     if Path(model_path).exists():
         model_info.update(describe_path(model_path))
     adapter = None
@@ -92,30 +110,63 @@ def provenance(cfg: BatchConfig, model_path: str, engine_desc: dict[str, Any], n
         "dataset": {"path": cfg.data, "sha256": file_sha256(cfg.data), "records": n_records, "limit": cfg.limit},
         "schema": {"name": cfg.schema_name, "hash": schema_hash(load_schema(cfg.schema_name))},
         "constrained": cfg.constrained,
-        "backend": engine_desc.get("backend") if cfg.constrained else None,
+        "backend": cfg.backend if cfg.constrained else None,
+        "structured_outputs": dict(STRUCTURED_OUTPUT_OPTIONS) if cfg.constrained else None,
         "prompt": {"version": PROMPT_VERSION, "hash": prompt_fingerprint(cfg.schema_name)},
         "engine": engine_desc,
         "sampling": sampling_summary(cfg.seed),
     }
 
 
-def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    diffs = []
-    for key in RESUME_KEYS:
-        a, b = old.get(key), new.get(key)
-        if key == "dataset":
-            a, b = (a or {}).get("sha256"), (b or {}).get("sha256")
-        if key == "adapter_mode" and a is None and old.get("adapter"):
-            a = "lora"  # runs written before merged mode existed
-        if a != b:
-            diffs.append(f"{key}: {json.dumps(a, ensure_ascii=False)} -> {json.dumps(b, ensure_ascii=False)}")
-    return diffs
-
-
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the run directory's lock for the whole invocation: a second writer exits at once.
+
+    ``flock`` on ``RUN_DIR/.lock`` (the holder's pid written inside, for the message): the kernel releases
+    it when the holder dies, however it dies, so a killed run never keeps its directory locked."""
+    import fcntl
+
+    path = run_dir / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            raise UserError(f"{run_dir}: another `evaluate batch` (pid {holder}) is writing into this run directory; "
+                            "wait for it to finish, or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the last descriptor releases the lock
+
+
+def check_resumable(cfg: BatchConfig, model_path: str, n_records: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """This invocation's run.json content and the directory's existing one; raises UserError, naming every
+    differing identity field, when the directory holds a run made with other settings. Needs no engine."""
+    info = provenance(cfg, model_path, engine_identity(cfg), n_records)
+    info_path = Path(cfg.out) / RUN_JSON
+    old = read_info(cfg.out)
+    diffs = [] if old is None else differences(old, info)
+    if diffs:
+        raise UserError(f"{info_path}: this run directory was made with other settings; refusing to mix them "
+                        f"(choose another --out, or delete it to start over):\n  " + "\n  ".join(diffs))
+    return info, old
+
+
+def stale_differences(cfg: BatchConfig, log: Callable[[str], None] = print) -> list[str]:
+    """What makes ``cfg.out`` another run than ``cfg`` would make (empty when it would resume, or when
+    there is no run yet); for callers such as `make demo` that own their run directories."""
+    if read_info(cfg.out) is None:
+        return []
+    n = len(load_dataset(cfg.data, skip_bad=cfg.skip_bad, limit=cfg.limit).records)
+    info = provenance(cfg, resolve_model(cfg.model, log), engine_identity(cfg), n)
+    return differences(read_info(cfg.out) or {}, info)
 
 
 def finished_ids(run_dir: Path) -> set[str]:
@@ -131,58 +182,73 @@ def finished_ids(run_dir: Path) -> set[str]:
 
 def run_batch(cfg: BatchConfig, make_engine: Callable[[str], Engine], *, log: Callable[[str], None] = print,
               progress: bool = True) -> BatchSummary:
-    """Evaluate ``cfg.data`` into ``cfg.out``. ``make_engine(model_path)`` builds the engine (lazily,
-    only when there is work left)."""
+    """Evaluate ``cfg.data`` into ``cfg.out``. The run directory is locked for the whole call; its
+    provenance is checked (evaluate.provenance) before ``make_engine(model_path)`` builds the engine,
+    which happens only when there is work left."""
     data = load_dataset(cfg.data, skip_bad=cfg.skip_bad, limit=cfg.limit)
     for p in data.skipped:
         log(f"skipped: {p}")
     records = data.records
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir):
+        return _run_locked(cfg, records, run_dir, make_engine, log, progress)
+
+
+def _run_locked(cfg: BatchConfig, records: list[Record], run_dir: Path, make_engine: Callable[[str], Engine],
+                log: Callable[[str], None], progress: bool) -> BatchSummary:
     done = finished_ids(run_dir)
     unknown = done - {r.id for r in records}
     if unknown and cfg.limit is None:
         raise UserError(f"{run_dir / RESULTS}: holds {len(unknown)} id(s) not in {cfg.data} (e.g. {sorted(unknown)[0]!r}); "
                         "this run directory belongs to another dataset: choose another --out")
-    todo = [r for r in records if r.id not in done]
-    if done:
-        log(f"resuming {run_dir}: {len(done & {r.id for r in records})} of {len(records)} samples already done")
     if cfg.adapter is not None:
         from train.export import check_adapter_dir
 
         check_adapter_dir(cfg.adapter.path)  # what vLLM would refuse is refused before any engine starts
     model_path = resolve_model(cfg.model, log)
-    info_path = run_dir / RUN_JSON
-    old_info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else None
+    info, old_info = check_resumable(cfg, model_path, len(records))
+    todo = [r for r in records if r.id not in done]
+    if done:
+        log(f"resuming {run_dir}: {len(done & {r.id for r in records})} of {len(records)} samples already done")
     if not todo:
-        log(f"{run_dir}: nothing left to do")
+        log(f"{run_dir}: nothing left to do (its run.json matches these settings)")
         return BatchSummary(run_dir, len(records), len(records), 0, 0.0, 0, {})
 
+    info_path = run_dir / RUN_JSON
     engine = make_engine(model_path)
     try:
-        info = provenance(cfg, model_path, engine.description, len(records))
+        identity_before = dict(info["engine"])
+        info["engine"] = {**engine.description, **identity_before}
+        if engine.description.get("version") not in (None, identity_before["version"]):
+            raise UserError(f"the engine reports version {engine.description['version']!r}, expected "
+                            f"{identity_before['version']!r}; refusing to record a run under the wrong version")
         if old_info is not None:
-            diffs = _differences(old_info, info)
-            if diffs:
-                raise UserError(f"{info_path}: this run directory was made with other settings; refusing to mix them "
-                                f"(choose another --out, or delete it to start over):\n  " + "\n  ".join(diffs))
             info["started_at"] = old_info.get("started_at")
-            info["resumed_at"] = old_info.get("resumed_at", []) + [datetime.now(timezone.utc).isoformat(timespec="seconds")]
+            info["resumed_at"] = old_info.get("resumed_at", []) + [_now()]
         else:
-            info["started_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            info["started_at"] = _now()
         info["finished_at"] = None
+        requests = build_requests(records, cfg.schema_name, cfg.constrained, engine.count_tokens)
+        info["max_tokens"] = max_tokens_summary(requests)
         _write_json(info_path, info)
 
-        requests = build_requests(todo, cfg.schema_name, cfg.constrained, engine.count_tokens)
+        todo_ids = {r.id for r in todo}
+        requests = [r for r in requests if r.record_id in todo_ids]
         by_id = {r.id: r for r in todo}
         summary = _generate_into(run_dir / RESULTS, requests, by_id, engine, cfg.chunk_size, progress)
-        info["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        info["finished_at"] = _now()
+        info["generation_s"] = round(summary[0] + float(old_info.get("generation_s", 0.0) if old_info else 0.0), 3)
         info["counts"] = {"samples": len(records), "finish_reasons": _count_finish(run_dir)}
         _write_json(info_path, info)
     finally:
         engine.close()
     return BatchSummary(run_dir, len(records), len(records) - len(todo), len(todo), summary[0], summary[1],
                         info["counts"]["finish_reasons"])
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _count_finish(run_dir: Path) -> dict[str, int]:

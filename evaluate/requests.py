@@ -10,12 +10,29 @@ from schemas.prompt import render_messages
 from schemas.records import Record
 
 
+# The structured-outputs options of every constrained request, offline and through a server alike
+# (vLLM's StructuredOutputsParams fields besides the schema itself); recorded in run.json.
+STRUCTURED_OUTPUT_OPTIONS: dict[str, Any] = {"disable_any_whitespace": True}
+
+
 @dataclass(frozen=True)
 class GenRequest:
     record_id: str
     messages: list[dict[str, str]]
     max_tokens: int
     json_schema: dict[str, Any] | None  # None: unconstrained
+
+    def structured_outputs(self) -> dict[str, Any] | None:
+        """vLLM's ``structured_outputs`` for this request: ``StructuredOutputsParams(**it)`` offline, the
+        request body's ``structured_outputs`` field through a server; None when unconstrained."""
+        if self.json_schema is None:
+            return None
+        return {"json": self.json_schema, **STRUCTURED_OUTPUT_OPTIONS}
+
+    def chat_body_extra(self) -> dict[str, Any] | None:
+        """The ``extra_body`` of this request to vLLM's OpenAI-compatible chat endpoint."""
+        structured = self.structured_outputs()
+        return None if structured is None else {"structured_outputs": structured}
 
 
 def build_requests(records: list[Record], schema_name: str, constrained: bool,
@@ -30,6 +47,13 @@ def build_requests(records: list[Record], schema_name: str, constrained: bool,
             json_schema=specialize(schema, rec.element_ids) if constrained else None,
         ))
     return out
+
+
+def max_tokens_summary(requests: list[GenRequest]) -> dict[str, Any]:
+    """What run.json records of the per-record max_tokens budgets: the rule, their range and sum."""
+    budgets = [r.max_tokens for r in requests]
+    return {"rule": "per record: schema budget", "min": min(budgets, default=None),
+            "max": max(budgets, default=None), "total": sum(budgets)}
 
 
 def sampling_summary(seed: int = 0) -> dict[str, Any]:

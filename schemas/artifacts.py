@@ -6,6 +6,7 @@ git-ignored folder, ``artifacts/`` in the repository, or wherever ``PATENT_RISK_
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -39,6 +40,45 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+_BIG = 64 << 20  # files at least this large get their hash cached (model weights)
+_HASH_CACHE = "sha256-cache.json"
+
+
+def _cached_file_sha256(path: Path) -> str:
+    """``file_sha256`` for weight files, cached in the artifacts folder by (real path, size, mtime):
+    hashing a model's weights on every invocation would cost seconds for the 4B model. A file rewritten
+    in place changes its mtime, so a stale entry is never used."""
+    st = path.stat()
+    if st.st_size < _BIG:
+        return file_sha256(path)
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    cache_path = home() / "cache" / _HASH_CACHE
+    try:
+        cache = json.loads(cache_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cache = {}
+    if not isinstance(cache, dict):
+        cache = {}
+    if isinstance(cache.get(key), str):
+        return cache[key]
+    digest = file_sha256(path)
+    cache[key] = digest
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(cache_path, json.dumps(cache, indent=0, sort_keys=True) + "\n")
+    return digest
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, fsynced, then renamed over it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def dir_sha256(path: str | Path, patterns: tuple[str, ...] = ("*.json", "*.safetensors", "*.model", "*.txt", "*.jinja")) -> str:
     """A content hash of a model or adapter folder: the names and contents of its weight and config files."""
     root = Path(path)
@@ -48,7 +88,7 @@ def dir_sha256(path: str | Path, patterns: tuple[str, ...] = ("*.json", "*.safet
         if p.name == "manifest.json":
             continue
         h.update(p.name.encode())
-        h.update(file_sha256(p).encode())
+        h.update(_cached_file_sha256(p).encode())
     return h.hexdigest()
 
 

@@ -52,7 +52,7 @@ def summarize(stats: list[RequestStats], wall: float) -> dict[str, Any]:
 
 
 async def _one(client, model: str, req, seed: int) -> RequestStats:
-    extra = {"structured_outputs": {"json": req.json_schema}} if req.json_schema is not None else None
+    extra = req.chat_body_extra()
     t0 = time.perf_counter()
     first = last = None
     itls: list[float] = []
