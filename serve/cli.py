@@ -29,11 +29,14 @@ def _adapters(values):
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
-@click.option("--model", default=None, help="Base model: HF id or local folder (default: the embedded SmolLM2-135M-Instruct).")
+@click.option("--model", default=None, help="Base model: HF id, local folder, or an embedded model's name (default: the embedded SmolLM2-135M-Instruct; also gemma-3-270m).")
 @click.option("--adapter", "adapters", multiple=True, metavar="NAME=DIR", help="LoRA module served under NAME. Repeatable.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Loopback by default; another address exposes the server.")
 @click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--api-key", default=None, envvar="PATENT_RISK_API_KEY", help="Require this bearer key on every request.")
+@click.option("--api-key", default=None, envvar="PATENT_RISK_API_KEY", metavar="KEY",
+              help="Require this bearer key on every request. The server gets it in its environment (VLLM_API_KEY), "
+                   "never on its command line, and it is not printed or recorded; but a key typed here as --api-key "
+                   "is visible to `ps` in this shell's process list: prefer `export PATENT_RISK_API_KEY=...`.")
 @click.option("--backend", default="outlines", show_default=True, type=click.Choice(["outlines", "xgrammar", "guidance"]),
               help="Structured-outputs backend (engine-wide).")
 @click.option("--max-lora-rank", default=16, show_default=True, type=int)
@@ -80,7 +83,8 @@ def status(name) -> None:
 @click.option("--concurrency", default="1,4,16", show_default=True, help="Comma-separated concurrency levels.")
 @click.option("--num-requests", default=32, show_default=True, type=int, help="Requests per configuration.")
 @click.option("--model", default=None, help="Base model whose tokenizer sizes max_tokens (default: the embedded model).")
-@click.option("--api-key", default=None, envvar="PATENT_RISK_API_KEY")
+@click.option("--api-key", default=None, envvar="PATENT_RISK_API_KEY", metavar="KEY",
+              help="The server's bearer key (visible to `ps` when typed here; prefer PATENT_RISK_API_KEY).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSON file; .md and .png are written beside it.")
 def bench(url, served_models, data, arms, schema_name, concurrency, num_requests, model, api_key, out) -> None:
     """Throughput and latency (TTFT, TPOT, ITL, end to end at p50/p90/p99) of a running server, for every
@@ -107,7 +111,8 @@ def bench(url, served_models, data, arms, schema_name, concurrency, num_requests
 @click.option("--concurrency", default=16, show_default=True, type=int)
 @click.option("--num-requests", default=32, show_default=True, type=int)
 @click.option("--model", default=None, help="Base model whose tokenizer renders the prompts (default: the embedded model).")
-@click.option("--api-key", default=None, envvar="PATENT_RISK_API_KEY")
+@click.option("--api-key", default=None, envvar="PATENT_RISK_API_KEY", metavar="KEY",
+              help="The server's bearer key (visible to `ps` when typed here; prefer PATENT_RISK_API_KEY).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSON file; a .md table is written beside it.")
 def crosscheck(url, served_model, data, concurrency, num_requests, model, api_key, out) -> None:
     """Run one unconstrained configuration through both `serve bench` and vLLM's own serving benchmark

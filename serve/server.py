@@ -2,12 +2,15 @@
 
 On the CPU build the `vllm` console script is broken (STACK.md), so the same flags go through
 `python -m vllm.entrypoints.openai.api_server`; the equivalent `vllm serve` line is printed for users.
-State (pid, command, log, port) lives in artifacts/serve/NAME/.
+State (pid, command, log, port) lives in artifacts/serve/NAME/. An API key reaches the server only through
+its environment (VLLM_API_KEY, which vLLM reads when --api-key is absent): any user can read a process's
+command line (`ps`, /proc/PID/cmdline), so the key is never in argv, in the printed line or in state.json.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -16,7 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
@@ -33,13 +36,17 @@ class ServerConfig:
     adapters: list[tuple[str, str]] = field(default_factory=list)  # (name, dir)
     host: str = "127.0.0.1"
     port: int = 8000
-    api_key: str | None = None
+    api_key: str | None = None  # given to the server as VLLM_API_KEY in its environment, never in its argv
     backend: str = "outlines"
     max_lora_rank: int = 16
     max_model_len: int = 2048
     extra_args: list[str] = field(default_factory=list)
     name: str = "default"
     memory_utilization: float | None = None  # default: cpu_env's (host memory share on the CPU build)
+    # An explicit KV cache (--kv-cache-memory-bytes). On the CPU build vLLM otherwise sizes it as
+    # memory_utilization x the NUMA node's memory minus what the worker already holds after warm-up,
+    # which goes negative (the engine fails to start) when the node is small or the worker large.
+    kv_cache_bytes: int | None = None
 
 
 @dataclass
@@ -53,7 +60,16 @@ class ServerState:
     command: list[str]
     log: str
     started_at: float
+    api_key_set: bool = False  # whether the server requires a key; the key itself is never recorded
 
+
+def _state_from_json(text: str) -> ServerState:
+    """A state.json, also one written before a field was added (it takes its default)."""
+    known = {f.name for f in fields(ServerState)}
+    return ServerState(**{k: v for k, v in json.loads(text).items() if k in known})
+
+
+API_KEY_ENV = "VLLM_API_KEY"
 
 # Servers this process started, kept so they are reaped (not garbage-collected while running).
 _CHILDREN: dict[int, subprocess.Popen] = {}
@@ -70,23 +86,91 @@ def build_command(cfg: ServerConfig, model_path: str) -> list[str]:
     if cpu_env.is_cpu_build():
         args += ["--dtype", cpu_env.default_dtype()]
     args += ["--gpu-memory-utilization", str(cfg.memory_utilization or cpu_env.default_memory_utilization())]
+    if cfg.kv_cache_bytes:
+        args += ["--kv-cache-memory-bytes", str(cfg.kv_cache_bytes)]
     if cfg.adapters:
         args += ["--enable-lora", "--max-lora-rank", str(cfg.max_lora_rank), "--max-loras", str(len(cfg.adapters)),
                  "--lora-modules", *[f"{n}={p}" for n, p in cfg.adapters]]
-    if cfg.api_key:
-        args += ["--api-key", cfg.api_key]
     args += cfg.extra_args
     if cpu_env.is_cpu_build():
         return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *args]
     return ["vllm", "serve", *args]
 
 
-def vllm_serve_line(cmd: list[str]) -> str:
-    """The command as a user would type it with the `vllm` console script."""
+# vLLM gives up compiling a structured-output regex after VLLM_REGEX_COMPILATION_TIMEOUT_S (default 5 s) and
+# answers HTTP 500; the abandoned compile goes on in its thread, so the client's retries only add load. A
+# per-record schema of this project compiles in a few seconds on a busy small CPU (one core shared with a
+# second server and a busy loop: over 5 s, every retry failed), so servers started here allow more; a
+# value in the environment wins.
+REGEX_COMPILATION_TIMEOUT_S = "60"
+
+
+def server_env(cfg: ServerConfig, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The server's environment: ours, the CPU build's preload, a regex compilation limit for slow CPUs,
+    and the API key as VLLM_API_KEY."""
+    env = dict(os.environ if base is None else base)
+    env.update(cpu_env.preload_env(env))
+    env.setdefault("VLLM_REGEX_COMPILATION_TIMEOUT_S", REGEX_COMPILATION_TIMEOUT_S)
+    if cfg.api_key:
+        env[API_KEY_ENV] = cfg.api_key
+    return env
+
+
+def vllm_serve_line(cmd: list[str], api_key_set: bool = False) -> str:
+    """The command as a user would type it with the `vllm` console script (a key shows as ***)."""
     args = cmd[3:] if cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"] else cmd[2:]
     model = args[args.index("--model") + 1]
     rest = [a for i, a in enumerate(args) if not (a == "--model" or (i and args[i - 1] == "--model"))]
-    return shlex.join(["vllm", "serve", model, *rest])
+    return (f"{API_KEY_ENV}=*** " if api_key_set else "") + shlex.join(["vllm", "serve", model, *rest])
+
+
+# vLLM's log prefix: "(EngineCore pid=12) ERROR 12-02 00:40:36 [core.py:1510] " (process and level optional)
+_LOG_PREFIX = re.compile(r"^(?:\([\w.-]+ pid=\d+\)\s+)?(?:(DEBUG|INFO|WARNING|ERROR|CRITICAL)\s+\d\d-\d\d "
+                         r"\d\d:\d\d:\d\d(?:\.\d+)?\s+\[[^\]]*\]\s?)?")
+# A traceback's final line: "ValueError: ...", "torch.OutOfMemoryError: ...", "pydantic_core._pydantic_core.ValidationError: ..."
+_EXCEPTION = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception|Exit|Interrupt|Failure)(?::|$)")
+_MEMORY = re.compile(r"out of memory|cannot allocate memory|oom-kill|\bKilled\b", re.IGNORECASE)
+_NOT_A_CAUSE = ("Traceback", "During handling of the above exception", "The above exception was the direct cause")
+
+
+def root_cause(log_text: str) -> str:
+    """The line of a failed server's log that says why: the first exception raised (a traceback's final
+    line, with the lines continuing its message), else the first ERROR line or memory message, else the
+    last line. vLLM's engine re-raises a worker's error as "Engine core initialization failed. See root
+    cause above", so the first exception, not the last, is the cause."""
+    entries = []  # (level, message without vLLM's prefix)
+    for raw in log_text.splitlines():
+        m = _LOG_PREFIX.match(raw)
+        entries.append((m.group(1), raw[m.end():].rstrip()))
+
+    def is_header(i: int) -> bool:  # "EngineCore failed to start." just above its traceback
+        return i + 1 < len(entries) and entries[i + 1][1].startswith("Traceback")
+
+    for i, (_, msg) in enumerate(entries):
+        if _EXCEPTION.match(msg):
+            lines = [msg]
+            for _, more in entries[i + 1:i + 6]:  # a message that goes on over indented lines (pydantic's does)
+                if not more[:1].isspace() or not more.strip() or more.strip().startswith('File "'):
+                    break
+                lines.append(more.strip())
+            return " ".join(lines)[:1000]
+    for i, (level, msg) in enumerate(entries):
+        if not msg or msg[0].isspace() or msg.startswith(_NOT_A_CAUSE):
+            continue
+        if (level in ("ERROR", "CRITICAL") and not is_header(i)) or (level not in ("DEBUG", "INFO") and _MEMORY.search(msg)):
+            return msg[:1000]
+    last = [msg for _, msg in entries if msg.strip()]
+    return last[-1][:1000] if last else "(the log is empty)"
+
+
+def _exit_reason(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by {name}" + (" (out of memory?)" if returncode == -signal.SIGKILL else "")
+    return f"exited with code {returncode}"
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -112,7 +196,7 @@ def read_state(name: str = "default") -> ServerState | None:
     path = state_dir(name) / "state.json"
     if not path.exists():
         return None
-    return ServerState(**json.loads(path.read_text()))
+    return _state_from_json(path.read_text())
 
 
 def _reap(pid: int) -> None:
@@ -139,8 +223,13 @@ def start(cfg: ServerConfig, *, timeout: float = 600.0, log: Callable[[str], Non
     existing = read_state(cfg.name)
     if existing and _alive(existing.pid):
         raise UserError(f"server '{cfg.name}' is already running (pid {existing.pid}, {existing.url}); `serve stop` first")
+    env = server_env(cfg)
+    key_set = bool(env.get(API_KEY_ENV))
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
-        log(f"warning: binding {cfg.host}: the server is reachable from other machines" + ("" if cfg.api_key else " and has no --api-key"))
+        log(f"warning: binding {cfg.host}: the server is reachable from other machines" + ("" if key_set else " and has no --api-key"))
+    if "--api-key" in cfg.extra_args or any(a.startswith("--api-key=") for a in cfg.extra_args):
+        log("warning: --api-key after `--` puts the key on the server's command line, which every user can read "
+            "(`ps`); pass it as PATENT_RISK_API_KEY instead")
     if not _port_free(cfg.host if cfg.host != "0.0.0.0" else "127.0.0.1", cfg.port):
         raise UserError(f"port {cfg.port} on {cfg.host} is in use; pass --port")
     from train.export import check_adapter_dir
@@ -152,25 +241,27 @@ def start(cfg: ServerConfig, *, timeout: float = 600.0, log: Callable[[str], Non
     sdir = state_dir(cfg.name)
     sdir.mkdir(parents=True, exist_ok=True)
     log_path = sdir / "server.log"
-    log(f"$ {vllm_serve_line(cmd)}")
-    env = dict(os.environ)
-    env.update(cpu_env.preload_env(env))
+    log(f"$ {vllm_serve_line(cmd, key_set)}")
     with open(log_path, "ab") as logf:
+        log_start = logf.tell()  # the log is appended to: this run's part starts here
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env=env)
     _CHILDREN[proc.pid] = proc
     host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
     url = f"http://{host}:{cfg.port}"
     state = ServerState(cfg.name, proc.pid, url, model_path, [n for n, _ in cfg.adapters], cfg.backend, cmd,
-                        str(log_path), time.time())
+                        str(log_path), time.time(), api_key_set=key_set)
     (sdir / "state.json").write_text(json.dumps(asdict(state), indent=2) + "\n")
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            tail = log_path.read_text(errors="replace")[-1500:]
+            with open(log_path, "rb") as f:
+                f.seek(log_start)
+                text = f.read().decode(errors="replace")
             _clear(cfg.name)
             _CHILDREN.pop(proc.pid, None)
-            raise UserError(f"the server exited with code {proc.returncode} before answering; end of {log_path}:\n{tail}")
+            raise UserError(f"the server {_exit_reason(proc.returncode)} before answering: {root_cause(text)}\n"
+                            f"end of {log_path}:\n{text[-1500:]}")
         if health(url):
             log(f"server '{cfg.name}' ready at {url} (pid {proc.pid}, log {log_path})")
             return state
@@ -230,7 +321,7 @@ def served_backend(url: str) -> str | None:
     """The structured-outputs backend of a server `serve start` recorded at this URL, if any."""
     root = subdir("serve")
     for path in root.glob("*/state.json"):
-        state = ServerState(**json.loads(path.read_text()))
+        state = _state_from_json(path.read_text())
         if state.url.rstrip("/") == url.rstrip("/") and _alive(state.pid):
             return state.backend
     return None

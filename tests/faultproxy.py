@@ -22,6 +22,7 @@ class FaultProxy:
         self.posts = 0
         self.forwarded = 0
         self.injected: dict[str, int] = {}
+        self.in_flight = 0  # POSTs being handled (a slow one goes on after its client gave up)
         self._lock = threading.Lock()
         self.port = _free_port()
         self._server: http.server.ThreadingHTTPServer | None = None
@@ -67,10 +68,18 @@ class FaultProxy:
                 self._forward(None)
 
             def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with proxy._lock:
                     proxy.posts += 1
+                    proxy.in_flight += 1
                     n = proxy.posts
+                try:
+                    self._post(n)
+                finally:
+                    with proxy._lock:
+                        proxy.in_flight -= 1
+
+            def _post(self, n: int):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 action = proxy.plan(n)
                 if action in ("500", "503"):
                     proxy._count(action)
@@ -97,6 +106,16 @@ class FaultProxy:
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no POST is being handled (True), at most `timeout` s (False)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self.in_flight == 0:
+                    return True
+            time.sleep(0.05)
+        return False
 
     def down(self) -> None:
         """Stop listening: new connections are refused, as from a killed server."""

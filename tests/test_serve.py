@@ -1,33 +1,66 @@
 """The real vLLM OpenAI-compatible server on the embedded model with a trained adapter, on a free
 loopback port; stopped whatever happens."""
+import dataclasses
 import json
+import logging
 import os
+import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from evaluate.batch import BatchConfig, run_batch
 from evaluate.engines import AdapterSpec, VllmServer
 from schemas.output import load_schema, schema_errors, specialize
+from serve import cpu_env
 from serve.server import ServerConfig, free_port, start, status, stop
 
 from .conftest import EVAL, live_group_members
 
 pytestmark = pytest.mark.engine
 KEY = "test-key-123"
+# A deadline, not a duration: about 100 s here; a slower machine only takes longer to fail.
+START_TIMEOUT = 1200
+START_OUTPUT: list[str] = []  # what the module server's start() printed
+
+
+def _kv_cache_bytes(model, max_seqs: int) -> int | None:
+    """An explicit KV cache for max_seqs sequences of 1024 tokens. Left to --gpu-memory-utilization, vLLM's
+    CPU worker takes that share of the NUMA node's memory minus what the worker holds after warm-up; on a
+    small node or a large worker that goes negative and the engine fails to start (0.1 of a 10 GiB node
+    left -0.43 GiB here), which also depends on what else runs at the time."""
+    return cpu_env.kv_cache_bytes(str(model), cpu_env.default_dtype(), 1024, max_seqs)
 
 
 @pytest.fixture(scope="module")
 def server(trained_adapter, embedded_model, tmp_path_factory, monkeypatch_module):
     monkeypatch_module.setenv("PATENT_RISK_HOME", str(tmp_path_factory.mktemp("home")))
     cfg = ServerConfig(model=str(embedded_model), adapters=[("tiny", str(trained_adapter))], port=free_port(),
-                       api_key=KEY, max_model_len=1024, name="pytest", memory_utilization=0.1)
+                       api_key=KEY, max_model_len=1024, name="pytest", memory_utilization=0.1,
+                       kv_cache_bytes=_kv_cache_bytes(embedded_model, 16))
     try:
-        state = start(cfg, timeout=600, log=lambda s: None)
+        state = start(cfg, timeout=START_TIMEOUT, log=START_OUTPUT.append)
         yield state
     finally:
         stop("pytest", log=lambda s: None)
+
+
+@pytest.fixture(scope="module")
+def request_seconds(server, embedded_model, eval_records):
+    """How long one real constrained request (a schema not compiled before) takes on this machine now: the
+    tests' client timeouts and slow faults scale with it instead of assuming a fast CPU."""
+    from evaluate.requests import build_requests
+
+    eng = VllmServer(server.url, "tiny", str(embedded_model), api_key=KEY, max_concurrency=1)
+    req = build_requests([eval_records[-1]], "v1", True, eng.count_tokens)[0]
+    t0 = time.perf_counter()
+    eng.generate([req])
+    took = time.perf_counter() - t0
+    eng.close()
+    logging.getLogger(__name__).info("one constrained request took %.2f s", took)
+    return took
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +84,37 @@ def test_models_lists_the_adapter_and_key_is_required(server):
         _get(f"{server.url}/v1/models")
     assert e.value.code == 401
     e.value.close()
+
+
+def test_api_key_reaches_the_server_only_through_its_environment(server):
+    """Issue 12, item 6: with a key set, no process's command line holds it (`ps` shows every user's), nor
+    state.json, start's output or the server's log; the server still requires it."""
+    members = live_group_members(server.pid, wait=0)  # the API server, its engine core and worker
+    assert server.pid in members and len(members) >= 2, members
+    assert b"vllm.entrypoints.openai.api_server" in Path(f"/proc/{server.pid}/cmdline").read_bytes()
+    leaks = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:  # exited meanwhile
+                continue
+            if KEY.encode() in cmdline:
+                leaks.append((int(proc.name), cmdline.replace(b"\0", b" ").decode(errors="replace")))
+    assert leaks == []
+    assert f"VLLM_API_KEY={KEY}".encode() in Path(f"/proc/{server.pid}/environ").read_bytes().split(b"\0")
+    state_text = (Path(server.log).parent / "state.json").read_text()
+    assert KEY not in state_text and json.loads(state_text)["api_key_set"] is True
+    assert any(line.startswith("$ VLLM_API_KEY=*** vllm serve ") for line in START_OUTPUT), START_OUTPUT
+    assert not [line for line in START_OUTPUT if KEY in line]
+    assert KEY not in Path(server.log).read_text(errors="replace")
+    assert KEY not in json.dumps(status("pytest"))
+    assert _get(f"{server.url}/v1/models", KEY)["data"]
+    for wrong in (None, "not-the-key"):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            _get(f"{server.url}/v1/models", wrong)
+        assert e.value.code == 401
+        e.value.close()
 
 
 def test_server_binds_loopback_only(server):
@@ -87,19 +151,21 @@ def engine_adapter_path(server):
     return spec.split("=", 1)[1]
 
 
-def test_server_killed_mid_run_keeps_rows_then_resumes_elsewhere(server, embedded_model, tmp_path, monkeypatch):
+def test_server_killed_mid_run_keeps_rows_then_resumes_elsewhere(server, request_seconds, embedded_model, tmp_path,
+                                                                  monkeypatch):
     """A real server SIGKILLed while `evaluate batch --server` runs: a clear failure, every finished row
     kept, no process left; the same command against a live server resumes to exactly one row per sample."""
     import signal
     import threading
-    import time
 
     from schemas.errors import UserError
 
     monkeypatch.setenv("PATENT_RISK_HOME", str(tmp_path))
+    # beside the module's server: a KV cache of its own size, whatever the host's memory and the other's use
     cfg = ServerConfig(model=str(embedded_model), port=free_port(), max_model_len=1024, name="short",
-                       memory_utilization=0.1)
-    state = start(cfg, timeout=600, log=lambda s: None)
+                       memory_utilization=0.1, kv_cache_bytes=_kv_cache_bytes(embedded_model, 4))
+    state = start(cfg, timeout=START_TIMEOUT, log=lambda s: None)
+    timeout = max(30.0, 10 * request_seconds)  # only a hung request meets it: the kill resets connections
     out = tmp_path / "run"
     results = out / "results.jsonl"
     bcfg = BatchConfig(data=str(EVAL), out=str(out), constrained=True, model=str(embedded_model), server=state.url,
@@ -108,7 +174,7 @@ def test_server_killed_mid_run_keeps_rows_then_resumes_elsewhere(server, embedde
     errors = []
 
     def run():
-        eng = VllmServer(state.url, served, str(embedded_model), max_concurrency=1, max_retries=1, timeout=30)
+        eng = VllmServer(state.url, served, str(embedded_model), max_concurrency=1, max_retries=1, timeout=timeout)
         try:
             run_batch(bcfg, lambda m: eng, log=lambda s: None, progress=False)
         except UserError as e:
@@ -117,11 +183,11 @@ def test_server_killed_mid_run_keeps_rows_then_resumes_elsewhere(server, embedde
     t = threading.Thread(target=run)
     t.start()
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + max(300.0, 60 * request_seconds)
         while (not results.exists() or results.read_bytes().count(b"\n") < 2) and time.monotonic() < deadline:
             time.sleep(0.05)
         os.killpg(state.pid, signal.SIGKILL)
-        t.join(120)
+        t.join(2 * timeout + 60)  # 1 + max_retries attempts
     finally:
         stop("short", log=lambda s: None)
     assert not t.is_alive()
@@ -131,9 +197,10 @@ def test_server_killed_mid_run_keeps_rows_then_resumes_elsewhere(server, embedde
     kept = results.read_bytes()
     n_kept = kept.count(b"\n")
     assert 2 <= n_kept < 8 and kept.endswith(b"\n")
-    # the module's server serves the same base under the same name: resume there
+    # the module's server serves the same base under the same name: the same command with --server pointing
+    # there resumes (the run's identity holds the server's version, asked of the server the config names)
     eng = VllmServer(server.url, served, str(embedded_model), api_key=KEY, max_concurrency=2)
-    summary = run_batch(bcfg, lambda m: eng, log=lambda s: None, progress=False)
+    summary = run_batch(dataclasses.replace(bcfg, server=server.url), lambda m: eng, log=lambda s: None, progress=False)
     assert summary.done_before == n_kept and summary.generated == 8 - n_kept
     final = results.read_bytes()
     assert final.startswith(kept)
@@ -141,19 +208,25 @@ def test_server_killed_mid_run_keeps_rows_then_resumes_elsewhere(server, embedde
     assert len(ids) == len(set(ids)) == 8
 
 
-def test_transient_faults_are_retried(server, embedded_model, tmp_path):
+def test_transient_faults_are_retried(server, request_seconds, embedded_model, tmp_path):
     """HTTP 503s, a dropped connection, a slow answer and one past the client's timeout: the OpenAI
-    client's retries absorb them all and every sample gets exactly one row."""
+    client's retries absorb them all and every sample gets exactly one row. The timeout and the delays
+    scale with one request's measured time (two run at once, so an answer takes up to about twice it)."""
     from .faultproxy import FaultProxy
 
-    faults = {1: "503", 2: "503", 4: "drop", 5: "slow:2", 7: "slow:12"}
+    timeout = max(10.0, 10 * request_seconds)
+    delay = max(2.0, 2 * request_seconds)  # short enough that delay + an answer stays far under the timeout
+    faults = {1: "503", 2: "503", 4: "drop", 5: f"slow:{delay:.1f}", 7: f"slow:{timeout + delay:.1f}"}
     proxy = FaultProxy(server.url, lambda n: faults.get(n, "forward"))
     try:
-        eng = VllmServer(proxy.url, "tiny", str(embedded_model), api_key=KEY, max_concurrency=2, max_retries=4, timeout=10)
+        eng = VllmServer(proxy.url, "tiny", str(embedded_model), api_key=KEY, max_concurrency=2, max_retries=4,
+                         timeout=timeout)
         out = tmp_path / "run"
         cfg = BatchConfig(data=str(EVAL), out=str(out), constrained=True, model=str(embedded_model),
                           adapter=AdapterSpec("tiny", engine_adapter_path(server)), server=proxy.url, limit=8, chunk_size=4)
         summary = run_batch(cfg, lambda m: eng, log=lambda s: None, progress=False)
+        # the answer the client gave up on is still forwarded once its delay is over: wait for it
+        assert proxy.wait_idle(2 * timeout + delay)
     finally:
         proxy.close()
     assert summary.generated == 8

