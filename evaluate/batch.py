@@ -14,8 +14,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from schemas.artifacts import EMBEDDED_MODEL_NAME, atomic_write_text, describe_path, file_sha256
-from schemas.embedded import resolve_model
+from schemas.artifacts import atomic_write_text, describe_path, file_sha256
+from schemas.embedded import default_model_label, resolve_model
 from schemas.errors import UserError
 from schemas.output import load_schema, schema_hash
 from schemas.prompt import PROMPT_VERSION, prompt_fingerprint
@@ -87,7 +87,16 @@ def engine_identity(cfg: BatchConfig) -> dict[str, Any]:
     from .engines import server_version, vllm_version
 
     if cfg.server:
-        return {"name": "vllm", "version": server_version(cfg.server), "mode": "server"}
+        version = server_version(cfg.server)
+        if version == "unknown":
+            import urllib.error
+            import urllib.request
+
+            try:
+                urllib.request.urlopen(f"{cfg.server.rstrip('/')}/health", timeout=10).close()
+            except (urllib.error.URLError, OSError) as e:
+                raise UserError(f"no vLLM server answers at {cfg.server} ({e}); start one with `serve start`") from None
+        return {"name": "vllm", "version": version, "mode": "server"}
     return {"name": "vllm", "version": vllm_version(), "mode": "offline"}
 
 
@@ -96,7 +105,7 @@ def provenance(cfg: BatchConfig, model_path: str, engine_desc: dict[str, Any], n
     this invocation. ``engine_desc`` holds at least the engine's name, version and mode."""
     from .requests import STRUCTURED_OUTPUT_OPTIONS
 
-    model_info: dict[str, Any] = {"name": cfg.model or f"embedded:{EMBEDDED_MODEL_NAME}"}
+    model_info: dict[str, Any] = {"name": default_model_label(cfg.model)}
     if Path(model_path).exists():
         model_info.update(describe_path(model_path))
     adapter = None
