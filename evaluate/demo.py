@@ -21,7 +21,8 @@ DEMO_CONFIG = "train/configs/demo.yaml"
 
 
 def _adapter_is_current(adapter_dir: Path) -> bool:
-    """An adapter is reused only when it was trained with the demo config as it is now, on the same data.
+    """An adapter is reused only when it was trained with the demo config as it is now, on the same data
+    and the same base model.
 
     The manifest's config is read through TrainConfig, so a field added since (at its default, which
     changes nothing) does not make an adapter stale. Generated boundary records come from code, not
@@ -44,6 +45,12 @@ def _adapter_is_current(adapter_dir: Path) -> bool:
     data_path = project_root() / cfg.train_data
     if trained != cfg.model_dump(mode="json") or manifest.get("data", {}).get("sha256") != file_sha256(data_path):
         return False
+    from schemas.artifacts import describe_path
+    from schemas.embedded import resolve_model
+
+    base = resolve_model(cfg.base_model, log=lambda s: None)
+    if (manifest.get("base_model") or {}).get("sha256") != describe_path(base)["sha256"]:
+        return False  # trained on another base model (e.g. the earlier default)
     if cfg.augment_boundary:
         from schemas.records import load_dataset
         from train.data_mix import training_data

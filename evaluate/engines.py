@@ -2,11 +2,13 @@
 evaluate.requests; everything it returns is plain data."""
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from schemas.errors import UserError
+from schemas.prompt import chat_format, fold_system
 
 from .requests import GenRequest
 
@@ -96,7 +98,8 @@ class VllmOffline:
         from serve import cpu_env
 
         cpu_env.configure(offline=True)
-        import vllm
+        structured_env = cpu_env.structured_outputs_env(model)
+        os.environ.update(structured_env)
         from vllm import LLM
 
         self._seed = seed
@@ -121,14 +124,20 @@ class VllmOffline:
         logging.getLogger("vllm.v1.metrics.loggers").setLevel(logging.WARNING)
         self.llm = LLM(**kwargs)
         self._tokenizer = self.llm.get_tokenizer()
+        self.chat_format = chat_format(self._tokenizer)
         self.description = {"name": "vllm", "version": vllm_version(), "mode": "offline", "backend": backend,
                             "dtype": kwargs["dtype"], "max_model_len": max_model_len,
                             "kv_cache_memory_bytes": kwargs.get("kv_cache_memory_bytes"),
                             "enforce_eager": enforce_eager,
-                            "cpu_build": cpu_env.is_cpu_build(), "env": cpu_env.configure(offline=True)}
+                            "cpu_build": cpu_env.is_cpu_build(),
+                            "env": {**cpu_env.configure(offline=True), **structured_env}}
 
     def count_tokens(self, text: str) -> int:
         return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def messages(self, req: GenRequest) -> list[dict[str, str]]:
+        """The request's messages as this model's chat template takes them (schemas.prompt.chat_format)."""
+        return fold_system(req.messages) if self.chat_format == "fold" else req.messages
 
     def _lora_request(self):
         if self.adapter is None:
@@ -148,7 +157,7 @@ class VllmOffline:
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         t0 = time.perf_counter()
-        outputs = self.llm.chat([r.messages for r in requests], [self.sampling_params(r) for r in requests],
+        outputs = self.llm.chat([self.messages(r) for r in requests], [self.sampling_params(r) for r in requests],
                                 use_tqdm=False, lora_request=self._lora_request())
         elapsed = time.perf_counter() - t0
         results = []
@@ -194,6 +203,7 @@ class VllmServer:
                                     max_retries=max_retries, timeout=timeout)
         self._openai = openai
         self._tokenizer = AutoTokenizer.from_pretrained(tokenizer_model)
+        self.chat_format = chat_format(self._tokenizer)
         try:
             models = [m.id for m in self.client.models.list().data]
         except openai.APIConnectionError as e:
@@ -212,7 +222,8 @@ class VllmServer:
     def _one(self, req: GenRequest) -> GenResult:
         extra = req.chat_body_extra()
         t0 = time.perf_counter()
-        resp = self.client.chat.completions.create(model=self.served_model, messages=req.messages, temperature=0.0,
+        messages = fold_system(req.messages) if self.chat_format == "fold" else req.messages
+        resp = self.client.chat.completions.create(model=self.served_model, messages=messages, temperature=0.0,
                                                    max_tokens=req.max_tokens, seed=self._seed, extra_body=extra)
         choice = resp.choices[0]
         usage = resp.usage

@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 
 ENV_HOME = "PATENT_RISK_HOME"
-EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 
 
 def project_root() -> Path:

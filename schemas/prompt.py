@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from .errors import UserError
 from .labels import MATCH_LABELS, RISK_LEVELS
 from .output import render_compact
 from .records import Label, Record
@@ -58,3 +59,40 @@ def prompt_fingerprint(schema_name: str) -> str:
     probe = Record(id="x", patent_id="p", claim="", elements=[{"id": "E1", "text": "t"}], query="q")
     text = PROMPT_VERSION + repr(render_messages(probe, schema_name))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def fold_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The system text folded into the first user turn (``system + "\\n\\n" + user``), as Gemma's own
+    template does, for chat templates that have no system role."""
+    if len(messages) >= 2 and messages[0]["role"] == "system" and messages[1]["role"] == "user":
+        return [{"role": "user", "content": messages[0]["content"] + "\n\n" + messages[1]["content"]}, *messages[2:]]
+    return messages
+
+
+_PROBE = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+
+
+def chat_format(tokenizer) -> str:
+    """How a tokenizer's chat template takes this project's messages: ``system`` (as they are) or
+    ``fold`` (the system text folded into the first user turn, for templates that refuse a system role).
+    A template that renders neither, or a tokenizer without one (a pretrained model), is a UserError that
+    names the model, never a raw Jinja traceback."""
+    name = getattr(tokenizer, "name_or_path", "the model")
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError(f"{name}: its tokenizer has no chat template (a pretrained, not instruction-tuned, model?); "
+                        "give a model that ships one, or install one in its tokenizer_config.json / chat_template.jinja")
+    try:
+        tokenizer.apply_chat_template(_PROBE, tokenize=False, add_generation_prompt=True)
+        return "system"
+    except Exception as first:  # noqa: BLE001 - jinja2's TemplateError and the template's own raise_exception
+        try:
+            tokenizer.apply_chat_template(fold_system(_PROBE), tokenize=False, add_generation_prompt=True)
+        except Exception as second:  # noqa: BLE001
+            raise UserError(f"{name}: its chat template cannot render a system + user prompt ({first}) nor a "
+                            f"user turn alone ({second})") from None
+        return "fold"
+
+
+def messages_for(tokenizer, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """``messages`` as ``tokenizer``'s chat template takes them (see ``chat_format``)."""
+    return fold_system(messages) if chat_format(tokenizer) == "fold" else messages

@@ -131,3 +131,32 @@ def kv_cache_bytes(model_path: str, dtype: str, max_model_len: int, max_seqs: in
     need = per_token * max_model_len * max_seqs
     cap = available_memory() // 2
     return max(per_token * max_model_len, min(need, cap))
+
+
+def structured_outputs_env(model_path: str | None = None) -> dict[str, str]:
+    """Settings for vLLM's structured outputs, CPU and GPU alike (the grammar compile is CPU work on both):
+
+    - ``VLLM_REGEX_COMPILATION_TIMEOUT_S``: vLLM's default of 5 s fails every request on Gemma's 262,144-token
+      vocabulary (outlines-core needed 2-10 s per record schema on these 2-core machines); sized from the
+      model's vocabulary, one second per thousand tokens and at least 60 s.
+    - ``VLLM_V1_USE_OUTLINES_CACHE`` and ``OUTLINES_CACHE_DIR``: outlines' compiled indexes kept on disk in
+      artifacts/cache/outlines, so that a resumed run, a re-run, another adapter on the same base and
+      `serve start` reuse what was compiled.
+
+    Values already in the environment win (a user's own choice)."""
+    from schemas.artifacts import subdir
+
+    vocab = None
+    if model_path:
+        import json
+
+        try:
+            with open(os.path.join(model_path, "config.json"), encoding="utf-8") as f:
+                cfg = json.load(f)
+            vocab = (cfg.get("text_config") or cfg).get("vocab_size")
+        except (OSError, ValueError):
+            vocab = None
+    timeout = max(60, int(vocab) // 1000) if isinstance(vocab, int) else 300
+    wanted = {"VLLM_REGEX_COMPILATION_TIMEOUT_S": str(timeout), "VLLM_V1_USE_OUTLINES_CACHE": "1",
+              "OUTLINES_CACHE_DIR": str(subdir("cache") / "outlines")}
+    return {k: os.environ.get(k, v) for k, v in wanted.items()}

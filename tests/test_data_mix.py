@@ -159,12 +159,20 @@ def test_demo_reuse_check_knows_the_mix(tmp_path, monkeypatch):
     adapter = tmp_path / "adapter"
     adapter.mkdir()
 
-    def write(config_dump, data_mix):
-        manifest = {"config": config_dump, "data": {"sha256": file_sha256(TRAIN)}, "data_mix": data_mix}
+    from schemas.artifacts import describe_path
+    from schemas.embedded import resolve_model
+
+    base = describe_path(resolve_model(None))
+
+    def write(config_dump, data_mix, base_model=base):
+        manifest = {"config": config_dump, "data": {"sha256": file_sha256(TRAIN)}, "data_mix": data_mix,
+                    "base_model": base_model}
         (adapter / "manifest.json").write_text(json.dumps(manifest))
 
     write(cfg.model_dump(mode="json"), mix)
     assert demo._adapter_is_current(adapter)
+    write(cfg.model_dump(mode="json"), mix, {"name": "embedded:other", "sha256": "0" * 64})  # another base model
+    assert not demo._adapter_is_current(adapter)
     write(cfg.model_dump(mode="json"), {**mix, "train_records_sha256": "0" * 64})  # the generator changed since
     assert not demo._adapter_is_current(adapter)
     write({**cfg.model_dump(mode="json"), "augment_boundary": 7}, mix)

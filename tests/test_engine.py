@@ -57,8 +57,9 @@ def test_vllm_lora_equals_peft_and_differs_from_base(engine, embedded_model, tra
 
     from train.features import prompt_ids
 
-    recs = eval_records[10:14]
+    recs = eval_records[10:14] + [_long_record(tokenizer, eval_records[20:40])]
     reqs = build_requests(recs, "v1", False, engine.count_tokens)
+    assert len(prompt_ids(tokenizer, recs[-1])) > 512  # past Gemma 3's 512-token sliding window
     reqs = [r.__class__(r.record_id, r.messages, 24, None) for r in reqs]
     with_lora = [r.raw_output for r in engine.generate(reqs)]
     params = [engine.sampling_params(r) for r in reqs]
@@ -75,6 +76,22 @@ def test_vllm_lora_equals_peft_and_differs_from_base(engine, embedded_model, tra
             hf.append(tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True))
     assert with_lora == hf
     assert with_lora != without
+
+
+def _long_record(tokenizer, recs):
+    """One record whose elements are those of the first of ``recs``, renumbered, taken until its prompt is
+    past 512 tokens (Gemma 3's sliding window) and well inside the engine's 1,024."""
+    from schemas.records import Record
+    from train.features import prompt_ids
+
+    elements: list[dict] = []
+    for el in (el for r in recs for el in r.elements):
+        elements.append({"id": f"E{len(elements) + 1}", "text": el.text})
+        rec = Record(id="long", patent_id=recs[0].patent_id, claim=recs[0].claim, elements=elements,
+                     query=recs[0].query)
+        if len(prompt_ids(tokenizer, rec)) > 540:
+            return rec
+    raise AssertionError("the records are too short to build a prompt past 512 tokens")
 
 
 def test_a_lora_run_directory_refuses_to_resume_merged(engine, tmp_path):

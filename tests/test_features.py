@@ -1,12 +1,22 @@
-"""Prompt masking, token by token, with the embedded model's real tokenizer."""
+"""Prompt masking, token by token, with the embedded models' real tokenizers: Gemma 3's (the default) and,
+for the traps a ChatML tokenizer shows (pad == eos, a template without BOS), SmolLM2's."""
 import pytest
 import torch
 
 from schemas.prompt import render_answer
-from train.features import IGNORE_INDEX, build_features, make_collator, prompt_ids
+from train.features import IGNORE_INDEX, build_features, make_collator, prompt_ids, stop_token_ids
+
+END_OF_TURN = 106  # Gemma 3's <end_of_turn>
 
 
-def test_prompt_is_masked_and_answer_with_end_of_turn_is_trained(tokenizer, eval_records):
+@pytest.fixture(params=["gemma", "smollm2"])
+def any_tokenizer(request):
+    """Gemma 3's tokenizer (<end_of_turn> 106 ends a turn) and SmolLM2's (<|im_end|>, its eos)."""
+    return request.getfixturevalue("gemma_tokenizer" if request.param == "gemma" else "tokenizer")
+
+
+def test_prompt_is_masked_and_answer_with_end_of_turn_is_trained(any_tokenizer, eval_records):
+    tokenizer = any_tokenizer
     rec = eval_records[0]
     f = build_features(tokenizer, rec)
     p_ids = prompt_ids(tokenizer, rec)
@@ -14,24 +24,37 @@ def test_prompt_is_masked_and_answer_with_end_of_turn_is_trained(tokenizer, eval
     assert f.labels[: len(p_ids)] == [IGNORE_INDEX] * len(p_ids)
     trained = f.labels[len(p_ids):]
     assert IGNORE_INDEX not in trained and trained == f.input_ids[len(p_ids):]
-    text = tokenizer.decode(trained)
-    assert text.startswith(render_answer(rec.label))
-    assert tokenizer.eos_token_id in trained  # <|im_end|>: the model learns to stop
-    assert tokenizer.decode(trained).rstrip("\n").endswith(tokenizer.eos_token)
+    # token by token: the answer's own ids, then <end_of_turn> (what generation stops on) and nothing after it
+    answer_ids = tokenizer(render_answer(rec.label), add_special_tokens=False)["input_ids"]
+    end_of_turn = END_OF_TURN if tokenizer.vocab_size == 262144 else tokenizer.eos_token_id
+    assert trained == answer_ids + [end_of_turn]
+    assert end_of_turn in stop_token_ids(tokenizer)
+    if tokenizer.vocab_size == 262144:
+        assert stop_token_ids(tokenizer) == {1, END_OF_TURN}
 
 
-def test_prompt_ids_equal_what_inference_renders(tokenizer, eval_records):
+def test_prompt_ids_equal_what_inference_renders(any_tokenizer, eval_records):
     from schemas.prompt import render_messages
 
+    tokenizer = any_tokenizer
     rec = eval_records[3]
     ids = tokenizer.apply_chat_template(render_messages(rec), tokenize=True, add_generation_prompt=True)
     ids = ids["input_ids"] if hasattr(ids, "keys") else ids
     assert prompt_ids(tokenizer, rec) == list(ids)
 
 
+def test_gemma_bos_exactly_once(gemma_tokenizer, eval_records):
+    """Gemma's tokenizer adds BOS by default and its template writes one: the prompt has exactly one."""
+    tokenizer = gemma_tokenizer
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True)
+    assert tokenizer(text)["input_ids"][:2] == [2, 2]  # the trap: tokenizing the rendered text again
+    f = build_features(tokenizer, eval_records[0])
+    assert f.input_ids[0] == 2 and f.input_ids.count(2) == 1
+
+
 @pytest.fixture()
 def bos_tokenizer(embedded_model):
-    """A tokenizer that adds BOS by default and a template that writes BOS, as Gemma's do."""
+    """A ChatML tokenizer made to add BOS by default, its template made to write BOS, as Gemma's do."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(embedded_model, add_bos_token=True, bos_token="<|endoftext|>")
@@ -56,7 +79,8 @@ def test_bos_added_once_when_the_template_does_not_write_it(embedded_model, eval
     assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
 
 
-def test_collator_keeps_labels_and_pads_with_ignore_index(tokenizer, eval_records):
+def test_collator_keeps_labels_and_pads_with_ignore_index(any_tokenizer, eval_records):
+    tokenizer = any_tokenizer
     feats = [build_features(tokenizer, r).as_dict() for r in eval_records[:3]]
     batch = make_collator(tokenizer)(feats)
     for i, f in enumerate(feats):
@@ -68,8 +92,8 @@ def test_collator_keeps_labels_and_pads_with_ignore_index(tokenizer, eval_record
 
 def test_language_modeling_collator_would_destroy_the_mask(tokenizer, eval_records):
     """The seed's bug, kept as a regression test: DataCollatorForLanguageModeling(mlm=False) rebuilds
-    labels from input_ids (the prompt is trained again) and masks every pad token, which for this
-    model is the end-of-turn token, so the model would never learn to stop."""
+    labels from input_ids (the prompt is trained again) and masks every pad token, which for a ChatML
+    model whose pad is its eos is the end-of-turn token, so the model would never learn to stop."""
     from transformers import DataCollatorForLanguageModeling
 
     feats = [build_features(tokenizer, r).as_dict() for r in eval_records[:2]]
@@ -91,3 +115,16 @@ def test_language_modeling_collator_would_destroy_the_mask(tokenizer, eval_recor
     theirs_eot = (theirs["labels"][0] == eot).sum().item()
     assert ours_eot >= 1 and theirs_eot == 0  # end-of-turn never trained
     assert not torch.equal(ours["labels"], theirs["labels"])
+
+
+def test_language_modeling_collator_unmasks_gemmas_prompt(gemma_tokenizer, eval_records):
+    """The same bug on Gemma 3 (pad <pad> 0, not its end of turn): the whole prompt is trained again."""
+    from transformers import DataCollatorForLanguageModeling
+
+    tokenizer = gemma_tokenizer
+
+    feats = [build_features(tokenizer, r).as_dict() for r in eval_records[:1]]
+    theirs = DataCollatorForLanguageModeling(tokenizer, mlm=False)(feats)
+    n_prompt = feats[0]["labels"].count(IGNORE_INDEX)
+    assert (theirs["labels"][0, :n_prompt] != IGNORE_INDEX).all()
+    assert (make_collator(tokenizer)(feats)["labels"][0, :n_prompt] == IGNORE_INDEX).all()

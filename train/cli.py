@@ -59,7 +59,8 @@ def check_adapter(adapter_dir, max_lora_rank) -> None:
 @click.argument("adapter_dir", type=click.Path(file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the merged model.")
 @click.option("--base", default=None, help="Base model (default: the one in the adapter's manifest).")
-@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]))
+@click.option("--dtype", default=None, type=click.Choice(["float32", "bfloat16", "float16"]),
+              help="Default: the base model's own dtype (its config.json); never float16 for Gemma 3.")
 def merge_cmd(adapter_dir, out, base, dtype) -> None:
     """Fold ADAPTER_DIR into a full copy of its base model (served without LoRA)."""
     from .merge import merge

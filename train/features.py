@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas.errors import UserError
-from schemas.prompt import render_answer, render_messages
+from schemas.prompt import messages_for, render_answer, render_messages
 from schemas.records import Record
 
 IGNORE_INDEX = -100
@@ -33,7 +33,8 @@ def _encode(tokenizer, text: str) -> list[int]:
 
 def prompt_ids(tokenizer, record: Record, schema_name: str = "v1") -> list[int]:
     """The prompt token ids exactly as inference sees them (with the template's BOS, once)."""
-    text = tokenizer.apply_chat_template(render_messages(record, schema_name), tokenize=False, add_generation_prompt=True)
+    messages = messages_for(tokenizer, render_messages(record, schema_name))
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     ids = _encode(tokenizer, text)
     bos = tokenizer.bos_token_id
     if getattr(tokenizer, "add_bos_token", False) and bos is not None and (not ids or ids[0] != bos):
@@ -44,17 +45,43 @@ def prompt_ids(tokenizer, record: Record, schema_name: str = "v1") -> list[int]:
 def build_features(tokenizer, record: Record, schema_name: str = "v1", reasons: dict[str, str] | None = None) -> Features:
     if record.label is None:
         raise UserError(f"record {record.id!r}: no label; training needs labelled records")
-    messages = render_messages(record, schema_name)
+    messages = messages_for(tokenizer, render_messages(record, schema_name))
     prompt_text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     answer = render_answer(record.label, reasons if schema_name == "v2" else None)
     full_text = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": answer}], tokenize=False)
     if not full_text.startswith(prompt_text):
         raise UserError("the chat template renders the prompt differently with and without the answer; cannot mask the prompt")
     completion = full_text[len(prompt_text):]
-    # Keep what the template writes after the answer up to and including its end-of-turn marker.
     p_ids = prompt_ids(tokenizer, record, schema_name)
-    c_ids = _encode(tokenizer, completion)
+    c_ids = _through_end_of_turn(tokenizer, _encode(tokenizer, completion))
     return Features(input_ids=p_ids + c_ids, labels=[IGNORE_INDEX] * len(p_ids) + list(c_ids))
+
+
+def stop_token_ids(tokenizer) -> set[int]:
+    """The ids generation stops on: the tokenizer's eos and the model's generation_config eos ids
+    (Gemma 3 -it: ``<eos>`` 1 and ``<end_of_turn>`` 106), read from the tokenizer's folder."""
+    import json
+    from pathlib import Path
+
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    path = Path(getattr(tokenizer, "name_or_path", "") or ".") / "generation_config.json"
+    try:
+        eos = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
+    except (OSError, ValueError):
+        eos = None
+    ids |= set(eos) if isinstance(eos, list) else ({eos} if isinstance(eos, int) else set())
+    return ids
+
+
+def _through_end_of_turn(tokenizer, ids: list[int]) -> list[int]:
+    """The completion up to and including the first token generation stops on: the answer and its
+    end-of-turn marker are trained; what the template writes after it (Gemma: a newline) never is
+    generated, so it gets no label and no place in the sequence."""
+    stops = stop_token_ids(tokenizer)
+    for i, t in enumerate(ids):
+        if t in stops:
+            return ids[: i + 1]
+    return ids
 
 
 def make_collator(tokenizer):
@@ -65,4 +92,8 @@ def make_collator(tokenizer):
     """
     from transformers import DataCollatorForSeq2Seq
 
+    # Training pads on the right (Gemma's tokenizer pads on the left, for batched generation): the labels
+    # are padded on the same side as the inputs either way, but right padding keeps every sequence at the
+    # positions it has at inference.
+    tokenizer.padding_side = "right"
     return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, padding=True, return_tensors="pt")

@@ -28,7 +28,32 @@ def base_of(adapter_dir: Path, base: str | None) -> str | None:
     return json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
 
 
-def merge(adapter_dir: str | Path, out_dir: str | Path, base: str | None = None, dtype: str = "float32",
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def merge_dtype(model_path: str, requested: str | None = None) -> str:
+    """The merged model's dtype: the one asked for, else the base's own (its config's ``dtype`` /
+    ``torch_dtype``, of the text model for a multimodal one), else float32. Never float16 for Gemma 3,
+    whose activations overflow in it: a float16 Gemma 3 base merges in bfloat16, and asking for float16 is
+    refused."""
+    cfg: dict = {}
+    try:
+        cfg = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
+    text = cfg.get("text_config") or {}
+    model_type = str(text.get("model_type") or cfg.get("model_type") or "")
+    gemma3 = model_type.startswith("gemma3")
+    if requested is not None:
+        if requested == "float16" and gemma3:
+            raise UserError(f"{model_path}: Gemma 3 is unstable in float16; merge in bfloat16 or float32")
+        return requested
+    found = text.get("dtype") or text.get("torch_dtype") or cfg.get("dtype") or cfg.get("torch_dtype")
+    found = found if found in DTYPES else "float32"
+    return "bfloat16" if found == "float16" and gemma3 else found
+
+
+def merge(adapter_dir: str | Path, out_dir: str | Path, base: str | None = None, dtype: str | None = None,
           log: Callable[[str], None] = print) -> Path:
     import torch
     from peft import PeftModel
@@ -39,6 +64,7 @@ def merge(adapter_dir: str | Path, out_dir: str | Path, base: str | None = None,
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"{out_dir}: exists and is not empty; choose another --out")
     model_path = resolve_model(base_of(adapter_dir, base), log)
+    dtype = merge_dtype(model_path, dtype)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
     merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
@@ -53,7 +79,7 @@ def merge(adapter_dir: str | Path, out_dir: str | Path, base: str | None = None,
     return out_dir
 
 
-def merged_for(adapter_dir: str | Path, base: str, dtype: str = "float32", log: Callable[[str], None] = print) -> Path:
+def merged_for(adapter_dir: str | Path, base: str, dtype: str | None = None, log: Callable[[str], None] = print) -> Path:
     """The adapter merged into ``base``, made once and kept under artifacts/merged/ by the content hash
     of adapter and base, so that offline evaluation can run without LoRA (on vLLM's CPU build the LoRA
     ops cost about 30% of the throughput). Written to a temporary folder first, then renamed."""
@@ -62,6 +88,7 @@ def merged_for(adapter_dir: str | Path, base: str, dtype: str = "float32", log: 
 
     from schemas.artifacts import dir_sha256, subdir
 
+    dtype = merge_dtype(base, dtype)
     key = hashlib.sha256(f"{dir_sha256(adapter_dir)}|{dir_sha256(base) if Path(base).is_dir() else base}|{dtype}".encode()).hexdigest()[:16]
     out = subdir("merged") / key
     if (out / "merge_manifest.json").exists():

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from schemas.artifacts import describe_path, file_sha256, subdir
-from schemas.embedded import resolve_model
+from schemas.embedded import default_model_label, resolve_model
 from schemas.errors import UserError
 from schemas.output import load_schema, schema_hash
 from schemas.prompt import PROMPT_VERSION, prompt_fingerprint
@@ -198,7 +198,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
     manifest = {
         "manifest_version": MANIFEST_VERSION,
         "kind": "lora-adapter",
-        "base_model": {"name": cfg.base_model or "embedded:SmolLM2-135M-Instruct", **describe_path(model_path)},
+        "base_model": {"name": default_model_label(cfg.base_model), **describe_path(model_path)},
         "data": {"path": cfg.train_data, "sha256": file_sha256(cfg.train_data), "train_records": len(train_feats),
                  "eval_records": len(eval_feats), "train_ids_first_last": [train_recs[0].id, train_recs[-1].id]},
         "data_mix": data_mix,
