@@ -50,7 +50,7 @@ def validate(file, skip_bad) -> None:
 @click.option("--data", required=True, type=click.Path(), help="Dataset JSONL (CONTRACT.md section 1).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory; an existing one is resumed.")
 @click.option("--constrained/--unconstrained", required=True, help="Decode with the per-record JSON-schema constraint, or free.")
-@click.option("--model", default=None, help="Base model: HF id, local folder, or an embedded model's name (default: the embedded SmolLM2-135M-Instruct; also gemma-3-270m).")
+@click.option("--model", default=None, help="Base model: HF id, local folder, or an embedded model's name (default: the embedded Gemma 3 270M, gemma-3-270m; also smollm2).")
 @click.option("--adapter", default=None, metavar="NAME=DIR", help="LoRA adapter served as a LoRA module (not merged).")
 @click.option("--schema", "schema_name", default="v1", show_default=True, type=click.Choice(["v1", "v2"]), help="Target output schema.")
 @click.option("--backend", default="outlines", show_default=True, type=click.Choice(["outlines", "xgrammar", "guidance"]),
@@ -135,7 +135,7 @@ def batch(data, out, constrained, model, adapter, schema_name, backend, server, 
 @main.command()
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help="Dataset JSONL; its first --limit records are used.")
 @click.option("--adapter", required=True, metavar="NAME=DIR", help="The LoRA adapter (PEFT in HF, a LoRA module in vLLM, merged for merged*).")
-@click.option("--model", default=None, help="Base model: HF id, local folder, or an embedded model's name (default: the embedded SmolLM2-135M-Instruct; also gemma-3-270m).")
+@click.option("--model", default=None, help="Base model: HF id, local folder, or an embedded model's name (default: the embedded Gemma 3 270M, gemma-3-270m; also smollm2).")
 @click.option("--configs", "configs", default=None, metavar="NAME,NAME,...",
               help="Configurations to run, in this order (default: all): hf, hf-outlines, vllm, vllm-outlines, "
                    "vllm-xgrammar, vllm-guidance, merged, merged-outlines, merged-eager.")

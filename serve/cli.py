@@ -29,7 +29,7 @@ def _adapters(values):
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
-@click.option("--model", default=None, help="Base model: HF id, local folder, or an embedded model's name (default: the embedded SmolLM2-135M-Instruct; also gemma-3-270m).")
+@click.option("--model", default=None, help="Base model: HF id, local folder, or an embedded model's name (default: the embedded Gemma 3 270M, gemma-3-270m; also smollm2).")
 @click.option("--adapter", "adapters", multiple=True, metavar="NAME=DIR", help="LoRA module served under NAME. Repeatable.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Loopback by default; another address exposes the server.")
 @click.option("--port", default=8000, show_default=True, type=int)

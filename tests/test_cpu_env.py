@@ -32,11 +32,11 @@ def test_offline_binds_every_core(monkeypatch):
         assert chosen == {}
 
 
-def test_kv_cache_is_sized_from_the_model_and_the_batch(embedded_model, gemma_model):
-    per_token = cpu_env.kv_bytes_per_token(str(embedded_model), "float32")
+def test_kv_cache_is_sized_from_the_model_and_the_batch(smollm2_model, gemma_model):
+    per_token = cpu_env.kv_bytes_per_token(str(smollm2_model), "float32")
     assert per_token == 2 * 30 * 3 * 64 * 4  # SmolLM2-135M: 30 layers, 3 KV heads of 64, fp32
     assert cpu_env.kv_bytes_per_token(str(gemma_model), "float32") == 2 * 18 * 1 * 256 * 4  # Gemma 3 270M: 18 layers, 1 KV head of 256
-    kv = cpu_env.kv_cache_bytes(str(embedded_model), "float32", 2048, 32)
+    kv = cpu_env.kv_cache_bytes(str(smollm2_model), "float32", 2048, 32)
     if cpu_env.is_cpu_build():
         assert kv == min(per_token * 2048 * 32, cpu_env.available_memory() // 2)
     assert cpu_env.kv_bytes_per_token("/nonexistent", "float32") is None

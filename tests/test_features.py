@@ -12,7 +12,7 @@ END_OF_TURN = 106  # Gemma 3's <end_of_turn>
 @pytest.fixture(params=["gemma", "smollm2"])
 def any_tokenizer(request):
     """Gemma 3's tokenizer (<end_of_turn> 106 ends a turn) and SmolLM2's (<|im_end|>, its eos)."""
-    return request.getfixturevalue("gemma_tokenizer" if request.param == "gemma" else "tokenizer")
+    return request.getfixturevalue("gemma_tokenizer" if request.param == "gemma" else "smollm2_tokenizer")
 
 
 def test_prompt_is_masked_and_answer_with_end_of_turn_is_trained(any_tokenizer, eval_records):
@@ -53,11 +53,11 @@ def test_gemma_bos_exactly_once(gemma_tokenizer, eval_records):
 
 
 @pytest.fixture()
-def bos_tokenizer(embedded_model):
+def bos_tokenizer(smollm2_model):
     """A ChatML tokenizer made to add BOS by default, its template made to write BOS, as Gemma's do."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(embedded_model, add_bos_token=True, bos_token="<|endoftext|>")
+    tok = AutoTokenizer.from_pretrained(smollm2_model, add_bos_token=True, bos_token="<|endoftext|>")
     tok.chat_template = "{{ bos_token }}" + tok.chat_template
     return tok
 
@@ -71,10 +71,10 @@ def test_no_double_bos_with_a_bos_adding_tokenizer(bos_tokenizer, eval_records):
     assert f.input_ids[0] == bos and f.input_ids.count(bos) == 1
 
 
-def test_bos_added_once_when_the_template_does_not_write_it(embedded_model, eval_records):
+def test_bos_added_once_when_the_template_does_not_write_it(smollm2_model, eval_records):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(embedded_model, add_bos_token=True, bos_token="<|endoftext|>")
+    tok = AutoTokenizer.from_pretrained(smollm2_model, add_bos_token=True, bos_token="<|endoftext|>")
     ids = prompt_ids(tok, eval_records[0])
     assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
 
@@ -90,12 +90,13 @@ def test_collator_keeps_labels_and_pads_with_ignore_index(any_tokenizer, eval_re
         assert batch["attention_mask"][i].sum().item() == n
 
 
-def test_language_modeling_collator_would_destroy_the_mask(tokenizer, eval_records):
+def test_language_modeling_collator_would_destroy_the_mask(smollm2_tokenizer, eval_records):
     """The seed's bug, kept as a regression test: DataCollatorForLanguageModeling(mlm=False) rebuilds
     labels from input_ids (the prompt is trained again) and masks every pad token, which for a ChatML
     model whose pad is its eos is the end-of-turn token, so the model would never learn to stop."""
     from transformers import DataCollatorForLanguageModeling
 
+    tokenizer = smollm2_tokenizer
     feats = [build_features(tokenizer, r).as_dict() for r in eval_records[:2]]
     ours = make_collator(tokenizer)(feats)
     # As the seed did: features padded to one length beforehand, precomputed labels included.

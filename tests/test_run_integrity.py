@@ -108,12 +108,12 @@ def test_cli_refusal_comes_in_seconds_naming_each_field(finished_run, trained_ad
     assert "Initializing" not in done.stdout + done.stderr  # vLLM's engine never began to start
 
 
-def test_two_writers_second_exits_at_once(trained_adapter, tmp_path):
+def test_two_writers_second_exits_at_once(smollm2_adapter, smollm2_model, tmp_path):
     """Item 3: two real `evaluate batch` processes into one directory: the second exits at once with a clear
-    message, the first finishes, no row is interleaved."""
+    message, the first finishes, no row is interleaved. On SmolLM2: its own engine starts faster."""
     out = tmp_path / "run"
     limit = 3
-    cmd = batch_command(EVAL, out, trained_adapter, limit, limit)
+    cmd = batch_command(EVAL, out, smollm2_adapter, limit, limit, smollm2_model)
     first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -141,7 +141,8 @@ def test_two_writers_second_exits_at_once(trained_adapter, tmp_path):
 
 def test_each_row_has_its_own_latency(engine, eval_records):
     """Item 8: offline, a row's latency_s is its own request's (vLLM's per-request stats), not the chunk's."""
-    results = engine.generate(build_requests(eval_records[:4], "v1", False, engine.count_tokens))
+    reqs = [r.__class__(r.record_id, r.messages, 16, None) for r in build_requests(eval_records[:4], "v1", False, engine.count_tokens)]
+    results = engine.generate(reqs)
     for r in results:
         assert r.latency_s is not None and 0 < r.latency_s <= r.chunk_wall_s + 0.05, r
         assert r.ttft_s is not None and 0 < r.ttft_s <= r.latency_s

@@ -1,5 +1,6 @@
-"""The real vLLM OpenAI-compatible server on the embedded model with a trained adapter, on a free
-loopback port; stopped whatever happens."""
+"""The real vLLM OpenAI-compatible server with a trained adapter, on a free loopback port; stopped whatever
+happens. On SmolLM2 (conftest: the second model), whose server starts and answers several times faster than
+Gemma's: these tests start two servers and send about a hundred requests."""
 import dataclasses
 import json
 import logging
@@ -35,11 +36,11 @@ def _kv_cache_bytes(model, max_seqs: int) -> int | None:
 
 
 @pytest.fixture(scope="module")
-def server(trained_adapter, embedded_model, tmp_path_factory, monkeypatch_module):
+def server(smollm2_adapter, smollm2_model, tmp_path_factory, monkeypatch_module):
     monkeypatch_module.setenv("PATENT_RISK_HOME", str(tmp_path_factory.mktemp("home")))
-    cfg = ServerConfig(model=str(embedded_model), adapters=[("tiny", str(trained_adapter))], port=free_port(),
+    cfg = ServerConfig(model=str(smollm2_model), adapters=[("tiny", str(smollm2_adapter))], port=free_port(),
                        api_key=KEY, max_model_len=1024, name="pytest", memory_utilization=0.1,
-                       kv_cache_bytes=_kv_cache_bytes(embedded_model, 16))
+                       kv_cache_bytes=_kv_cache_bytes(smollm2_model, 16))
     try:
         state = start(cfg, timeout=START_TIMEOUT, log=START_OUTPUT.append)
         yield state
@@ -48,12 +49,12 @@ def server(trained_adapter, embedded_model, tmp_path_factory, monkeypatch_module
 
 
 @pytest.fixture(scope="module")
-def request_seconds(server, embedded_model, eval_records):
+def request_seconds(server, smollm2_model, eval_records):
     """How long one real constrained request (a schema not compiled before) takes on this machine now: the
     tests' client timeouts and slow faults scale with it instead of assuming a fast CPU."""
     from evaluate.requests import build_requests
 
-    eng = VllmServer(server.url, "tiny", str(embedded_model), api_key=KEY, max_concurrency=1)
+    eng = VllmServer(server.url, "tiny", str(smollm2_model), api_key=KEY, max_concurrency=1)
     req = build_requests([eval_records[-1]], "v1", True, eng.count_tokens)[0]
     t0 = time.perf_counter()
     eng.generate([req])
@@ -123,8 +124,8 @@ def test_server_binds_loopback_only(server):
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
 
 
-def test_constrained_request_and_batch_through_the_server(server, embedded_model, eval_records, tmp_path):
-    engine = VllmServer(server.url, "tiny", str(embedded_model), api_key=KEY, max_concurrency=4, backend=server.backend)
+def test_constrained_request_and_batch_through_the_server(server, smollm2_model, eval_records, tmp_path):
+    engine = VllmServer(server.url, "tiny", str(smollm2_model), api_key=KEY, max_concurrency=4, backend=server.backend)
     rec = eval_records[0]
     from evaluate.requests import build_requests
 
@@ -136,7 +137,7 @@ def test_constrained_request_and_batch_through_the_server(server, embedded_model
     assert [m["element_id"] for m in obj["matches"]] == rec.element_ids
 
     out = tmp_path / "server-run"
-    cfg = BatchConfig(data=str(EVAL), out=str(out), constrained=True, model=str(embedded_model),
+    cfg = BatchConfig(data=str(EVAL), out=str(out), constrained=True, model=str(smollm2_model),
                       adapter=AdapterSpec("tiny", str(engine_adapter_path(server))), server=server.url, limit=6, chunk_size=3)
     summary = run_batch(cfg, lambda m: engine, log=lambda s: None, progress=False)
     assert summary.generated == 6
@@ -151,7 +152,7 @@ def engine_adapter_path(server):
     return spec.split("=", 1)[1]
 
 
-def test_server_killed_mid_run_keeps_rows_then_resumes_elsewhere(server, request_seconds, embedded_model, tmp_path,
+def test_server_killed_mid_run_keeps_rows_then_resumes_elsewhere(server, request_seconds, smollm2_model, tmp_path,
                                                                   monkeypatch):
     """A real server SIGKILLed while `evaluate batch --server` runs: a clear failure, every finished row
     kept, no process left; the same command against a live server resumes to exactly one row per sample."""
@@ -162,19 +163,19 @@ def test_server_killed_mid_run_keeps_rows_then_resumes_elsewhere(server, request
 
     monkeypatch.setenv("PATENT_RISK_HOME", str(tmp_path))
     # beside the module's server: a KV cache of its own size, whatever the host's memory and the other's use
-    cfg = ServerConfig(model=str(embedded_model), port=free_port(), max_model_len=1024, name="short",
-                       memory_utilization=0.1, kv_cache_bytes=_kv_cache_bytes(embedded_model, 4))
+    cfg = ServerConfig(model=str(smollm2_model), port=free_port(), max_model_len=1024, name="short",
+                       memory_utilization=0.1, kv_cache_bytes=_kv_cache_bytes(smollm2_model, 4))
     state = start(cfg, timeout=START_TIMEOUT, log=lambda s: None)
     timeout = max(30.0, 10 * request_seconds)  # only a hung request meets it: the kill resets connections
     out = tmp_path / "run"
     results = out / "results.jsonl"
-    bcfg = BatchConfig(data=str(EVAL), out=str(out), constrained=True, model=str(embedded_model), server=state.url,
+    bcfg = BatchConfig(data=str(EVAL), out=str(out), constrained=True, model=str(smollm2_model), server=state.url,
                        limit=8, chunk_size=4)
-    served = str(embedded_model)
+    served = str(smollm2_model)
     errors = []
 
     def run():
-        eng = VllmServer(state.url, served, str(embedded_model), max_concurrency=1, max_retries=1, timeout=timeout)
+        eng = VllmServer(state.url, served, str(smollm2_model), max_concurrency=1, max_retries=1, timeout=timeout)
         try:
             run_batch(bcfg, lambda m: eng, log=lambda s: None, progress=False)
         except UserError as e:
@@ -199,7 +200,7 @@ def test_server_killed_mid_run_keeps_rows_then_resumes_elsewhere(server, request
     assert 2 <= n_kept < 8 and kept.endswith(b"\n")
     # the module's server serves the same base under the same name: the same command with --server pointing
     # there resumes (the run's identity holds the server's version, asked of the server the config names)
-    eng = VllmServer(server.url, served, str(embedded_model), api_key=KEY, max_concurrency=2)
+    eng = VllmServer(server.url, served, str(smollm2_model), api_key=KEY, max_concurrency=2)
     summary = run_batch(dataclasses.replace(bcfg, server=server.url), lambda m: eng, log=lambda s: None, progress=False)
     assert summary.done_before == n_kept and summary.generated == 8 - n_kept
     final = results.read_bytes()
@@ -208,21 +209,21 @@ def test_server_killed_mid_run_keeps_rows_then_resumes_elsewhere(server, request
     assert len(ids) == len(set(ids)) == 8
 
 
-def test_transient_faults_are_retried(server, request_seconds, embedded_model, tmp_path):
+def test_transient_faults_are_retried(server, request_seconds, smollm2_model, tmp_path):
     """HTTP 503s, a dropped connection, a slow answer and one past the client's timeout: the OpenAI
     client's retries absorb them all and every sample gets exactly one row. The timeout and the delays
     scale with one request's measured time (two run at once, so an answer takes up to about twice it)."""
     from .faultproxy import FaultProxy
 
-    timeout = max(10.0, 10 * request_seconds)
-    delay = max(2.0, 2 * request_seconds)  # short enough that delay + an answer stays far under the timeout
+    timeout = max(10.0, 6 * request_seconds)
+    delay = max(2.0, 2 * request_seconds)  # delay + an answer (two at once: up to about 2x) stays under the timeout
     faults = {1: "503", 2: "503", 4: "drop", 5: f"slow:{delay:.1f}", 7: f"slow:{timeout + delay:.1f}"}
     proxy = FaultProxy(server.url, lambda n: faults.get(n, "forward"))
     try:
-        eng = VllmServer(proxy.url, "tiny", str(embedded_model), api_key=KEY, max_concurrency=2, max_retries=4,
+        eng = VllmServer(proxy.url, "tiny", str(smollm2_model), api_key=KEY, max_concurrency=2, max_retries=4,
                          timeout=timeout)
         out = tmp_path / "run"
-        cfg = BatchConfig(data=str(EVAL), out=str(out), constrained=True, model=str(embedded_model),
+        cfg = BatchConfig(data=str(EVAL), out=str(out), constrained=True, model=str(smollm2_model),
                           adapter=AdapterSpec("tiny", engine_adapter_path(server)), server=proxy.url, limit=8, chunk_size=4)
         summary = run_batch(cfg, lambda m: eng, log=lambda s: None, progress=False)
         # the answer the client gave up on is still forwarded once its delay is over: wait for it
@@ -237,7 +238,7 @@ def test_transient_faults_are_retried(server, request_seconds, embedded_model, t
     assert proxy.forwarded == 8 + 1  # every sample once, plus the slow answer the client had given up on
 
 
-def test_persistent_5xx_fails_clearly_keeps_rows_and_resumes(server, embedded_model, tmp_path):
+def test_persistent_5xx_fails_clearly_keeps_rows_and_resumes(server, smollm2_model, tmp_path):
     from schemas.errors import UserError
 
     from .faultproxy import FaultProxy
@@ -245,10 +246,10 @@ def test_persistent_5xx_fails_clearly_keeps_rows_and_resumes(server, embedded_mo
     broken = {"on": True}
     proxy = FaultProxy(server.url, lambda n: "500" if broken["on"] and n > 3 else "forward")
     out = tmp_path / "run"
-    cfg = BatchConfig(data=str(EVAL), out=str(out), constrained=True, model=str(embedded_model),
+    cfg = BatchConfig(data=str(EVAL), out=str(out), constrained=True, model=str(smollm2_model),
                       adapter=AdapterSpec("tiny", engine_adapter_path(server)), server=proxy.url, limit=8, chunk_size=8)
     try:
-        eng = VllmServer(proxy.url, "tiny", str(embedded_model), api_key=KEY, max_concurrency=1, max_retries=2)
+        eng = VllmServer(proxy.url, "tiny", str(smollm2_model), api_key=KEY, max_concurrency=1, max_retries=2)
         with pytest.raises(UserError, match="InternalServerError.*re-run the same command"):
             run_batch(cfg, lambda m: eng, log=lambda s: None, progress=False)
         kept = (out / "results.jsonl").read_bytes()
@@ -257,7 +258,7 @@ def test_persistent_5xx_fails_clearly_keeps_rows_and_resumes(server, embedded_mo
         # failed is let finish (and fails too); the rest were never sent
         assert proxy.injected["500"] in (3, 6) and proxy.posts == 3 + proxy.injected["500"], proxy.injected
         broken["on"] = False
-        eng = VllmServer(proxy.url, "tiny", str(embedded_model), api_key=KEY, max_concurrency=2)
+        eng = VllmServer(proxy.url, "tiny", str(smollm2_model), api_key=KEY, max_concurrency=2)
         summary = run_batch(cfg, lambda m: eng, log=lambda s: None, progress=False)
     finally:
         proxy.close()
@@ -268,19 +269,19 @@ def test_persistent_5xx_fails_clearly_keeps_rows_and_resumes(server, embedded_mo
     assert len(ids) == len(set(ids)) == 8
 
 
-def test_connection_refused_is_a_clear_error(embedded_model):
+def test_connection_refused_is_a_clear_error(smollm2_model):
     from schemas.errors import UserError
 
     with pytest.raises(UserError, match="no vLLM server answers"):
-        VllmServer(f"http://127.0.0.1:{free_port()}", "x", str(embedded_model), max_retries=0)
+        VllmServer(f"http://127.0.0.1:{free_port()}", "x", str(smollm2_model), max_retries=0)
 
 
-def test_bench_against_the_server(server, embedded_model, tmp_path):
+def test_bench_against_the_server(server, smollm2_model, tmp_path):
     from serve.bench import run_bench, write_bench
 
-    doc = run_bench(server.url, [server.served_model, "tiny"], str(EVAL), [False, True], [1, 2], 2,
-                    str(embedded_model), api_key=KEY, log=lambda s: None)
-    assert len(doc["results"]) == 2 * 2 * 2
+    doc = run_bench(server.url, [server.served_model, "tiny"], str(EVAL), [False, True], [2], 2,
+                    str(smollm2_model), api_key=KEY, log=lambda s: None)
+    assert len(doc["results"]) == 2 * 2 * 1
     for r in doc["results"]:
         assert r["errors"] == 0 and r["output_tokens"] > 0
         assert 0 < r["ttft_ms"]["p50"] <= r["e2e_ms"]["p50"]
@@ -291,14 +292,14 @@ def test_bench_against_the_server(server, embedded_model, tmp_path):
     assert all(p.exists() and p.stat().st_size > 0 for p in paths)
 
 
-def test_crosscheck_with_vllms_serving_benchmark(server, embedded_model, tmp_path):
+def test_crosscheck_with_vllms_serving_benchmark(server, smollm2_model, tmp_path):
     """vLLM's own benchmark and serve bench send the same greedy requests: they must count the same
     output tokens, and both must see every request succeed."""
     from serve.crosscheck import crosscheck, to_markdown
 
-    doc = crosscheck(server.url, "tiny", str(EVAL), 2, 3, str(embedded_model), api_key=KEY, log=lambda s: None)
+    doc = crosscheck(server.url, "tiny", str(EVAL), 2, 2, str(smollm2_model), api_key=KEY, log=lambda s: None)
     ours, theirs = doc["serve_bench"], doc["vllm_bench"]
-    assert ours["errors"] == 0 and theirs["errors"] == 0 and theirs["requests"] == 3
+    assert ours["errors"] == 0 and theirs["errors"] == 0 and theirs["requests"] == 2
     assert ours["output_tokens"] == theirs["output_tokens"] > 0
     assert theirs["output_tok_s"] > 0 and theirs["ttft_ms"]["p50"] > 0
     assert "vllm bench serve" in to_markdown(doc)

@@ -198,3 +198,25 @@ def test_a_server_that_dies_is_reported_by_its_root_cause(tmp_path, monkeypatch)
     assert "Engine core initialization failed" in str(e.value)  # the log's end follows
     assert read_state("dying") is None
     assert lines and not any(KEY in x for x in lines)
+
+
+def test_serve_bench_folds_the_system_text_for_a_template_without_a_system_role(smollm2_tokenizer, tmp_path):
+    """serve bench and crosscheck send what `evaluate batch` sends: for a chat template that refuses a
+    system role, the system text folded into the first user turn, not a request the server rejects."""
+    from schemas.prompt import SYSTEM
+    from serve.bench import prompt_requests
+
+    from .conftest import EVAL
+
+    smollm2_tokenizer.save_pretrained(tmp_path / "as-is")
+    _, as_is = prompt_requests(str(EVAL), 2, str(tmp_path / "as-is"), "v1", [False, True])
+    assert all(r.messages[0] == {"role": "system", "content": SYSTEM} for reqs in as_is.values() for r in reqs)
+    tok = smollm2_tokenizer.__class__.from_pretrained(tmp_path / "as-is")
+    tok.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role "
+                         "not supported') }}{% endif %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}")
+    tok.save_pretrained(tmp_path / "no-system")
+    _, folded = prompt_requests(str(EVAL), 2, str(tmp_path / "no-system"), "v1", [False, True])
+    for arm in (False, True):
+        for plain, fold in zip(as_is[arm], folded[arm]):
+            assert fold.messages == [{"role": "user", "content": f"{SYSTEM}\n\n{plain.messages[1]['content']}"}]
+            assert (fold.json_schema, fold.max_tokens) == (plain.json_schema, plain.max_tokens)

@@ -11,7 +11,7 @@ def main() -> None:
     """Fine-tune a base model with QLoRA on a patent-risk dataset and export a vLLM-ready adapter.
 
     \b
-    train qlora                          demo recipe on the embedded SmolLM2-135M
+    train qlora                          demo recipe on the embedded Gemma 3 270M
     train qlora --config train/configs/seed.yaml   the users' Gemma 3 4B recipe (GPU)
     train qlora -s limit=50 -s learning_rate=5e-4  override any config field
     train qlora -s augment_boundary=80             add 80 generated boundary cases (demo patents)

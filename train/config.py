@@ -21,7 +21,7 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    base_model: str | None = Field(None, description="HF model id or local folder; null = the embedded SmolLM2-135M-Instruct; an embedded model's name (gemma-3-270m) works too.")
+    base_model: str | None = Field(None, description="HF model id or local folder; null = the embedded Gemma 3 270M (gemma-3-270m); an embedded model's name (smollm2) works too.")
     train_data: str = Field("data/demo/train.jsonl", description="Training dataset (JSONL, CONTRACT.md section 1).")
     limit: int | None = Field(None, ge=1, description="Use only the first N training records (after the held-out slice).")
     eval_fraction: float = Field(0.05, ge=0.0, lt=0.5, description="Share of training records held out for eval loss.")
