@@ -21,7 +21,7 @@ from schemas.output import load_schema, schema_hash
 from schemas.prompt import PROMPT_VERSION, prompt_fingerprint
 from schemas.records import Record, load_dataset
 
-from .engines import AdapterSpec, Engine, GenResult
+from .engines import AdapterSpec, Engine, EngineFailure, GenResult
 from .provenance import differences
 from .requests import build_requests, max_tokens_summary, sampling_summary
 from .rundir import RESULTS, RUN_JSON, read_info, read_results, repair_torn_tail
@@ -280,12 +280,19 @@ def _generate_into(results: Path, requests, by_id, engine: Engine, chunk_size: i
                 chunk = requests[start:start + chunk_size]
                 # A server engine yields rows as requests finish: each is written and flushed at once, so a
                 # failure later in the chunk loses none of them. The offline engine decodes the chunk together.
-                for o in (streaming(chunk) if streaming else engine.generate(chunk)):
+                failure = None
+                try:
+                    outs = streaming(chunk) if streaming else engine.generate(chunk)
+                except EngineFailure as e:  # requests that failed inside the engine are never rows
+                    outs, failure = e.kept, e
+                for o in outs:
                     f.write((json.dumps(_result_row(by_id[o.record_id], o), ensure_ascii=False) + "\n").encode("utf-8"))
                     if streaming:
                         f.flush()
                     tokens += o.output_tokens
                     bar.update(1)
+                if failure is not None:
+                    raise failure
                 f.flush()
                 os.fsync(f.fileno())
                 elapsed = time.perf_counter() - t0

@@ -14,6 +14,10 @@ from .requests import GenRequest
 
 BACKENDS = ("outlines", "xgrammar", "guidance")
 LORA_INT_ID = 1
+# vLLM's finish reasons that are the engine's failure, never the model's answer: "abort" (the request was
+# aborted) and "error" (a request-level internal error, e.g. a structured-outputs grammar that failed to
+# compile: vLLM then returns empty text, which would otherwise be scored as the model's parse failure).
+ENGINE_FAILURE_REASONS = ("abort", "error")
 
 
 @dataclass
@@ -67,6 +71,29 @@ def _request_timing(out) -> tuple[float | None, float | None]:
     if not queued or not last or last < queued:
         return None, None
     return round(last - queued, 4), (round(first - queued, 4) if first >= queued else None)
+
+
+class EngineFailure(UserError):
+    """Requests that failed inside the engine (ENGINE_FAILURE_REASONS). ``kept``: the same call's results
+    that did not fail, for the caller to write before it stops."""
+
+    def __init__(self, message: str, kept: list[GenResult]):
+        super().__init__(message)
+        self.kept = kept
+
+
+def engine_failure(failed: list[GenResult], total: int, where: str, timeout: str | None,
+                   kept: list[GenResult]) -> EngineFailure:
+    """The error for requests that ended with an engine failure: what happened, what to change."""
+    reasons = ", ".join(sorted({r.finish_reason for r in failed}))
+    limit = f"this run: {timeout} s" if timeout else "vLLM's default: 5 s"
+    return EngineFailure(
+        f"{len(failed)} of {total} request(s) failed inside {where} (finish_reason {reasons}; first: record "
+        f"{failed[0].record_id!r}), not as the model's answer: none of them was written to results.jsonl. With "
+        "--constrained this is most often the structured-outputs grammar: the engine's log above says "
+        f"'Failed to compile grammar' (e.g. 'Regex compilation timed out'); raise VLLM_REGEX_COMPILATION_TIMEOUT_S "
+        f"({limit}; 0: no limit) or try another --backend. The {len(kept)} other row(s) of this chunk are kept: "
+        "re-run the same command to resume.", kept)
 
 
 class Engine(Protocol):
@@ -161,7 +188,7 @@ class VllmOffline:
         outputs = self.llm.chat([self.messages(r) for r in requests], [self.sampling_params(r) for r in requests],
                                 use_tqdm=False, lora_request=self._lora_request())
         elapsed = time.perf_counter() - t0
-        results = []
+        results: list[GenResult] = []
         for req, out in zip(requests, outputs):
             comp = out.outputs[0]
             latency, ttft = _request_timing(out)
@@ -170,6 +197,11 @@ class VllmOffline:
                                      output_tokens=len(comp.token_ids), latency_s=latency, ttft_s=ttft,
                                      chunk_wall_s=round(elapsed, 3),
                                      cached_tokens=int(getattr(out, "num_cached_tokens", 0) or 0)))
+        failed = [r for r in results if r.finish_reason in ENGINE_FAILURE_REASONS]
+        if failed:
+            kept = [r for r in results if r.finish_reason not in ENGINE_FAILURE_REASONS]
+            raise engine_failure(failed, len(results), "vLLM's offline engine",
+                                 self.description["env"].get("VLLM_REGEX_COMPILATION_TIMEOUT_S"), kept)
         return results
 
     def close(self) -> None:
@@ -244,6 +276,8 @@ class VllmServer:
 
         failure: Exception | None = None
         failed = 0
+        engine_failed: list[GenResult] = []
+        kept = 0
         with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
             futures = [pool.submit(self._one, r) for r in requests]
             try:
@@ -251,7 +285,14 @@ class VllmServer:
                     if fut.cancelled():
                         continue
                     try:
-                        yield fut.result()
+                        res = fut.result()
+                        if res.finish_reason in ENGINE_FAILURE_REASONS:  # never a row: stop as for an API error
+                            engine_failed.append(res)
+                            for other in futures:
+                                other.cancel()
+                            continue
+                        kept += 1
+                        yield res
                     except self._openai.APIError as e:
                         failed += 1
                         if failure is None:
@@ -261,6 +302,8 @@ class VllmServer:
             finally:
                 for other in futures:
                     other.cancel()
+        if engine_failed and failure is None:
+            raise engine_failure(engine_failed, len(requests), f"the server at {self.url}", None, [])
         if failure is not None:
             raise UserError(f"the server at {self.url} failed after {self.client.max_retries} retries: "
                             f"{type(failure).__name__}: {failure} ({failed} request(s) failed); every finished row "

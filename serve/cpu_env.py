@@ -133,7 +133,7 @@ def kv_cache_bytes(model_path: str, dtype: str, max_model_len: int, max_seqs: in
     return max(per_token * max_model_len, min(need, cap))
 
 
-def structured_outputs_env(model_path: str | None = None) -> dict[str, str]:
+def structured_outputs_env(model_path: str | None = None, env: dict[str, str] | None = None) -> dict[str, str]:
     """Settings for vLLM's structured outputs, CPU and GPU alike (the grammar compile is CPU work on both):
 
     - ``VLLM_REGEX_COMPILATION_TIMEOUT_S``: vLLM's default of 5 s fails every request on Gemma's 262,144-token
@@ -143,7 +143,8 @@ def structured_outputs_env(model_path: str | None = None) -> dict[str, str]:
       artifacts/cache/outlines, so that a resumed run, a re-run, another adapter on the same base and
       `serve start` reuse what was compiled.
 
-    Values already in the environment win (a user's own choice)."""
+    Values already in the environment (``env``, default os.environ) win: a user's own choice. The offline
+    engine and `serve start` both take theirs from here."""
     from schemas.artifacts import subdir
 
     vocab = None
@@ -159,4 +160,5 @@ def structured_outputs_env(model_path: str | None = None) -> dict[str, str]:
     timeout = max(60, int(vocab) // 1000) if isinstance(vocab, int) else 300
     wanted = {"VLLM_REGEX_COMPILATION_TIMEOUT_S": str(timeout), "VLLM_V1_USE_OUTLINES_CACHE": "1",
               "OUTLINES_CACHE_DIR": str(subdir("cache") / "outlines")}
-    return {k: os.environ.get(k, v) for k, v in wanted.items()}
+    env = os.environ if env is None else env
+    return {k: env.get(k, v) for k, v in wanted.items()}

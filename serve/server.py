@@ -97,20 +97,15 @@ def build_command(cfg: ServerConfig, model_path: str) -> list[str]:
     return ["vllm", "serve", *args]
 
 
-# vLLM gives up compiling a structured-output regex after VLLM_REGEX_COMPILATION_TIMEOUT_S (default 5 s) and
-# answers HTTP 500; the abandoned compile goes on in its thread, so the client's retries only add load. A
-# per-record schema of this project compiles in a few seconds on a busy small CPU (one core shared with a
-# second server and a busy loop: over 5 s, every retry failed), so servers started here allow more; a
-# value in the environment wins.
-REGEX_COMPILATION_TIMEOUT_S = "60"
-
-
-def server_env(cfg: ServerConfig, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The server's environment: ours, the CPU build's preload, a regex compilation limit for slow CPUs,
-    and the API key as VLLM_API_KEY."""
+def server_env(cfg: ServerConfig, base: dict[str, str] | None = None, model_path: str | None = None) -> dict[str, str]:
+    """The server's environment: ours, the CPU build's preload, the structured-outputs settings the offline
+    engine gets too (cpu_env.structured_outputs_env: a grammar compile limit sized for the model's
+    vocabulary, outlines' disk cache in artifacts/), and the API key as VLLM_API_KEY. vLLM gives up a
+    compile after VLLM_REGEX_COMPILATION_TIMEOUT_S (default 5 s) and answers HTTP 500, while the abandoned
+    compile goes on in its thread, so the client's retries only add load."""
     env = dict(os.environ if base is None else base)
     env.update(cpu_env.preload_env(env))
-    env.setdefault("VLLM_REGEX_COMPILATION_TIMEOUT_S", REGEX_COMPILATION_TIMEOUT_S)
+    env.update(cpu_env.structured_outputs_env(model_path, env))
     if cfg.api_key:
         env[API_KEY_ENV] = cfg.api_key
     return env
@@ -223,7 +218,8 @@ def start(cfg: ServerConfig, *, timeout: float = 600.0, log: Callable[[str], Non
     existing = read_state(cfg.name)
     if existing and _alive(existing.pid):
         raise UserError(f"server '{cfg.name}' is already running (pid {existing.pid}, {existing.url}); `serve stop` first")
-    env = server_env(cfg)
+    model_path = resolve_model(cfg.model, log)
+    env = server_env(cfg, model_path=model_path)
     key_set = bool(env.get(API_KEY_ENV))
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
         log(f"warning: binding {cfg.host}: the server is reachable from other machines" + ("" if key_set else " and has no --api-key"))
@@ -236,7 +232,6 @@ def start(cfg: ServerConfig, *, timeout: float = 600.0, log: Callable[[str], Non
 
     for name, path in cfg.adapters:
         check_adapter_dir(path, cfg.max_lora_rank)
-    model_path = resolve_model(cfg.model, log)
     cmd = build_command(cfg, model_path)
     sdir = state_dir(cfg.name)
     sdir.mkdir(parents=True, exist_ok=True)

@@ -112,9 +112,20 @@ def test_build_command_keeps_the_key_out_of_argv():
     assert "VLLM_API_KEY" not in server.server_env(ServerConfig(), {"PATH": "/bin"})
 
 
-def test_server_env_allows_slow_cpus_to_compile_a_schema_and_keeps_the_users_limit():
-    assert int(server.server_env(ServerConfig(), {})["VLLM_REGEX_COMPILATION_TIMEOUT_S"]) >= 60
-    assert server.server_env(ServerConfig(), {"VLLM_REGEX_COMPILATION_TIMEOUT_S": "7"})["VLLM_REGEX_COMPILATION_TIMEOUT_S"] == "7"
+def test_server_gets_the_offline_engines_structured_outputs_settings_and_keeps_the_users(gemma_model):
+    """Issue 14: one structured-outputs environment for `serve start` and the offline engine: the compile
+    limit sized for the vocabulary (Gemma's 262,144 tokens: 262 s) and outlines' disk cache in artifacts/."""
+    from serve import cpu_env
+
+    env = server.server_env(ServerConfig(), {}, str(gemma_model))
+    assert env["VLLM_REGEX_COMPILATION_TIMEOUT_S"] == "262"
+    offline = cpu_env.structured_outputs_env(str(gemma_model), {})  # what VllmOffline sets
+    assert set(offline) == {"VLLM_REGEX_COMPILATION_TIMEOUT_S", "VLLM_V1_USE_OUTLINES_CACHE", "OUTLINES_CACHE_DIR"}
+    assert all(env[k] == v for k, v in offline.items())
+    assert env["VLLM_V1_USE_OUTLINES_CACHE"] == "1" and env["OUTLINES_CACHE_DIR"].endswith("cache/outlines")
+    mine = {"VLLM_REGEX_COMPILATION_TIMEOUT_S": "7", "OUTLINES_CACHE_DIR": "/tmp/mine"}
+    env = server.server_env(ServerConfig(), mine, str(gemma_model))
+    assert (env["VLLM_REGEX_COMPILATION_TIMEOUT_S"], env["OUTLINES_CACHE_DIR"]) == ("7", "/tmp/mine")
 
 
 def test_state_written_before_api_key_set_existed_still_reads(tmp_path, monkeypatch):
