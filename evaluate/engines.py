@@ -83,8 +83,9 @@ class EngineFailure(UserError):
 
 
 def engine_failure(failed: list[GenResult], total: int, where: str, timeout: str | None,
-                   kept: list[GenResult]) -> EngineFailure:
-    """The error for requests that ended with an engine failure: what happened, what to change."""
+                   kept: list[GenResult], written: int = 0) -> EngineFailure:
+    """The error for requests that ended with an engine failure: what happened, what to change. ``kept``:
+    finished results the caller still has to write; ``written``: those already yielded (and written)."""
     reasons = ", ".join(sorted({r.finish_reason for r in failed}))
     limit = f"this run: {timeout} s" if timeout else "vLLM's default: 5 s"
     return EngineFailure(
@@ -92,7 +93,7 @@ def engine_failure(failed: list[GenResult], total: int, where: str, timeout: str
         f"{failed[0].record_id!r}), not as the model's answer: none of them was written to results.jsonl. With "
         "--constrained this is most often the structured-outputs grammar: the engine's log above says "
         f"'Failed to compile grammar' (e.g. 'Regex compilation timed out'); raise VLLM_REGEX_COMPILATION_TIMEOUT_S "
-        f"({limit}; 0: no limit) or try another --backend. The {len(kept)} other row(s) of this chunk are kept: "
+        f"({limit}; 0: no limit) or try another --backend. The {len(kept) + written} other row(s) of this chunk are kept: "
         "re-run the same command to resume.", kept)
 
 
@@ -277,7 +278,7 @@ class VllmServer:
         failure: Exception | None = None
         failed = 0
         engine_failed: list[GenResult] = []
-        kept = 0
+        yielded = 0
         with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
             futures = [pool.submit(self._one, r) for r in requests]
             try:
@@ -291,7 +292,7 @@ class VllmServer:
                             for other in futures:
                                 other.cancel()
                             continue
-                        kept += 1
+                        yielded += 1
                         yield res
                     except self._openai.APIError as e:
                         failed += 1
@@ -303,7 +304,7 @@ class VllmServer:
                 for other in futures:
                     other.cancel()
         if engine_failed and failure is None:
-            raise engine_failure(engine_failed, len(requests), f"the server at {self.url}", None, [])
+            raise engine_failure(engine_failed, len(requests), f"the server at {self.url}", None, [], yielded)
         if failure is not None:
             raise UserError(f"the server at {self.url} failed after {self.client.max_retries} retries: "
                             f"{type(failure).__name__}: {failure} ({failed} request(s) failed); every finished row "

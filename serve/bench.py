@@ -101,7 +101,7 @@ def prompt_requests(data: str, num_requests: int, tokenizer_model: str, schema_n
     from transformers import AutoTokenizer
 
     from evaluate.requests import build_requests
-    from schemas.prompt import chat_format, fold_system
+    from schemas.prompt import messages_for
     from schemas.records import load_dataset
 
     records = load_dataset(data).records
@@ -113,12 +113,9 @@ def prompt_requests(data: str, num_requests: int, tokenizer_model: str, schema_n
     def count(text):
         return len(tok(text, add_special_tokens=False)["input_ids"])
 
-    fmt = chat_format(tok)  # a template without a system role gets the system text folded, as evaluate batch does
-
-    def for_model(req):
-        return dataclasses.replace(req, messages=fold_system(req.messages)) if fmt == "fold" else req
-
-    return tok, {constrained: [for_model(r) for r in build_requests(picked, schema_name, constrained, count)]
+    # a template without a system role gets the system text folded, as evaluate batch does
+    return tok, {constrained: [dataclasses.replace(r, messages=messages_for(tok, r.messages))
+                               for r in build_requests(picked, schema_name, constrained, count)]
                  for constrained in arms}
 
 
