@@ -114,6 +114,27 @@ def eval_records():
     return load_dataset(EVAL).records
 
 
+@pytest.fixture(scope="session")
+def short_eval(tmp_path_factory) -> Path:
+    """The eval split's three-element records (29 of 147), in file order, lines unchanged: the shortest
+    answers (about a third fewer output tokens than the split's mix), for the SmolLM2 tests whose subject is
+    the run's mechanics (kills, retries, locks, servers, benchmarks) rather than the records."""
+    import json
+
+    lines = [line for line in EVAL.read_text(encoding="utf-8").splitlines()
+             if line.strip() and len(json.loads(line)["elements"]) == 3]
+    path = tmp_path_factory.mktemp("data") / "eval-3-elements.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def short_records(short_eval):
+    from schemas.records import load_dataset
+
+    return load_dataset(short_eval).records
+
+
 def _train_tiny(out: Path, model: Path, limit: int, *extra: str) -> Path:
     from train.config import load_config
     from train.trainer import train

@@ -11,6 +11,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
+
+from evaluate.batch import LOCK
 
 from .conftest import ROOT, live_group_members
 
@@ -33,6 +36,14 @@ def _alive(pgid: int) -> bool:
         return False
 
 
+def _holder(lock: Path) -> str | None:
+    """The pid a run directory's lock file names, if it exists now."""
+    try:
+        return lock.read_text().strip()
+    except FileNotFoundError:
+        return None
+
+
 @dataclass
 class Kill:
     rows_before: int  # complete rows in results.jsonl when the kill landed
@@ -48,10 +59,13 @@ class Chain:
 
 
 def run_and_kill(cmd: list[str], results: Path, rng: random.Random, limit: int, timeout: float = 600,
-                 mode: str = "any", max_rows: int = 8) -> Kill | None:
+                 mode: str = "any", max_rows: int = 8,
+                 while_locked: Callable[[subprocess.Popen], None] | None = None) -> Kill | None:
     """Start the CLI in its own process group (vLLM's engine core is a child process) and SIGKILL the
     whole group at a random point: either a random moment after start (maybe before the engine is up)
-    or just after a random number of new rows. Returns None if the run finished first."""
+    or just after a random number of new rows. Returns None if the run finished first.
+    `while_locked`, if given, is called once with the process as soon as the run directory's lock names
+    it (before the kill point is looked for)."""
     start_rows = count_lines(results)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -66,8 +80,13 @@ def run_and_kill(cmd: list[str], results: Path, rng: random.Random, limit: int, 
         delay = rng.uniform(0.0, 1.5)
         cond = lambda: count_lines(results) >= target  # noqa: E731
     t_end = time.monotonic() + timeout
+    lock = results.parent / LOCK
     try:
         while proc.poll() is None and time.monotonic() < t_end:
+            if while_locked is not None and _holder(lock) == str(proc.pid):
+                while_locked(proc)
+                while_locked = None
+                continue
             if cond():
                 if how != "timed":
                     time.sleep(delay)

@@ -1,6 +1,6 @@
 """`evaluate bench` end to end on 2 samples: HF + PEFT, HF + PEFT + outlines (llguidance) and vLLM + LoRA
 + outlines, each in its own worker process, on SmolLM2 (three engines: the faster second model) with a tiny
-trained adapter."""
+trained adapter, on the eval split's three-element records (the shortest answers)."""
 from __future__ import annotations
 
 import json
@@ -9,16 +9,14 @@ import pytest
 
 from evaluate.bench import BenchOptions, run_bench
 
-from .conftest import EVAL
-
 pytestmark = pytest.mark.engine
 
 
-def test_bench_runs_three_configurations_with_plausible_numbers(smollm2_model, smollm2_adapter, tmp_path):
+def test_bench_runs_three_configurations_with_plausible_numbers(smollm2_model, smollm2_adapter, short_eval, tmp_path):
     out = tmp_path / "bench"
     lines: list[str] = []
     # hf_threads=1: on a 2-core machine shared with other jobs, two OpenMP threads spin-wait and run ~10x slower.
-    opts = BenchOptions(data=str(EVAL), adapter_name="tiny", adapter_path=str(smollm2_adapter), model=str(smollm2_model),
+    opts = BenchOptions(data=str(short_eval), adapter_name="tiny", adapter_path=str(smollm2_adapter), model=str(smollm2_model),
                         configs=("hf", "hf-outlines", "vllm-outlines"), limit=2, hf_limit=1, batch_size=2, out=str(out),
                         max_model_len=1024, hf_threads=1)
     doc = run_bench(opts, log=lines.append)

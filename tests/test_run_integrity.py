@@ -1,6 +1,7 @@
 """A run directory is a record a reviewer can trust (issue 12): a finished run refuses other settings
-before any engine starts, a moved adapter resumes, one writer at a time, per-row latency, and `make
-demo` clears runs of another adapter. The real engine and the real CLI."""
+before any engine starts, a moved adapter resumes, per-row latency, and `make demo` clears runs of
+another adapter. The real engine and the real CLI. One writer at a time: test_interrupt, whose killed
+run is the first writer."""
 from __future__ import annotations
 
 import json
@@ -11,13 +12,12 @@ import time
 
 import pytest
 
-from evaluate.batch import LOCK, BatchConfig, run_batch
+from evaluate.batch import BatchConfig, run_batch
 from evaluate.engines import AdapterSpec
 from evaluate.requests import build_requests
 from schemas.errors import UserError
 
 from .conftest import EVAL, ROOT, Borrowed
-from .interrupt import batch_command, rows_of
 
 pytestmark = pytest.mark.engine
 
@@ -106,37 +106,6 @@ def test_cli_refusal_comes_in_seconds_naming_each_field(finished_run, trained_ad
     assert "constrained: true -> false" in done.stderr and "adapter: " in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
     assert "Initializing" not in done.stdout + done.stderr  # vLLM's engine never began to start
-
-
-def test_two_writers_second_exits_at_once(smollm2_adapter, smollm2_model, tmp_path):
-    """Item 3: two real `evaluate batch` processes into one directory: the second exits at once with a clear
-    message, the first finishes, no row is interleaved. On SmolLM2: its own engine starts faster."""
-    out = tmp_path / "run"
-    limit = 3
-    cmd = batch_command(EVAL, out, smollm2_adapter, limit, limit, smollm2_model)
-    first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and first.poll() is None:
-            if (out / LOCK).exists() and (out / LOCK).read_text().strip() == str(first.pid):
-                break
-            time.sleep(0.1)
-        assert first.poll() is None, "the first writer ended before the second could start"
-        t0 = time.monotonic()
-        second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
-        waited = time.monotonic() - t0
-        assert second.returncode != 0
-        assert f"another `evaluate batch` (pid {first.pid}) is writing into this run directory" in second.stderr
-        assert first.poll() is None, "the second writer's refusal came after the first had finished"
-        print(f"second writer refused after {waited:.1f} s")
-        _, err = first.communicate(timeout=600)
-        assert first.returncode == 0, err[-2000:]
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
-    rows = rows_of(out / "results.jsonl")
-    assert [r["id"] for r in rows] == [json.loads(line)["id"] for line in EVAL.read_text().splitlines()[:limit]]
 
 
 def test_each_row_has_its_own_latency(engine, eval_records):

@@ -1,6 +1,7 @@
 """The real vLLM OpenAI-compatible server with a trained adapter, on a free loopback port; stopped whatever
 happens. On SmolLM2 (conftest: the second model), whose server starts and answers several times faster than
-Gemma's: these tests start two servers and send about a hundred requests."""
+Gemma's: these tests start two servers and send about seventy requests, on the eval split's three-element
+records (conftest.short_eval: the shortest answers)."""
 import dataclasses
 import json
 import logging
@@ -18,7 +19,7 @@ from schemas.output import load_schema, schema_errors, specialize
 from serve import cpu_env
 from serve.server import ServerConfig, free_port, start, status, stop
 
-from .conftest import EVAL, live_group_members
+from .conftest import live_group_members
 
 pytestmark = pytest.mark.engine
 KEY = "test-key-123"
@@ -49,15 +50,17 @@ def server(smollm2_adapter, smollm2_model, tmp_path_factory, monkeypatch_module)
 
 
 @pytest.fixture(scope="module")
-def request_seconds(server, smollm2_model, eval_records):
-    """How long one real constrained request (a schema not compiled before) takes on this machine now: the
-    tests' client timeouts and slow faults scale with it instead of assuming a fast CPU."""
+def request_seconds(server, smollm2_model, short_records):
+    """How long one real constrained request takes on this machine now, its schema already compiled (the
+    first request compiles it; every short record shares it): the tests' client timeouts and slow faults
+    scale with it instead of assuming a fast CPU."""
     from evaluate.requests import build_requests
 
     eng = VllmServer(server.url, "tiny", str(smollm2_model), api_key=KEY, max_concurrency=1)
-    req = build_requests([eval_records[-1]], "v1", True, eng.count_tokens)[0]
+    first, second = build_requests(short_records[-2:], "v1", True, eng.count_tokens)
+    eng.generate([first])
     t0 = time.perf_counter()
-    eng.generate([req])
+    eng.generate([second])
     took = time.perf_counter() - t0
     eng.close()
     logging.getLogger(__name__).info("one constrained request took %.2f s", took)
@@ -124,9 +127,9 @@ def test_server_binds_loopback_only(server):
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
 
 
-def test_constrained_request_and_batch_through_the_server(server, smollm2_model, eval_records, tmp_path):
+def test_constrained_request_and_batch_through_the_server(server, smollm2_model, short_eval, short_records, tmp_path):
     engine = VllmServer(server.url, "tiny", str(smollm2_model), api_key=KEY, max_concurrency=4, backend=server.backend)
-    rec = eval_records[0]
+    rec = short_records[0]
     from evaluate.requests import build_requests
 
     req = build_requests([rec], "v1", True, engine.count_tokens)[0]
@@ -137,14 +140,14 @@ def test_constrained_request_and_batch_through_the_server(server, smollm2_model,
     assert [m["element_id"] for m in obj["matches"]] == rec.element_ids
 
     out = tmp_path / "server-run"
-    cfg = BatchConfig(data=str(EVAL), out=str(out), constrained=True, model=str(smollm2_model),
-                      adapter=AdapterSpec("tiny", str(engine_adapter_path(server))), server=server.url, limit=6, chunk_size=3)
+    cfg = BatchConfig(data=str(short_eval), out=str(out), constrained=True, model=str(smollm2_model),
+                      adapter=AdapterSpec("tiny", str(engine_adapter_path(server))), server=server.url, limit=4, chunk_size=2)
     summary = run_batch(cfg, lambda m: engine, log=lambda s: None, progress=False)
-    assert summary.generated == 6
+    assert summary.generated == 4
     info = json.loads((out / "run.json").read_text())
     assert info["engine"]["mode"] == "server" and info["engine"]["backend"] == "outlines"
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
-    assert len(rows) == 6 and all(r["finish_reason"] == "stop" for r in rows)
+    assert len(rows) == 4 and all(r["finish_reason"] == "stop" for r in rows)
 
 
 def engine_adapter_path(server):
@@ -152,8 +155,8 @@ def engine_adapter_path(server):
     return spec.split("=", 1)[1]
 
 
-def test_server_killed_mid_run_keeps_rows_then_resumes_elsewhere(server, request_seconds, smollm2_model, tmp_path,
-                                                                  monkeypatch):
+def test_server_killed_mid_run_keeps_rows_then_resumes_elsewhere(server, request_seconds, smollm2_model,
+                                                                  smollm2_adapter, short_eval, tmp_path, monkeypatch):
     """A real server SIGKILLed while `evaluate batch --server` runs: a clear failure, every finished row
     kept, no process left; the same command against a live server resumes to exactly one row per sample."""
     import signal
@@ -162,15 +165,18 @@ def test_server_killed_mid_run_keeps_rows_then_resumes_elsewhere(server, request
     from schemas.errors import UserError
 
     monkeypatch.setenv("PATENT_RISK_HOME", str(tmp_path))
-    # beside the module's server: a KV cache of its own size, whatever the host's memory and the other's use
-    cfg = ServerConfig(model=str(smollm2_model), port=free_port(), max_model_len=1024, name="short",
+    # beside the module's server: a KV cache of its own size, whatever the host's memory and the other's use.
+    # With an adapter like the module's: vLLM's CPU build runs LoRA eagerly, while a server without one
+    # compiles the model with torch.compile first (80 s here); the run below asks for the base model.
+    cfg = ServerConfig(model=str(smollm2_model), adapters=[("tiny", str(smollm2_adapter))], port=free_port(),
+                       max_model_len=1024, name="short",
                        memory_utilization=0.1, kv_cache_bytes=_kv_cache_bytes(smollm2_model, 4))
     state = start(cfg, timeout=START_TIMEOUT, log=lambda s: None)
     timeout = max(30.0, 10 * request_seconds)  # only a hung request meets it: the kill resets connections
     out = tmp_path / "run"
     results = out / "results.jsonl"
-    bcfg = BatchConfig(data=str(EVAL), out=str(out), constrained=True, model=str(smollm2_model), server=state.url,
-                       limit=8, chunk_size=4)
+    bcfg = BatchConfig(data=str(short_eval), out=str(out), constrained=True, model=str(smollm2_model),
+                       server=state.url, limit=6, chunk_size=3)
     served = str(smollm2_model)
     errors = []
 
@@ -197,19 +203,19 @@ def test_server_killed_mid_run_keeps_rows_then_resumes_elsewhere(server, request
     assert errors and "re-run the same command to resume" in errors[0], errors
     kept = results.read_bytes()
     n_kept = kept.count(b"\n")
-    assert 2 <= n_kept < 8 and kept.endswith(b"\n")
+    assert 2 <= n_kept < 6 and kept.endswith(b"\n")
     # the module's server serves the same base under the same name: the same command with --server pointing
     # there resumes (the run's identity holds the server's version, asked of the server the config names)
     eng = VllmServer(server.url, served, str(smollm2_model), api_key=KEY, max_concurrency=2)
     summary = run_batch(dataclasses.replace(bcfg, server=server.url), lambda m: eng, log=lambda s: None, progress=False)
-    assert summary.done_before == n_kept and summary.generated == 8 - n_kept
+    assert summary.done_before == n_kept and summary.generated == 6 - n_kept
     final = results.read_bytes()
     assert final.startswith(kept)
     ids = [json.loads(x)["id"] for x in final.splitlines()]
-    assert len(ids) == len(set(ids)) == 8
+    assert len(ids) == len(set(ids)) == 6
 
 
-def test_transient_faults_are_retried(server, request_seconds, smollm2_model, tmp_path):
+def test_transient_faults_are_retried(server, request_seconds, smollm2_model, short_eval, tmp_path):
     """HTTP 503s, a dropped connection, a slow answer and one past the client's timeout: the OpenAI
     client's retries absorb them all and every sample gets exactly one row. The timeout and the delays
     scale with one request's measured time (two run at once, so an answer takes up to about twice it)."""
@@ -223,7 +229,7 @@ def test_transient_faults_are_retried(server, request_seconds, smollm2_model, tm
         eng = VllmServer(proxy.url, "tiny", str(smollm2_model), api_key=KEY, max_concurrency=2, max_retries=4,
                          timeout=timeout)
         out = tmp_path / "run"
-        cfg = BatchConfig(data=str(EVAL), out=str(out), constrained=True, model=str(smollm2_model),
+        cfg = BatchConfig(data=str(short_eval), out=str(out), constrained=True, model=str(smollm2_model),
                           adapter=AdapterSpec("tiny", engine_adapter_path(server)), server=proxy.url, limit=8, chunk_size=4)
         summary = run_batch(cfg, lambda m: eng, log=lambda s: None, progress=False)
         # the answer the client gave up on is still forwarded once its delay is over: wait for it
@@ -238,7 +244,7 @@ def test_transient_faults_are_retried(server, request_seconds, smollm2_model, tm
     assert proxy.forwarded == 8 + 1  # every sample once, plus the slow answer the client had given up on
 
 
-def test_persistent_5xx_fails_clearly_keeps_rows_and_resumes(server, smollm2_model, tmp_path):
+def test_persistent_5xx_fails_clearly_keeps_rows_and_resumes(server, smollm2_model, short_eval, tmp_path):
     from schemas.errors import UserError
 
     from .faultproxy import FaultProxy
@@ -246,14 +252,14 @@ def test_persistent_5xx_fails_clearly_keeps_rows_and_resumes(server, smollm2_mod
     broken = {"on": True}
     proxy = FaultProxy(server.url, lambda n: "500" if broken["on"] and n > 3 else "forward")
     out = tmp_path / "run"
-    cfg = BatchConfig(data=str(EVAL), out=str(out), constrained=True, model=str(smollm2_model),
-                      adapter=AdapterSpec("tiny", engine_adapter_path(server)), server=proxy.url, limit=8, chunk_size=8)
+    cfg = BatchConfig(data=str(short_eval), out=str(out), constrained=True, model=str(smollm2_model),
+                      adapter=AdapterSpec("tiny", engine_adapter_path(server)), server=proxy.url, limit=6, chunk_size=6)
     try:
         eng = VllmServer(proxy.url, "tiny", str(smollm2_model), api_key=KEY, max_concurrency=1, max_retries=2)
         with pytest.raises(UserError, match="InternalServerError.*re-run the same command"):
             run_batch(cfg, lambda m: eng, log=lambda s: None, progress=False)
         kept = (out / "results.jsonl").read_bytes()
-        assert kept.count(b"\n") == 3  # the three answered requests, although their chunk of 8 failed
+        assert kept.count(b"\n") == 3  # the three answered requests, although their chunk of 6 failed
         # each failing request was tried 1 + 2 times; the one the pool had already started when the first
         # failed is let finish (and fails too); the rest were never sent
         assert proxy.injected["500"] in (3, 6) and proxy.posts == 3 + proxy.injected["500"], proxy.injected
@@ -262,11 +268,11 @@ def test_persistent_5xx_fails_clearly_keeps_rows_and_resumes(server, smollm2_mod
         summary = run_batch(cfg, lambda m: eng, log=lambda s: None, progress=False)
     finally:
         proxy.close()
-    assert (summary.done_before, summary.generated) == (3, 5)
+    assert (summary.done_before, summary.generated) == (3, 3)
     final = (out / "results.jsonl").read_bytes()
     assert final.startswith(kept)
     ids = [json.loads(x)["id"] for x in final.splitlines()]
-    assert len(ids) == len(set(ids)) == 8
+    assert len(ids) == len(set(ids)) == 6
 
 
 def test_connection_refused_is_a_clear_error(smollm2_model):
@@ -276,10 +282,10 @@ def test_connection_refused_is_a_clear_error(smollm2_model):
         VllmServer(f"http://127.0.0.1:{free_port()}", "x", str(smollm2_model), max_retries=0)
 
 
-def test_bench_against_the_server(server, smollm2_model, tmp_path):
+def test_bench_against_the_server(server, smollm2_model, short_eval, tmp_path):
     from serve.bench import run_bench, write_bench
 
-    doc = run_bench(server.url, [server.served_model, "tiny"], str(EVAL), [False, True], [2], 2,
+    doc = run_bench(server.url, [server.served_model, "tiny"], str(short_eval), [False, True], [2], 2,
                     str(smollm2_model), api_key=KEY, log=lambda s: None)
     assert len(doc["results"]) == 2 * 2 * 1
     for r in doc["results"]:
@@ -292,12 +298,12 @@ def test_bench_against_the_server(server, smollm2_model, tmp_path):
     assert all(p.exists() and p.stat().st_size > 0 for p in paths)
 
 
-def test_crosscheck_with_vllms_serving_benchmark(server, smollm2_model, tmp_path):
+def test_crosscheck_with_vllms_serving_benchmark(server, smollm2_model, short_eval, tmp_path):
     """vLLM's own benchmark and serve bench send the same greedy requests: they must count the same
     output tokens, and both must see every request succeed."""
     from serve.crosscheck import crosscheck, to_markdown
 
-    doc = crosscheck(server.url, "tiny", str(EVAL), 2, 2, str(smollm2_model), api_key=KEY, log=lambda s: None)
+    doc = crosscheck(server.url, "tiny", str(short_eval), 2, 2, str(smollm2_model), api_key=KEY, log=lambda s: None)
     ours, theirs = doc["serve_bench"], doc["vllm_bench"]
     assert ours["errors"] == 0 and theirs["errors"] == 0 and theirs["requests"] == 2
     assert ours["output_tokens"] == theirs["output_tokens"] > 0
