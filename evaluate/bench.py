@@ -107,6 +107,8 @@ class BenchOptions:
     gpu_memory_utilization: float | None = None
     hf_threads: int | None = None
     seed: int = 0
+    own_ids: bool = False  # every record its own element ids, hence its own schema (records.with_own_element_ids)
+    warm_pass: bool = True  # vLLM configurations generate a second time on the same engine, caches warm
 
 
 def parse_configs(text: str | None) -> tuple[str, ...]:
@@ -320,7 +322,8 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict[st
             "merged": str(merged_dir) if merged_dir else None, "schema": opts.schema_name,
             "requests": str((workdir / "requests.json").resolve()), "limits": limits, "batch_size": opts.batch_size,
             "max_model_len": opts.max_model_len, "gpu_memory_utilization": opts.gpu_memory_utilization,
-            "hf_threads": opts.hf_threads or os.cpu_count() or 1, "seed": opts.seed, "outputs_dir": str((out / "outputs").resolve())}
+            "hf_threads": opts.hf_threads or os.cpu_count() or 1, "seed": opts.seed, "outputs_dir": str((out / "outputs").resolve()),
+            "own_ids": opts.own_ids, "warm_pass": opts.warm_pass}
     spec_path = workdir / "spec.json"
     spec_path.write_text(json.dumps(spec, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -346,6 +349,7 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict[st
         "data": opts.data, "base_model": model_path, "adapter": spec["adapter"], "schema": opts.schema_name,
         "limit": opts.limit, "hf_limit": opts.hf_limit, "batch_size": opts.batch_size, "max_model_len": opts.max_model_len,
         "gpu_memory_utilization": opts.gpu_memory_utilization, "hf_threads": spec["hf_threads"],
+        "own_ids": opts.own_ids, "warm_pass": opts.warm_pass,
         "configs": list(opts.configs),
         "config_descriptions": {c: asdict(CONFIGS[c]) for c in opts.configs},
         "merge": {"merge_s": prep.get("merge_s"), "path": "temporary folder, removed after the run"} if need_merged else None,
@@ -373,6 +377,12 @@ NOTES = [
     "from /proc every 0.2 s over the worker's life; peak_rss_gen_mb the same while generating. Shared pages count "
     "once per process. vLLM's RSS includes the KV cache it reserves (engine_info.kv_cache_memory_bytes: sized for "
     "all samples at full length on the CPU build unless --gpu-memory-utilization is given).",
+    "vLLM configurations generate twice on one engine. The cold pass (gen_s, samples_s, output_tok_s) starts with "
+    "no grammar compiled and outlines' disk cache an empty folder of the worker's own, so the engine core compiles "
+    "every distinct schema while the batch runs (vLLM compiles asynchronously: requests whose grammar is ready "
+    "decode meanwhile); the warm pass (*_warm) repeats the same requests with every grammar cached (outlines: its "
+    "disk cache; xgrammar: its compiler cache) and vLLM's prefix cache emptied first. With --own-ids every record "
+    "has element ids of its own, hence a schema of its own: what a user whose ids differ per claim pays cold.",
     "json_valid: share of outputs that parse as JSON and pass the generic output schema (schemas.output.schema_errors), "
     "for constrained and unconstrained runs alike.",
     "others_cpu_per_wall: CPU seconds other processes used per wall second while generating (0 on a quiet machine); "
@@ -429,6 +439,7 @@ def summarize_run(raw: dict[str, Any], requests: list[dict[str, Any]] | None = N
         "json_valid": round(valid / n, 4) if n else None, "json_valid_count": valid,
         "finish_reasons": dict(sorted(finish.items())), "outputs_sha256": outputs_hash(outputs),
         "engine_info": raw.get("engine_info"), "contention": raw.get("contention"),
+        **_warm_fields(raw.get("warm"), n),
         **{k: raw.get(k) for k in keep},
     }
     if requests is not None:
@@ -437,12 +448,26 @@ def summarize_run(raw: dict[str, Any], requests: list[dict[str, Any]] | None = N
     return row
 
 
+def _warm_fields(warm: dict[str, Any] | None, n: int) -> dict[str, Any]:
+    """The warm pass's figures (None where the configuration had none: HF, or --no-warm-pass)."""
+    if not warm:
+        return {"gen_s_warm": None, "samples_s_warm": None, "output_tok_s_warm": None, "warm_same_outputs": None,
+                "warm_finish_reasons": None}
+    return {"gen_s_warm": round(warm["gen_s"], 3), "samples_s_warm": _div(n, warm["gen_s"], 4),
+            "output_tok_s_warm": _div(warm["output_tokens"], warm["gen_s"], 2),
+            "warm_same_outputs": warm["same_outputs"], "warm_finish_reasons": warm["finish_reasons"],
+            "warm_contention": warm.get("contention")}
+
+
 # (label, numerator config, denominator config, metrics)
 RATIO_SPECS = (
     ("vLLM constrained over HF + outlines (per sample)", "vllm-outlines", "hf-outlines", ("samples_s", "output_tok_s")),
-    ("constrained / unconstrained, vLLM + LoRA (outlines)", "vllm-outlines", "vllm", ("output_tok_s", "samples_s")),
-    ("constrained / unconstrained, vLLM + LoRA (xgrammar)", "vllm-xgrammar", "vllm", ("output_tok_s", "samples_s")),
-    ("constrained / unconstrained, vLLM + LoRA (guidance)", "vllm-guidance", "vllm", ("output_tok_s", "samples_s")),
+    ("constrained / unconstrained, vLLM + LoRA (outlines)", "vllm-outlines", "vllm",
+     ("output_tok_s", "samples_s", "output_tok_s_warm", "samples_s_warm")),
+    ("constrained / unconstrained, vLLM + LoRA (xgrammar)", "vllm-xgrammar", "vllm",
+     ("output_tok_s", "samples_s", "output_tok_s_warm", "samples_s_warm")),
+    ("constrained / unconstrained, vLLM + LoRA (guidance)", "vllm-guidance", "vllm",
+     ("output_tok_s", "samples_s", "output_tok_s_warm", "samples_s_warm")),
     ("adapter as LoRA / merged, unconstrained", "vllm", "merged", ("output_tok_s", "samples_s")),
     ("adapter as LoRA / merged, constrained (outlines)", "vllm-outlines", "merged-outlines", ("output_tok_s", "samples_s")),
     ("adapter as LoRA / merged without torch.compile (the LoRA ops' own cost)", "vllm", "merged-eager", ("output_tok_s", "samples_s")),
@@ -499,8 +524,10 @@ def progress_line(run: dict[str, Any]) -> str:
     if run.get("status") != "ok":
         return f"{run['config']}: FAILED ({run.get('error')}); log {run.get('log')}"
     comp = f", compile {run['compile_s']} s" if run.get("compile_s") is not None else ""
+    warm = (f"; warm {run['gen_s_warm']:.1f} s ({run['samples_s_warm']} samples/s)"
+            if run.get("gen_s_warm") is not None else "")
     return (f"{run['config']}: {run['samples']} samples, {run['output_tokens']} output tokens in {run['gen_s']:.1f} s "
-            f"({run['output_tok_s']} tok/s, {run['samples_s']} samples/s), load {run['load_s']} s{comp}, "
+            f"({run['output_tok_s']} tok/s, {run['samples_s']} samples/s){warm}, load {run['load_s']} s{comp}, "
             f"json_valid {run['json_valid']}, finish {run['finish_reasons']}, peak RSS {run['peak_rss_mb']:.0f} MB")
 
 
@@ -516,21 +543,25 @@ def to_markdown(doc: dict[str, Any]) -> str:
     lines = [f"# evaluate bench: {doc.get('data')} ({doc.get('created_at')})", "",
              f"base model `{doc.get('base_model')}`, adapter `{(doc.get('adapter') or {}).get('name')}`, schema "
              f"{doc.get('schema')}, --limit {doc.get('limit')}, --hf-limit {doc.get('hf_limit')} (hf-outlines), "
-             f"--batch-size {doc.get('batch_size')} (hf)", "",
-             "| config | engine | adapter | constraint | samples | output tokens | load s | gen s | output tok/s | "
-             "samples/s | compile s | peak RSS MB (gen) | json_valid | finish reasons | outputs hash | others' CPU/wall |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|"]
+             f"--batch-size {doc.get('batch_size')} (hf)" + (", --own-ids (a schema per record)" if doc.get("own_ids") else ""),
+             "",
+             "| config | engine | adapter | constraint | samples | distinct schemas | output tokens | load s | gen s cold | "
+             "samples/s cold | gen s warm | samples/s warm | output tok/s cold | compile s | peak RSS MB (gen) | "
+             "json_valid | finish reasons | outputs hash | others' CPU/wall |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|"]
     for r in doc["runs"]:
         if r.get("status") != "ok":
             lines.append(f"| {r['config']} | {r['engine']} | {r['adapter_mode']} | {r['backend'] or 'none'} | FAILED: "
-                         f"{r.get('error')} | | | | | | | | | | | |")
+                         f"{r.get('error')} |" + " |" * 14)
             continue
         comp = "—" if r.get("compile_s") is None else f"{_fmt(r['compile_s'])} (+{_fmt(r.get('compile_setup_s'))} setup)"
         finish = ", ".join(f"{k} {v}" for k, v in r["finish_reasons"].items())
         others = (r.get("contention") or {}).get("others_cpu_per_wall")
+        warm_note = "" if r.get("warm_same_outputs") in (None, True) else " (other outputs!)"
         lines.append(f"| {r['config']} | {r['engine']} | {r['adapter_mode']} | {r['backend'] or 'none'} | {r['samples']} | "
-                     f"{r['output_tokens']} | {_fmt(r['load_s'])} | {_fmt(r['gen_s'])} | {_fmt(r['output_tok_s'])} | "
-                     f"{_fmt(r['samples_s'])} | {comp} | {_fmt(r['peak_rss_mb'])} ({_fmt(r.get('peak_rss_gen_mb'))}) | "
+                     f"{_fmt(r.get('distinct_schemas'))} | {r['output_tokens']} | {_fmt(r['load_s'])} | {_fmt(r['gen_s'])} | "
+                     f"{_fmt(r['samples_s'])} | {_fmt(r.get('gen_s_warm'))} | {_fmt(r.get('samples_s_warm'))}{warm_note} | "
+                     f"{_fmt(r['output_tok_s'])} | {comp} | {_fmt(r['peak_rss_mb'])} ({_fmt(r.get('peak_rss_gen_mb'))}) | "
                      f"{_fmt(r['json_valid'])} | {finish} | `{r['outputs_sha256']}` | {_fmt(others)} |")
     if doc.get("ratios"):
         lines += ["", "| ratio | numerator / denominator | metric | value |", "|---|---|---|---:|"]

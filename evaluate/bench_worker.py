@@ -5,7 +5,10 @@
 ``--config prepare`` builds the requests once for every configuration (evaluate.requests.build_requests:
 prompts, per-record schemas, max_tokens; plus the HF prompt token ids) and, when a merged configuration
 is asked for, merges the adapter into the base (train.merge). Any other config loads its engine, warms it
-up, measures schema compilation where constrained, generates, and writes its outputs and timings.
+up, measures schema compilation where constrained, generates, and writes its outputs and timings. A vLLM
+configuration generates twice on the same engine: a cold pass (outlines' disk cache an empty folder of its
+own, no grammar compiled yet) and, unless the spec turns it off, a warm pass (every grammar compiled and
+cached, vLLM's prefix cache emptied first so that the prompts are computed again).
 
 The worker writes ``gen`` into ``<out>.phase`` while generating so that the parent's memory sampler can
 tell the generation peak from the load peak.
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -55,6 +59,10 @@ def prepare(spec: dict[str, Any], out: Path) -> dict[str, Any]:
     from .requests import build_requests
 
     records = load_dataset(spec["data"], limit=spec["limit"]).records
+    if spec.get("own_ids"):
+        from schemas.records import with_own_element_ids
+
+        records = [with_own_element_ids(r) for r in records]
     tok = AutoTokenizer.from_pretrained(spec["model"])
     count = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731 (as VllmOffline.count_tokens)
     reqs = build_requests(records, spec["schema"], True, count)
@@ -222,6 +230,8 @@ def measure_vllm_compile(llm, backend: str, schemas: list[str]) -> tuple[float, 
     t0 = time.perf_counter()
     be = Backend(vc, tokenizer=tokenizer, vocab_size=vc.model_config.get_vocab_size())
     setup = time.perf_counter() - t0
+    if backend == "outlines":  # a private in-memory cache: the disk cache neither answers nor learns
+        be.cache = {}
     total = 0.0
     for s in schemas:
         t0 = time.perf_counter()
@@ -240,6 +250,10 @@ def run_vllm(name: str, spec: dict[str, Any], rows: list[dict[str, Any]], out: P
         model, adapter = spec["merged"], None
     else:
         model, adapter = spec["model"], AdapterSpec(spec["adapter"]["name"], spec["adapter"]["path"])
+    if cfg.constrained and spec.get("outputs_dir"):  # cold: outlines' disk cache starts empty, its own folder
+        cache = Path(spec["outputs_dir"]).parent / "workers" / f"outlines-cache-{name}"
+        shutil.rmtree(cache, ignore_errors=True)
+        os.environ["OUTLINES_CACHE_DIR"] = str(cache)  # structured_outputs_env keeps a value already set
     t0 = time.perf_counter()
     engine = VllmOffline(model, adapter, backend=cfg.backend or "outlines", max_model_len=spec["max_model_len"],
                          gpu_memory_utilization=spec.get("gpu_memory_utilization"), seed=spec.get("seed", 0),
@@ -259,6 +273,17 @@ def run_vllm(name: str, spec: dict[str, Any], rows: list[dict[str, Any]], out: P
         results = engine.generate(reqs)
         gen_s = time.perf_counter() - t0
         contention = window.stop()
+        warm = None
+        if spec.get("warm_pass", True):
+            engine.llm.reset_prefix_cache()
+            window = CpuWindow()
+            t0 = time.perf_counter()
+            again = engine.generate(reqs)
+            warm_s = time.perf_counter() - t0
+            warm = {"gen_s": warm_s, "output_tokens": sum(g.output_tokens for g in again),
+                    "cached_prompt_tokens": sum(g.cached_tokens for g in again),
+                    "same_outputs": [g.raw_output for g in again] == [g.raw_output for g in results],
+                    "finish_reasons": _count(g.finish_reason for g in again), "contention": window.stop()}
         _phase(out, "done")
         info = dict(engine.description)
     finally:
@@ -272,7 +297,14 @@ def run_vllm(name: str, spec: dict[str, Any], rows: list[dict[str, Any]], out: P
     return {"config": name, "load_s": load_s, "gen_s": gen_s, "compile_s": compile_s, "compile_setup_s": setup_s,
             "compile_what": COMPILE_WHAT["vllm"] if cfg.constrained else None,
             "distinct_schemas": len(schemas) if cfg.constrained else None, "outputs": outputs, "engine_info": info,
-            "contention": contention}
+            "contention": contention, "warm": warm}
+
+
+def _count(values) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[str(v)] = out.get(str(v), 0) + 1
+    return dict(sorted(out.items()))
 
 
 def main(argv: list[str] | None = None) -> int:

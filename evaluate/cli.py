@@ -151,10 +151,17 @@ def batch(data, out, constrained, model, adapter, schema_name, backend, server, 
 @click.option("--gpu-memory-utilization", type=float, default=None,
               help="vLLM: share of GPU memory vLLM may take. On the CPU build the default sizes the KV cache for "
                    "--limit full-length sequences (at most half the free memory), as `evaluate batch` does per chunk.")
+@click.option("--own-ids", is_flag=True,
+              help="Give every record element ids of its own (E1 -> <record id>-E1, in the label too), hence a schema of "
+                   "its own: what compiling costs a user whose ids differ from claim to claim (the demo's E1..En give "
+                   "a handful of schemas).")
+@click.option("--warm-pass/--no-warm-pass", default=True, show_default=True,
+              help="vLLM configurations: after the cold pass, generate the same requests again on the same engine with "
+                   "every grammar cached (samples/s warm).")
 @click.option("--out", default="artifacts/bench/latest", show_default=True, type=click.Path(file_okay=False),
               help="Writes bench.json, bench.md, bench.png, outputs/CONFIG.jsonl and workers/ (spec, logs) here.")
 def bench(data, adapter, model, configs, limit, hf_limit, batch_size, hf_threads, schema_name, max_model_len,
-          gpu_memory_utilization, out) -> None:
+          gpu_memory_utilization, own_ids, warm_pass, out) -> None:
     """Throughput of every generation path on the same samples, adapter and max_tokens, in one invocation.
 
     \b
@@ -171,7 +178,9 @@ def bench(data, adapter, model, configs, limit, hf_limit, batch_size, hf_threads
 
     \b
     Per configuration: samples, output tokens, load_s (model load + warm-up), gen_s (generation only),
-    output tok/s, samples/s, schema compile time (constrained), peak RSS of the worker's process tree
+    output tok/s, samples/s, schema compile time (constrained), the distinct schemas, for vLLM a cold
+    pass (nothing compiled, outlines' disk cache empty) and a warm pass (every grammar cached), peak RSS
+    of the worker's process tree
     (sampled every 0.2 s), json_valid, finish reasons, a hash of the outputs. Then ratios
     (vllm-outlines over hf-outlines, constrained/unconstrained, adapter/merged) and how many raw
     outputs are identical between vllm and merged (and their constrained pair).
@@ -189,7 +198,7 @@ def bench(data, adapter, model, configs, limit, hf_limit, batch_size, hf_threads
     opts = BenchOptions(data=data, adapter_name=spec.name, adapter_path=spec.path, model=model,
                         configs=parse_configs(configs), limit=limit, hf_limit=hf_limit, batch_size=batch_size, out=out,
                         schema_name=schema_name, max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
-                        hf_threads=hf_threads)
+                        hf_threads=hf_threads, own_ids=own_ids, warm_pass=warm_pass)
     doc = run_bench(opts, log=click.echo)
     click.echo(f"\n{Path(out) / 'bench.md'}\n{Path(out) / 'bench.json'}\n{Path(out) / 'bench.png'}")
     failed = [r["config"] for r in doc["runs"] if r.get("status") != "ok"]

@@ -136,7 +136,7 @@ class VllmOffline:
         kwargs: dict[str, Any] = dict(
             model=model, dtype=dtype or cpu_env.default_dtype(), max_model_len=max_model_len, seed=seed,
             gpu_memory_utilization=gpu_memory_utilization or cpu_env.default_memory_utilization(),
-            structured_outputs_config={"backend": backend},
+            structured_outputs_config=cpu_env.structured_outputs_config(backend),
             disable_log_stats=False,  # per-request timing (RequestOutput.metrics) for each row's latency
         )
         if enforce_eager:
@@ -155,6 +155,7 @@ class VllmOffline:
         self._tokenizer = self.llm.get_tokenizer()
         self.chat_format = chat_format(self._tokenizer)
         self.description = {"name": "vllm", "version": vllm_version(), "mode": "offline", "backend": backend,
+                            "structured_outputs_config": kwargs["structured_outputs_config"],
                             "dtype": kwargs["dtype"], "max_model_len": max_model_len,
                             "kv_cache_memory_bytes": kwargs.get("kv_cache_memory_bytes"),
                             "enforce_eager": enforce_eager,

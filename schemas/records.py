@@ -78,6 +78,19 @@ class Record(BaseModel):
         return self.model_dump(mode="json", exclude_none=True)
 
 
+def with_own_element_ids(record: Record) -> Record:
+    """The record with each element id prefixed by the record's id (``E1`` -> ``<id>-E1``), in the label
+    too: no two records then share an output schema, as for users whose element ids differ from claim to
+    claim (1a, 구성요소1, ...). For measuring what one schema per record costs to compile
+    (`evaluate bench --own-ids`); the claim and query texts are left as they are."""
+    rename = {e.id: f"{record.id}-{e.id}" for e in record.elements}
+    data = record.to_json()
+    data["elements"] = [{**e, "id": rename[e["id"]]} for e in data["elements"]]
+    if data.get("label"):
+        data["label"]["matches"] = [{**m, "element_id": rename[m["element_id"]]} for m in data["label"]["matches"]]
+    return Record.model_validate(data)
+
+
 @dataclass
 class LoadedDataset:
     path: Path

@@ -133,6 +133,22 @@ def kv_cache_bytes(model_path: str, dtype: str, max_model_len: int, max_seqs: in
     return max(per_token * max_model_len, min(need, cap))
 
 
+# Backends whose compact JSON vLLM sets engine-wide (StructuredOutputsConfig.disable_any_whitespace): vLLM
+# 0.32's xgrammar and guidance backends read only the engine's flag and ignore the per-request one, and
+# its config refuses the flag for outlines, whose JSON regex is compact already.
+COMPACT_BY_CONFIG = ("xgrammar", "guidance")
+
+
+def structured_outputs_config(backend: str) -> dict[str, object]:
+    """vLLM's engine-level structured-outputs config for ``backend``, offline and `serve start` alike: the
+    backend and, for xgrammar and guidance, no whitespace between JSON tokens (without it they let the
+    model write newlines and indentation, which an untrained model did until max_tokens)."""
+    config: dict[str, object] = {"backend": backend}
+    if backend in COMPACT_BY_CONFIG:
+        config["disable_any_whitespace"] = True
+    return config
+
+
 def structured_outputs_env(model_path: str | None = None, env: dict[str, str] | None = None) -> dict[str, str]:
     """Settings for vLLM's structured outputs, CPU and GPU alike (the grammar compile is CPU work on both):
 

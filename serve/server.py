@@ -82,7 +82,8 @@ def state_dir(name: str) -> Path:
 def build_command(cfg: ServerConfig, model_path: str) -> list[str]:
     """The server's argv (python -m ... on the CPU build, `vllm serve` on CUDA)."""
     args = ["--model", model_path, "--host", cfg.host, "--port", str(cfg.port),
-            "--max-model-len", str(cfg.max_model_len), "--structured-outputs-config.backend", cfg.backend]
+            "--max-model-len", str(cfg.max_model_len),
+            "--structured-outputs-config", json.dumps(cpu_env.structured_outputs_config(cfg.backend))]
     if cpu_env.is_cpu_build():
         args += ["--dtype", cpu_env.default_dtype()]
     args += ["--gpu-memory-utilization", str(cfg.memory_utilization or cpu_env.default_memory_utilization())]

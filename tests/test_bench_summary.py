@@ -51,9 +51,28 @@ def test_ratios_and_identical_outputs(tmp_path):
     assert pairs == [{"a": "vllm", "b": "merged", "compared": 2, "identical": 1, "share": 0.5}]
     assert compare_outputs({"a": "1"}, {"b": "1"}) == {"compared": 0, "identical": 0, "share": None}
     md = to_markdown({"runs": runs, "ratios": ratios(runs), "identical_outputs": pairs, "notes": ["n"]})
-    assert "| vllm | vllm | lora | none | 1 | 10 |" in md
+    assert "| vllm | vllm | lora | none | 1 | — | 10 |" in md
     assert "FAILED: worker exited with 1" in md
     assert "| vllm vs merged | 2 | 1 | 0.5 |" in md
+
+
+def test_warm_pass_figures_and_their_ratio():
+    """A vLLM worker's warm pass (same requests, grammars cached) gives its own rates; the constrained/
+    unconstrained ratio is taken warm as well as cold; outputs that differ between the passes are flagged."""
+    warm = lambda s, same=True: {"gen_s": s, "output_tokens": 10, "same_outputs": same,  # noqa: E731
+                                 "finish_reasons": {"stop": 1}}
+    free = summarize_run(_raw("vllm", 2.0, [_out("a", VALID)], warm=warm(1.0)))
+    cons = summarize_run(_raw("vllm-outlines", 4.0, [_out("a", VALID)], warm=warm(1.25, same=False),
+                              distinct_schemas=1))
+    assert (cons["gen_s_warm"], cons["samples_s_warm"], cons["output_tok_s_warm"]) == (1.25, 0.8, 8.0)
+    assert cons["warm_same_outputs"] is False and cons["warm_finish_reasons"] == {"stop": 1}
+    q = {(r["numerator"], r["denominator"], r["metric"]): r["value"] for r in ratios([free, cons])}
+    assert q[("vllm-outlines", "vllm", "samples_s")] == 0.5 and q[("vllm-outlines", "vllm", "samples_s_warm")] == 0.8
+    hf = summarize_run(_raw("hf", 3.0, [_out("a", VALID)]))
+    assert hf["gen_s_warm"] is None and hf["samples_s_warm"] is None
+    md = to_markdown({"runs": [free, cons, hf], "own_ids": True})
+    assert "| vllm-outlines | vllm | lora | outlines | 1 | 1 | 10 | 1 | 4 | 0.25 | 1.25 | 0.8 (other outputs!) |" in md
+    assert "--own-ids (a schema per record)" in md
 
 
 def test_configs_are_checked():

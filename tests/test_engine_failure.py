@@ -1,7 +1,8 @@
-"""Issue 14: a request that fails inside the engine is never written as the model's answer. vLLM answers a
-request whose structured-outputs grammar did not compile in time with empty text and finish_reason
-"error"; that used to become a row, scored as the model's parse failure. The real CLI on Gemma 3 270M,
-with a one-second compile limit and a cold outlines cache, provokes it."""
+"""Issue 14, constrained decoding on Gemma's vocabulary. A request that fails inside the engine is never
+written as the model's answer: vLLM answers a request whose structured-outputs grammar did not compile in
+time with empty text and finish_reason "error"; that used to become a row, scored as the model's parse
+failure. The real CLI on Gemma 3 270M, with a one-second compile limit and a cold outlines cache, provokes
+it. And a schema is compiled once: later runs find it in outlines' disk cache."""
 from __future__ import annotations
 
 import json
@@ -11,9 +12,10 @@ import sys
 
 import pytest
 
+from evaluate.batch import BatchConfig, run_batch
 from evaluate.engines import ENGINE_FAILURE_REASONS
 
-from .conftest import EVAL, ROOT
+from .conftest import EVAL, ROOT, Borrowed
 
 pytestmark = pytest.mark.engine
 
@@ -53,3 +55,40 @@ def test_a_grammar_compile_timeout_stops_the_run_and_writes_no_row(gemma_model, 
     rows = [json.loads(x) for x in results.read_text().splitlines()] if results.exists() else []
     assert not [r for r in rows if r["finish_reason"] in ENGINE_FAILURE_REASONS or r.get("raw_output") == ""], rows
     assert json.loads((out / "run.json").read_text())["finished_at"] is None
+
+
+def test_a_compiled_schema_is_stored_once_and_later_runs_compile_nothing(engine, eval_records, tmp_path):
+    """Issue 14, compile once: a schema never seen before is compiled by the engine core and its outlines index
+    stored in the disk cache the engine's settings name (cpu_env.structured_outputs_env: artifacts/cache/
+    outlines, the file `serve start`, a resumed run, a re-run and another adapter on this base open too); a
+    second run of the same record, vLLM's prefix cache emptied, finds it there and compiles nothing: outlines'
+    cache stores with INSERT OR REPLACE after every compile, so the row's rowid would change. On the shared
+    Gemma engine: the vocabulary that makes compiling cost seconds."""
+    import sqlite3
+    import uuid
+
+    from schemas.records import with_own_element_ids
+
+    rec = with_own_element_ids(eval_records[2].model_copy(update={"id": f"cache-{uuid.uuid4().hex[:10]}"}))
+    data = tmp_path / "one.jsonl"
+    data.write_text(json.dumps(rec.to_json(), ensure_ascii=False) + "\n", encoding="utf-8")
+    db = os.path.join(engine.description["env"]["OUTLINES_CACHE_DIR"], "outlines_cache.db")
+
+    def stored() -> list[int]:
+        with sqlite3.connect(db) as con:
+            rows = con.execute("SELECT rowid, key FROM cache").fetchall()
+        return [rowid for rowid, key in rows if f"{rec.id}-E1" in key.replace("\\", "")]
+
+    ttft = []
+    for run in ("first", "again"):
+        engine.llm.reset_prefix_cache()
+        cfg = BatchConfig(data=str(data), out=str(tmp_path / run), constrained=True, adapter=engine.adapter)
+        run_batch(cfg, lambda m: Borrowed(engine), log=lambda s: None, progress=False)
+        row = json.loads((tmp_path / run / "results.jsonl").read_text(encoding="utf-8"))
+        assert row["finish_reason"] == "stop", row
+        ttft.append(row["ttft_s"])
+        if run == "first":
+            first = stored()
+            assert len(first) == 1, first  # compiled once, stored once
+    assert stored() == first  # the same row: nothing compiled (or stored) again
+    print(f"time to first token: {ttft[0]:.2f} s with the compile, {ttft[1]:.2f} s from the cache")

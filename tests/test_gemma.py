@@ -110,6 +110,50 @@ def test_constrained_answer_on_gemmas_vocabulary_is_valid_and_stops(gemma_engine
     assert int(gemma_engine.description["env"]["VLLM_REGEX_COMPILATION_TIMEOUT_S"]) >= 60
 
 
+@pytest.mark.engine
+@pytest.mark.parametrize("backend", ["xgrammar", "guidance"])
+@pytest.mark.filterwarnings("ignore:max_rollback_tokens is deprecated:DeprecationWarning")  # vLLM's call into xgrammar
+def test_xgrammar_and_guidance_are_compact_by_the_engines_config(gemma_engine, eval_records, backend):
+    """vLLM 0.32's xgrammar and guidance backends read disable_any_whitespace from the engine's
+    structured-outputs config only: the per-request flag every constrained request carries is ignored, and
+    with it the untrained base wrote newlines and indentation until max_tokens. The grammars vLLM's own
+    backend classes compile, on Gemma's tokenizer: with the config both engines get
+    (cpu_env.structured_outputs_config) a compact answer passes and whitespace after `{` is refused;
+    without it the whitespace passes."""
+    import copy
+
+    from vllm.config import StructuredOutputsConfig
+    from vllm.tokenizers import cached_tokenizer_from_config
+    from vllm.v1.structured_output.backend_types import StructuredOutputOptions
+
+    from schemas.output import load_schema, specialize
+    from serve import cpu_env
+
+    if backend == "xgrammar":
+        from vllm.v1.structured_output.backend_xgrammar import XgrammarBackend as Backend
+    else:
+        from vllm.v1.structured_output.backend_guidance import GuidanceBackend as Backend
+    rec = eval_records[0]
+    schema = json.dumps(specialize(load_schema("v1"), rec.element_ids))
+    answer = json.dumps(rec.label.model_dump(mode="json"), ensure_ascii=False, separators=(",", ":"))
+    spaced = '{\n  "risk_level": "' + rec.label.risk_level + '"'
+    vc = gemma_engine.llm.llm_engine.vllm_config
+    tok = cached_tokenizer_from_config(model_config=vc.model_config)
+    compact_ids, spaced_ids = (tok.encode(t, add_special_tokens=False) for t in (answer, spaced))
+
+    def grammar(config: dict):
+        cfg = copy.copy(vc)
+        cfg.structured_outputs_config = StructuredOutputsConfig(**config)
+        be = Backend(cfg, tokenizer=tok, vocab_size=vc.model_config.get_vocab_size())
+        return be.compile_grammar(StructuredOutputOptions.JSON, schema)
+
+    ours = grammar(cpu_env.structured_outputs_config(backend))
+    assert ours.validate_tokens(compact_ids) == compact_ids
+    assert len(ours.validate_tokens(spaced_ids)) < len(spaced_ids)
+    assert grammar({"backend": backend}).validate_tokens(spaced_ids) == spaced_ids  # the trap without it
+    assert cpu_env.structured_outputs_config("outlines") == {"backend": "outlines"}  # vLLM refuses the flag there
+
+
 def _requests(engine, recs, constrained: bool, max_tokens: int | None = None):
     from evaluate.requests import build_requests
 

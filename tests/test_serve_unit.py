@@ -99,6 +99,15 @@ KV_NEGATIVE_CAUSE = ("ValueError: Available memory on node 0 (6.61/9.21 GiB) on 
                      "requested memory for kv (-1.7/0.0 GiB). Reduce CPU memory used by other processes.")
 
 
+@pytest.mark.parametrize("backend, compact", [("outlines", None), ("xgrammar", True), ("guidance", True)])
+def test_server_gets_the_offline_engines_structured_outputs_config(backend, compact):
+    """vLLM's xgrammar and guidance read disable_any_whitespace from the engine's config only (the request's flag
+    is ignored): the server gets it as the offline engine does; outlines, which vLLM refuses it for, does not."""
+    cmd = server.build_command(ServerConfig(backend=backend), "/models/base")
+    config = json.loads(cmd[cmd.index("--structured-outputs-config") + 1])
+    assert config["backend"] == backend and config.get("disable_any_whitespace") is compact
+
+
 def test_build_command_keeps_the_key_out_of_argv():
     cfg = ServerConfig(adapters=[("tiny", "/a/tiny")], api_key=KEY, port=8123)
     cmd = server.build_command(cfg, "/models/base")
