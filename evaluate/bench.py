@@ -323,7 +323,7 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict[st
             "requests": str((workdir / "requests.json").resolve()), "limits": limits, "batch_size": opts.batch_size,
             "max_model_len": opts.max_model_len, "gpu_memory_utilization": opts.gpu_memory_utilization,
             "hf_threads": opts.hf_threads or os.cpu_count() or 1, "seed": opts.seed, "outputs_dir": str((out / "outputs").resolve()),
-            "own_ids": opts.own_ids, "warm_pass": opts.warm_pass}
+            "own_ids": opts.own_ids, "warm_pass": opts.warm_pass, "workdir": str(workdir.resolve())}
     spec_path = workdir / "spec.json"
     spec_path.write_text(json.dumps(spec, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -456,7 +456,7 @@ def _warm_fields(warm: dict[str, Any] | None, n: int) -> dict[str, Any]:
     return {"gen_s_warm": round(warm["gen_s"], 3), "samples_s_warm": _div(n, warm["gen_s"], 4),
             "output_tok_s_warm": _div(warm["output_tokens"], warm["gen_s"], 2),
             "warm_same_outputs": warm["same_outputs"], "warm_finish_reasons": warm["finish_reasons"],
-            "warm_contention": warm.get("contention")}
+            "warm_cached_prompt_tokens": warm.get("cached_prompt_tokens"), "warm_contention": warm.get("contention")}
 
 
 # (label, numerator config, denominator config, metrics)

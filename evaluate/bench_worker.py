@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -250,8 +251,8 @@ def run_vllm(name: str, spec: dict[str, Any], rows: list[dict[str, Any]], out: P
         model, adapter = spec["merged"], None
     else:
         model, adapter = spec["model"], AdapterSpec(spec["adapter"]["name"], spec["adapter"]["path"])
-    if cfg.constrained and spec.get("outputs_dir"):  # cold: outlines' disk cache starts empty, its own folder
-        cache = Path(spec["outputs_dir"]).parent / "workers" / f"outlines-cache-{name}"
+    if cfg.constrained:  # cold: outlines' disk cache starts empty, in a folder of this configuration's own
+        cache = Path(spec["workdir"]) / f"outlines-cache-{name}"
         shutil.rmtree(cache, ignore_errors=True)
         os.environ["OUTLINES_CACHE_DIR"] = str(cache)  # structured_outputs_env keeps a value already set
     t0 = time.perf_counter()
@@ -283,7 +284,8 @@ def run_vllm(name: str, spec: dict[str, Any], rows: list[dict[str, Any]], out: P
             warm = {"gen_s": warm_s, "output_tokens": sum(g.output_tokens for g in again),
                     "cached_prompt_tokens": sum(g.cached_tokens for g in again),
                     "same_outputs": [g.raw_output for g in again] == [g.raw_output for g in results],
-                    "finish_reasons": _count(g.finish_reason for g in again), "contention": window.stop()}
+                    "finish_reasons": dict(sorted(Counter(g.finish_reason for g in again).items())),
+                    "contention": window.stop()}
         _phase(out, "done")
         info = dict(engine.description)
     finally:
@@ -298,13 +300,6 @@ def run_vllm(name: str, spec: dict[str, Any], rows: list[dict[str, Any]], out: P
             "compile_what": COMPILE_WHAT["vllm"] if cfg.constrained else None,
             "distinct_schemas": len(schemas) if cfg.constrained else None, "outputs": outputs, "engine_info": info,
             "contention": contention, "warm": warm}
-
-
-def _count(values) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for v in values:
-        out[str(v)] = out.get(str(v), 0) + 1
-    return dict(sorted(out.items()))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -135,7 +135,8 @@ def kv_cache_bytes(model_path: str, dtype: str, max_model_len: int, max_seqs: in
 
 # Backends whose compact JSON vLLM sets engine-wide (StructuredOutputsConfig.disable_any_whitespace): vLLM
 # 0.32's xgrammar and guidance backends read only the engine's flag and ignore the per-request one, and
-# its config refuses the flag for outlines, whose JSON regex is compact already.
+# its config refuses the flag for outlines, whose JSON regex allows at most one space where JSON allows
+# whitespace (outlines-core's default `[ ]?`), never a newline.
 COMPACT_BY_CONFIG = ("xgrammar", "guidance")
 
 
