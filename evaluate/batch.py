@@ -26,7 +26,8 @@ from .provenance import differences
 from .requests import build_requests, max_tokens_summary, sampling_summary
 from .rundir import RESULTS, RUN_JSON, read_info, read_results, repair_torn_tail
 
-RUN_FORMAT_VERSION = 2  # 2: identity keyed on content (evaluate.provenance), structured_outputs, max_tokens
+RUN_FORMAT_VERSION = 3  # 2: identity keyed on content (evaluate.provenance), structured_outputs, max_tokens;
+# 3: structured_outputs_config (the offline engine's config, part of the identity)
 LOCK = ".lock"
 
 @dataclass
@@ -103,6 +104,8 @@ def engine_identity(cfg: BatchConfig) -> dict[str, Any]:
 def provenance(cfg: BatchConfig, model_path: str, engine_desc: dict[str, Any], n_records: int) -> dict[str, Any]:
     """run.json's content before generation: every identity field (evaluate.provenance) and what describes
     this invocation. ``engine_desc`` holds at least the engine's name, version and mode."""
+    from serve import cpu_env
+
     from .requests import STRUCTURED_OUTPUT_OPTIONS
 
     model_info: dict[str, Any] = {"name": default_model_label(cfg.model)}
@@ -121,6 +124,8 @@ def provenance(cfg: BatchConfig, model_path: str, engine_desc: dict[str, Any], n
         "constrained": cfg.constrained,
         "backend": cfg.backend if cfg.constrained else None,
         "structured_outputs": dict(STRUCTURED_OUTPUT_OPTIONS) if cfg.constrained else None,
+        "structured_outputs_config": (cpu_env.structured_outputs_config(cfg.backend)
+                                      if cfg.constrained and not cfg.server else None),
         "prompt": {"version": PROMPT_VERSION, "hash": prompt_fingerprint(cfg.schema_name)},
         "engine": engine_desc,
         "sampling": sampling_summary(cfg.seed),

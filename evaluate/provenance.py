@@ -11,7 +11,10 @@ Identity (each compared as written here):
 - ``adapter_mode``: ``lora`` or ``merged``
 - ``dataset``: the dataset file's sha256
 - ``schema``: the target schema's name and hash
-- ``constrained``; ``backend`` and ``structured_outputs`` (the options of every constrained request)
+- ``constrained``; ``backend`` and ``structured_outputs`` (the options of every constrained request);
+  ``structured_outputs_config`` (the engine-level config the offline engine was built with: vLLM 0.32's
+  xgrammar and guidance backends take their whitespace rule from it, not from the request; None through
+  a server, whose own start decides it)
 - ``prompt``: the prompt template's version and fingerprint
 - ``sampling``: temperature, top_p, seed, max_tokens rule
 - ``engine``: name, version and mode (offline or server)
@@ -46,6 +49,9 @@ def identity(info: dict[str, Any]) -> dict[str, Any]:
     options = info.get("structured_outputs")
     if options is None and constrained and "structured_outputs" not in info:
         options = dict(_LEGACY_OFFLINE_OPTIONS) if engine.get("mode") == "offline" else {}
+    engine_config = info.get("structured_outputs_config")
+    if "structured_outputs_config" not in info:  # runs written before it was recorded: the backend alone
+        engine_config = {"backend": info.get("backend")} if engine.get("mode") == "offline" else None
     adapter_mode = info.get("adapter_mode")
     if adapter_mode is None and info.get("adapter"):
         adapter_mode = "lora"  # runs written before merged mode existed
@@ -59,6 +65,7 @@ def identity(info: dict[str, Any]) -> dict[str, Any]:
         "constrained": constrained,
         "backend": info.get("backend") if constrained else None,
         "structured_outputs": options if constrained else None,
+        "structured_outputs_config": engine_config if constrained else None,
         "prompt": info.get("prompt"),
         "sampling": info.get("sampling"),
         "engine": {k: engine.get(k) for k in ("name", "version", "mode")},

@@ -57,7 +57,7 @@ def test_every_identity_field_that_differs_is_named():
     new["sampling"] = {**old["sampling"], "seed": 1}
     fields = [line.split(":", 1)[0] for line in differences(old, new)]
     assert fields == ["base_model", "adapter", "dataset", "schema.name", "schema.hash", "backend",
-                      "structured_outputs.disable_any_whitespace", "prompt.version", "prompt.hash", "sampling.seed",
+                      "structured_outputs.disable_any_whitespace", "structured_outputs_config", "prompt.version", "prompt.hash", "sampling.seed",
                       "engine.version",
                       "engine.mode"]
     assert any(line.startswith('adapter: "aaaa') and '-> "bbbb' in line for line in differences(old, new))
@@ -77,6 +77,46 @@ def test_runs_written_before_this_format_keep_their_identity():
     del legacy["adapter_mode"]
     assert differences(legacy, _run_json()) == []
     assert identity(legacy)["structured_outputs"] == STRUCTURED_OUTPUT_OPTIONS
+
+
+def test_engine_level_structured_outputs_config_is_identity():
+    """vLLM 0.32's xgrammar and guidance backends take their whitespace rule from the engine's config, not from
+    the request: an xgrammar run begun before that config set disable_any_whitespace (its run.json has no
+    structured_outputs_config: the backend alone) must not resume under it, mixing indented and compact
+    outputs. An outlines run of that time had the same engine config as now, and resumes."""
+    from serve.cpu_env import structured_outputs_config
+
+    for backend, resumes in (("xgrammar", False), ("guidance", False), ("outlines", True)):
+        legacy = _run_json(format_version=2, backend=backend)
+        now = _run_json(format_version=3, backend=backend, structured_outputs_config=structured_outputs_config(backend))
+        assert identity(legacy)["structured_outputs_config"] == {"backend": backend}
+        diffs = differences(legacy, now)
+        if resumes:
+            assert diffs == [], backend
+        else:
+            assert diffs == ["structured_outputs_config.disable_any_whitespace: null -> true"], backend
+    # unconstrained runs: the engine's structured-outputs config decides nothing
+    assert identity(_run_json(constrained=False, structured_outputs_config={"backend": "xgrammar"}))[
+        "structured_outputs_config"] is None
+
+
+def test_batch_records_the_engine_config_its_offline_engine_uses(tmp_path):
+    """run.json's structured_outputs_config is the one VllmOffline builds its engine with (one owner:
+    serve.cpu_env.structured_outputs_config); through a server it is None (the server's start decides it)."""
+    from evaluate.batch import BatchConfig, provenance
+    from serve.cpu_env import structured_outputs_config
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("", encoding="utf-8")
+    desc = {"name": "vllm", "version": "0.32.0", "mode": "offline"}
+    for backend in ("outlines", "xgrammar", "guidance"):
+        cfg = BatchConfig(data=str(data), out=str(tmp_path / "o"), constrained=True, backend=backend)
+        doc = provenance(cfg, str(tmp_path / "no-model"), desc, 0)
+        assert doc["structured_outputs_config"] == structured_outputs_config(backend)
+        assert identity(doc)["structured_outputs_config"] == structured_outputs_config(backend)
+    server = BatchConfig(data=str(data), out=str(tmp_path / "o"), constrained=True, backend="xgrammar",
+                         server="http://127.0.0.1:9")
+    assert provenance(server, str(tmp_path / "no-model"), {**desc, "mode": "server"}, 0)["structured_outputs_config"] is None
 
 
 def test_server_and_offline_requests_carry_the_same_structured_output_options():
