@@ -87,7 +87,10 @@ COMPILE_WHAT = {
              "GrammarCompiler.compile_json_schema via XgrammarBackend; guidance: llguidance.LLMatcher via "
              "GuidanceBackend), in the worker's front-end process before generation; the engine core compiles again "
              "during generation (that time is inside gen_s); compile_setup_s is the backend's construction "
-             "(vocabulary / tokenizer info)"),
+             "(vocabulary / tokenizer info). compile_s_per_schema: the mean of those compiles (cold: nothing cached); "
+             "compile_s_per_schema_warm: what a request whose schema was compiled before pays (outlines: a lookup in "
+             "the index cache the engine itself filled during the cold pass, as vLLM's settings choose it; xgrammar: "
+             "its compiler cache; guidance: it keeps no cache, so it compiles again)"),
 }
 
 
@@ -109,6 +112,7 @@ class BenchOptions:
     seed: int = 0
     own_ids: bool = False  # every record its own element ids, hence its own schema (records.with_own_element_ids)
     warm_pass: bool = True  # vLLM configurations generate a second time on the same engine, caches warm
+    compile_sample: int | None = None  # measure the front-end compile on the first N distinct schemas only
 
 
 def parse_configs(text: str | None) -> tuple[str, ...]:
@@ -299,8 +303,9 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict[st
     from schemas.embedded import resolve_model
     from schemas.records import load_dataset
 
-    if opts.limit < 1 or opts.hf_limit < 1 or opts.batch_size < 1 or (opts.hf_threads is not None and opts.hf_threads < 1):
-        raise UserError("--limit, --hf-limit, --batch-size and --hf-threads must be at least 1")
+    if (opts.limit < 1 or opts.hf_limit < 1 or opts.batch_size < 1 or (opts.hf_threads is not None and opts.hf_threads < 1)
+            or (opts.compile_sample is not None and opts.compile_sample < 1)):
+        raise UserError("--limit, --hf-limit, --batch-size, --hf-threads and --compile-sample must be at least 1")
     if not Path(opts.adapter_path).is_dir():
         raise UserError(f"{opts.adapter_path}: no such adapter folder")
     from train.export import check_adapter_dir
@@ -323,7 +328,8 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict[st
             "requests": str((workdir / "requests.json").resolve()), "limits": limits, "batch_size": opts.batch_size,
             "max_model_len": opts.max_model_len, "gpu_memory_utilization": opts.gpu_memory_utilization,
             "hf_threads": opts.hf_threads or os.cpu_count() or 1, "seed": opts.seed, "outputs_dir": str((out / "outputs").resolve()),
-            "own_ids": opts.own_ids, "warm_pass": opts.warm_pass, "workdir": str(workdir.resolve())}
+            "own_ids": opts.own_ids, "warm_pass": opts.warm_pass, "workdir": str(workdir.resolve()),
+            "compile_sample": opts.compile_sample}
     spec_path = workdir / "spec.json"
     spec_path.write_text(json.dumps(spec, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -349,7 +355,7 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict[st
         "data": opts.data, "base_model": model_path, "adapter": spec["adapter"], "schema": opts.schema_name,
         "limit": opts.limit, "hf_limit": opts.hf_limit, "batch_size": opts.batch_size, "max_model_len": opts.max_model_len,
         "gpu_memory_utilization": opts.gpu_memory_utilization, "hf_threads": spec["hf_threads"],
-        "own_ids": opts.own_ids, "warm_pass": opts.warm_pass,
+        "own_ids": opts.own_ids, "warm_pass": opts.warm_pass, "compile_sample": opts.compile_sample,
         "configs": list(opts.configs),
         "config_descriptions": {c: asdict(CONFIGS[c]) for c in opts.configs},
         "merge": {"merge_s": prep.get("merge_s"), "path": "temporary folder, removed after the run"} if need_merged else None,
@@ -382,7 +388,13 @@ NOTES = [
     "every distinct schema while the batch runs (vLLM compiles asynchronously: requests whose grammar is ready "
     "decode meanwhile); the warm pass (*_warm) repeats the same requests with every grammar cached (outlines: its "
     "disk cache; xgrammar: its compiler cache) and vLLM's prefix cache emptied first. With --own-ids every record "
-    "has element ids of its own, hence a schema of its own: what a user whose ids differ per claim pays cold.",
+    "has element ids of its own, hence a schema of its own: what a user whose ids differ per claim pays cold. "
+    "With outlines the offline engine first compiles the batch's new schemas on every core of its front-end process "
+    "into the disk cache (serve/outlines_cache.precompile; inside gen_s, engine_info.outlines_precompiled), so the "
+    "engine core finds them instead of compiling them on its one grammar thread.",
+    "ttft_s_median / ttft_s_p90: each request's time from being queued to its first token (vLLM's per-request "
+    "stats), over the samples of the pass; with the whole set submitted at once it includes waiting for a batch "
+    "slot and, constrained, for the request's grammar.",
     "json_valid: share of outputs that parse as JSON and pass the generic output schema (schemas.output.schema_errors), "
     "for constrained and unconstrained runs alike.",
     "others_cpu_per_wall: CPU seconds other processes used per wall second while generating (0 on a quiet machine); "
@@ -405,6 +417,18 @@ def _div(a: float | None, b: float | None, nd: int = 3) -> float | None:
     if a is None or not b:
         return None
     return round(a / b, nd)
+
+
+def _quantile(values: list[float | None] | None, q: float) -> float | None:
+    """The q-quantile (nearest rank) of the values that are not None; None when there are none."""
+    vals = sorted(v for v in (values or []) if v is not None)
+    if not vals:
+        return None
+    return round(vals[min(len(vals) - 1, max(0, int(round(q * (len(vals) - 1)))))], 3)
+
+
+def _mean(values: list[float] | None) -> float | None:
+    return round(sum(values) / len(values), 4) if values else None
 
 
 def summarize_run(raw: dict[str, Any], requests: list[dict[str, Any]] | None = None, schema_name: str = "v1") -> dict[str, Any]:
@@ -436,6 +460,12 @@ def summarize_run(raw: dict[str, Any], requests: list[dict[str, Any]] | None = N
         "compile_s": round(raw["compile_s"], 4) if raw.get("compile_s") is not None else None,
         "compile_setup_s": round(raw["compile_setup_s"], 3) if raw.get("compile_setup_s") is not None else None,
         "compile_what": raw.get("compile_what"), "distinct_schemas": raw.get("distinct_schemas"),
+        "compile_measured_schemas": raw.get("compile_measured_schemas"),
+        "compile_s_per_schema": _mean(raw.get("compile_per_schema_s")),
+        "compile_s_per_schema_max": round(max(raw["compile_per_schema_s"]), 4) if raw.get("compile_per_schema_s") else None,
+        "compile_s_per_schema_warm": _mean(raw.get("compile_per_schema_warm_s")),
+        "ttft_s_median": _quantile([o.get("ttft_s") for o in outputs], 0.5),
+        "ttft_s_p90": _quantile([o.get("ttft_s") for o in outputs], 0.9),
         "json_valid": round(valid / n, 4) if n else None, "json_valid_count": valid,
         "finish_reasons": dict(sorted(finish.items())), "outputs_sha256": outputs_hash(outputs),
         "engine_info": raw.get("engine_info"), "contention": raw.get("contention"),
@@ -452,8 +482,9 @@ def _warm_fields(warm: dict[str, Any] | None, n: int) -> dict[str, Any]:
     """The warm pass's figures (None where the configuration had none: HF, or --no-warm-pass)."""
     if not warm:
         return {"gen_s_warm": None, "samples_s_warm": None, "output_tok_s_warm": None, "warm_same_outputs": None,
-                "warm_finish_reasons": None}
+                "warm_finish_reasons": None, "ttft_s_median_warm": None, "ttft_s_p90_warm": None}
     return {"gen_s_warm": round(warm["gen_s"], 3), "samples_s_warm": _div(n, warm["gen_s"], 4),
+            "ttft_s_median_warm": _quantile(warm.get("ttft_s"), 0.5), "ttft_s_p90_warm": _quantile(warm.get("ttft_s"), 0.9),
             "output_tok_s_warm": _div(warm["output_tokens"], warm["gen_s"], 2),
             "warm_same_outputs": warm["same_outputs"], "warm_finish_reasons": warm["finish_reasons"],
             "warm_cached_prompt_tokens": warm.get("cached_prompt_tokens"), "warm_contention": warm.get("contention")}
@@ -546,22 +577,26 @@ def to_markdown(doc: dict[str, Any]) -> str:
              f"--batch-size {doc.get('batch_size')} (hf)" + (", --own-ids (a schema per record)" if doc.get("own_ids") else ""),
              "",
              "| config | engine | adapter | constraint | samples | distinct schemas | output tokens | load s | gen s cold | "
-             "samples/s cold | gen s warm | samples/s warm | output tok/s cold | compile s | peak RSS MB (gen) | "
-             "json_valid | finish reasons | outputs hash | others' CPU/wall |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|"]
+             "samples/s cold | gen s warm | samples/s warm | output tok/s cold (warm) | compile s per schema cold (warm) | "
+             "TTFT median s cold (warm) | peak RSS MB (gen) | json_valid | finish reasons | outputs hash | others' CPU/wall |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|"]
     for r in doc["runs"]:
         if r.get("status") != "ok":
             lines.append(f"| {r['config']} | {r['engine']} | {r['adapter_mode']} | {r['backend'] or 'none'} | FAILED: "
-                         f"{r.get('error')} |" + " |" * 14)
+                         f"{r.get('error')} |" + " |" * 15)
             continue
-        comp = "—" if r.get("compile_s") is None else f"{_fmt(r['compile_s'])} (+{_fmt(r.get('compile_setup_s'))} setup)"
+        comp = ("—" if r.get("compile_s") is None else
+                f"{_fmt(r.get('compile_s_per_schema'))} ({_fmt(r.get('compile_s_per_schema_warm'))}); "
+                f"+{_fmt(r.get('compile_setup_s'))} setup")
         finish = ", ".join(f"{k} {v}" for k, v in r["finish_reasons"].items())
         others = (r.get("contention") or {}).get("others_cpu_per_wall")
         warm_note = "" if r.get("warm_same_outputs") in (None, True) else " (other outputs!)"
         lines.append(f"| {r['config']} | {r['engine']} | {r['adapter_mode']} | {r['backend'] or 'none'} | {r['samples']} | "
                      f"{_fmt(r.get('distinct_schemas'))} | {r['output_tokens']} | {_fmt(r['load_s'])} | {_fmt(r['gen_s'])} | "
                      f"{_fmt(r['samples_s'])} | {_fmt(r.get('gen_s_warm'))} | {_fmt(r.get('samples_s_warm'))}{warm_note} | "
-                     f"{_fmt(r['output_tok_s'])} | {comp} | {_fmt(r['peak_rss_mb'])} ({_fmt(r.get('peak_rss_gen_mb'))}) | "
+                     f"{_fmt(r['output_tok_s'])} ({_fmt(r.get('output_tok_s_warm'))}) | {comp} | "
+                     f"{_fmt(r.get('ttft_s_median'))} ({_fmt(r.get('ttft_s_median_warm'))}) | "
+                     f"{_fmt(r['peak_rss_mb'])} ({_fmt(r.get('peak_rss_gen_mb'))}) | "
                      f"{_fmt(r['json_valid'])} | {finish} | `{r['outputs_sha256']}` | {_fmt(others)} |")
     if doc.get("ratios"):
         lines += ["", "| ratio | numerator / denominator | metric | value |", "|---|---|---|---:|"]

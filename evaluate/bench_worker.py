@@ -212,11 +212,10 @@ def _version(dist: str) -> str | None:
 # --------------------------------------------------------------------------
 
 
-def measure_vllm_compile(llm, backend: str, schemas: list[str]) -> tuple[float, float]:
-    """(setup seconds, compile seconds): vLLM's own backend class built with the engine's config and
-    tokenizer, then each distinct schema compiled as the engine core would (a JSON constraint)."""
+def _structured_backend(llm, backend: str):
+    """vLLM's own structured-outputs backend class, built with the engine's config and tokenizer as the engine
+    core builds it (outlines: with the index cache vLLM's settings choose, here the disk cache)."""
     from vllm.tokenizers import cached_tokenizer_from_config
-    from vllm.v1.structured_output.backend_types import StructuredOutputOptions
 
     if backend == "outlines":
         from vllm.v1.structured_output.backend_outlines import OutlinesBackend as Backend
@@ -228,18 +227,47 @@ def measure_vllm_compile(llm, backend: str, schemas: list[str]) -> tuple[float, 
         raise ValueError(backend)
     vc = llm.llm_engine.vllm_config
     tokenizer = cached_tokenizer_from_config(model_config=vc.model_config)
-    t0 = time.perf_counter()
-    be = Backend(vc, tokenizer=tokenizer, vocab_size=vc.model_config.get_vocab_size())
-    setup = time.perf_counter() - t0
-    if backend == "outlines":  # a private in-memory cache: the disk cache neither answers nor learns
-        be.cache = {}
-    total = 0.0
+    return Backend(vc, tokenizer=tokenizer, vocab_size=vc.model_config.get_vocab_size())
+
+
+def _time_compiles(be, schemas: list[str]) -> list[float]:
+    from vllm.v1.structured_output.backend_types import StructuredOutputOptions
+
+    times = []
     for s in schemas:
         t0 = time.perf_counter()
         be.compile_grammar(StructuredOutputOptions.JSON, s)
-        total += time.perf_counter() - t0
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def measure_vllm_compile(llm, backend: str, schemas: list[str]) -> tuple[float, list[float], list[float] | None]:
+    """(setup seconds, cold compile seconds per schema, warm seconds per schema or None): vLLM's own backend
+    class built with the engine's config and tokenizer, then each distinct schema compiled as the engine core
+    would (a JSON constraint). Cold: nothing cached (outlines gets a private in-memory cache, so the disk cache
+    neither answers nor learns). Warm, for xgrammar and guidance: each schema again on the same backend (xgrammar
+    answers from its compiler cache; guidance keeps none). outlines' warm figure is measured after generation
+    by ``measure_outlines_warm``, from the cache the engine itself filled."""
+    t0 = time.perf_counter()
+    be = _structured_backend(llm, backend)
+    setup = time.perf_counter() - t0
+    if backend == "outlines":
+        be.cache = {}
+    cold = _time_compiles(be, schemas)
+    warm = None if backend == "outlines" else _time_compiles(be, schemas)
     be.destroy()
-    return setup, total
+    return setup, cold, warm
+
+
+def measure_outlines_warm(llm, schemas: list[str]) -> list[float]:
+    """What a request whose schema was compiled before pays with the outlines backend: a backend built as the
+    engine core's (the index cache vLLM's settings choose: outlines' disk cache, which the cold pass filled),
+    one compile per schema."""
+    be = _structured_backend(llm, "outlines")
+    _time_compiles(be, schemas[:1])  # the first lookup opens the cache's database
+    times = _time_compiles(be, schemas)
+    be.destroy()
+    return times
 
 
 def run_vllm(name: str, spec: dict[str, Any], rows: list[dict[str, Any]], out: Path) -> dict[str, Any]:
@@ -263,9 +291,13 @@ def run_vllm(name: str, spec: dict[str, Any], rows: list[dict[str, Any]], out: P
         engine.generate([GenRequest(rows[0]["record_id"], rows[0]["messages"], WARMUP_TOKENS, None)])
         load_s = time.perf_counter() - t0
         compile_s = setup_s = None
+        compile_cold: list[float] | None = None
+        compile_warm: list[float] | None = None
         schemas = _distinct([r["json_schema"] for r in rows]) if cfg.constrained else []
+        measured = schemas[:spec.get("compile_sample") or len(schemas)]
         if cfg.constrained:
-            setup_s, compile_s = measure_vllm_compile(engine.llm, cfg.backend, schemas)
+            setup_s, compile_cold, compile_warm = measure_vllm_compile(engine.llm, cfg.backend, measured)
+            compile_s = sum(compile_cold)
         reqs = [GenRequest(r["record_id"], r["messages"], r["max_tokens"], r["json_schema"] if cfg.constrained else None)
                 for r in rows]
         _phase(out, "gen")
@@ -274,6 +306,7 @@ def run_vllm(name: str, spec: dict[str, Any], rows: list[dict[str, Any]], out: P
         results = engine.generate(reqs)
         gen_s = time.perf_counter() - t0
         contention = window.stop()
+        precompiled_cold = dict(engine.precompiled)
         warm = None
         if spec.get("warm_pass", True):
             engine.llm.reset_prefix_cache()
@@ -285,19 +318,25 @@ def run_vllm(name: str, spec: dict[str, Any], rows: list[dict[str, Any]], out: P
                     "cached_prompt_tokens": sum(g.cached_tokens for g in again),
                     "same_outputs": [g.raw_output for g in again] == [g.raw_output for g in results],
                     "finish_reasons": dict(sorted(Counter(g.finish_reason for g in again).items())),
-                    "contention": window.stop()}
+                    "ttft_s": [g.ttft_s for g in again], "contention": window.stop()}
+        if cfg.constrained and cfg.backend == "outlines":
+            compile_warm = measure_outlines_warm(engine.llm, measured)
         _phase(out, "done")
         info = dict(engine.description)
     finally:
         engine.close()
     info["adapter"] = "merged into the base (no LoRA)" if adapter is None else f"LoRA module {adapter.name}"
+    if cfg.constrained and cfg.backend == "outlines":  # the front end's compile before each pass (cumulative)
+        info["outlines_precompiled"] = {"cold": precompiled_cold, "cold_and_warm": dict(engine.precompiled)}
     budget = {r["record_id"]: r["max_tokens"] for r in rows}
     outputs = [{"record_id": g.record_id, "raw_output": g.raw_output, "finish_reason": g.finish_reason,
                 "prompt_tokens": g.prompt_tokens, "output_tokens": g.output_tokens, "max_tokens": budget[g.record_id],
-                "cached_prompt_tokens": g.cached_tokens}
+                "cached_prompt_tokens": g.cached_tokens, "ttft_s": g.ttft_s}
                for g in results]
     return {"config": name, "load_s": load_s, "gen_s": gen_s, "compile_s": compile_s, "compile_setup_s": setup_s,
             "compile_what": COMPILE_WHAT["vllm"] if cfg.constrained else None,
+            "compile_per_schema_s": compile_cold, "compile_per_schema_warm_s": compile_warm,
+            "compile_measured_schemas": len(measured) if cfg.constrained else None,
             "distinct_schemas": len(schemas) if cfg.constrained else None, "outputs": outputs, "engine_info": info,
             "contention": contention, "warm": warm}
 

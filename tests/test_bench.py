@@ -53,6 +53,14 @@ def test_bench_runs_three_configurations_with_plausible_numbers(smollm2_model, s
     vo = by["vllm-outlines"]
     assert vo["gen_s_warm"] > 0 and vo["samples_s_warm"] == pytest.approx(2 / vo["gen_s_warm"], rel=0.01)
     assert vo["warm_same_outputs"] is True and vo["warm_finish_reasons"] == {"stop": 2}
+    # per-schema compile cold and warm (outlines warm: a lookup in the cache the engine filled), and TTFT
+    assert vo["compile_s_per_schema"] == pytest.approx(vo["compile_s"] / 2, abs=1e-3)
+    assert 0 <= vo["compile_s_per_schema_warm"] < vo["compile_s_per_schema"]
+    assert 0 < vo["ttft_s_median"] <= vo["ttft_s_p90"] and 0 < vo["ttft_s_median_warm"]
+    # the offline engine compiled both records' schemas in its front end before the cold pass; the warm pass found them
+    pre = vo["engine_info"]["outlines_precompiled"]
+    assert pre["cold"]["compiled_or_found"] == 2 and pre["cold"]["failed"] == 0
+    assert pre["cold_and_warm"]["compiled_or_found"] == 4
     # the cold pass started from an empty outlines cache of the worker's own, and the engine core stored
     # there each record's index (keyed by vocabulary hash and the schema's regex, which holds the ids, escaped)
     db = out / "workers" / "outlines-cache-vllm-outlines" / "outlines_cache.db"

@@ -75,6 +75,23 @@ def test_warm_pass_figures_and_their_ratio():
     assert "--own-ids (a schema per record)" in md
 
 
+def test_per_schema_compile_and_time_to_first_token():
+    """compile seconds per schema, cold and warm (the worker's per-schema lists), and TTFT quantiles per pass;
+    outputs without a TTFT (HF) give None, never 0."""
+    outs = [dict(_out(r, VALID), ttft_s=t) for r, t in (("a", 0.5), ("b", 1.5), ("c", 0.9), ("d", None))]
+    warm = {"gen_s": 1.0, "output_tokens": 40, "same_outputs": True, "finish_reasons": {"stop": 4},
+            "ttft_s": [0.1, 0.2, 0.3, 0.4]}
+    run = summarize_run(_raw("vllm-outlines", 2.0, outs, warm=warm, distinct_schemas=2, compile_s=5.0,
+                             compile_per_schema_s=[2.0, 3.0], compile_per_schema_warm_s=[0.1, 0.3]))
+    assert (run["compile_s_per_schema"], run["compile_s_per_schema_max"], run["compile_s_per_schema_warm"]) == (2.5, 3.0, 0.2)
+    assert (run["ttft_s_median"], run["ttft_s_p90"]) == (0.9, 1.5)
+    assert (run["ttft_s_median_warm"], run["ttft_s_p90_warm"]) == (0.3, 0.4)
+    hf = summarize_run(_raw("hf", 1.0, [_out("a", VALID)]))
+    assert hf["ttft_s_median"] is None and hf["compile_s_per_schema"] is None and hf["compile_s_per_schema_warm"] is None
+    md = to_markdown({"runs": [run]})
+    assert "| 2.5 (0.2); +— setup | 0.9 (0.3) |" in md
+
+
 def test_configs_are_checked():
     assert parse_configs("hf,vllm") == ("hf", "vllm")
     assert parse_configs(None)[0] == "hf"

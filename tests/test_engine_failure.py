@@ -58,8 +58,9 @@ def test_a_grammar_compile_timeout_stops_the_run_and_writes_no_row(gemma_model, 
 
 
 def test_a_compiled_schema_is_stored_once_and_later_runs_compile_nothing(engine, eval_records, tmp_path):
-    """Issue 14, compile once: a schema never seen before is compiled by the engine core and its outlines index
-    stored in the disk cache the engine's settings name (cpu_env.structured_outputs_env: artifacts/cache/
+    """Issue 14, compile once: a schema never seen before is compiled (by the offline engine's front end before the
+    chunk is submitted, serve/outlines_cache.precompile, under the key the engine core computes too) and its
+    outlines index stored in the disk cache the engine's settings name (cpu_env.structured_outputs_env: artifacts/cache/
     outlines, the file `serve start`, a resumed run, a re-run and another adapter on this base open too); a
     second run of the same record, vLLM's prefix cache emptied, finds it there and compiles nothing: outlines'
     cache stores with INSERT OR REPLACE after every compile, so the row's rowid would change. On the shared
@@ -80,6 +81,7 @@ def test_a_compiled_schema_is_stored_once_and_later_runs_compile_nothing(engine,
         return [rowid for rowid, key in rows if f"{rec.id}-E1" in key.replace("\\", "")]
 
     ttft = []
+    seen = engine.precompiled.get("compiled_or_found", 0)
     for run in ("first", "again"):
         engine.llm.reset_prefix_cache()
         cfg = BatchConfig(data=str(data), out=str(tmp_path / run), constrained=True, adapter=engine.adapter)
@@ -87,8 +89,19 @@ def test_a_compiled_schema_is_stored_once_and_later_runs_compile_nothing(engine,
         row = json.loads((tmp_path / run / "results.jsonl").read_text(encoding="utf-8"))
         assert row["finish_reason"] == "stop", row
         ttft.append(row["ttft_s"])
+        assert engine.precompiled["compiled_or_found"] == seen + 1, engine.precompiled
+        seen += 1
         if run == "first":
             first = stored()
             assert len(first) == 1, first  # compiled once, stored once
     assert stored() == first  # the same row: nothing compiled (or stored) again
+    # ... and under a key every process computes alike (serve/outlines_cache.py): this test process is not the
+    # engine core that stored it, and a fresh tokenizer object holds no cached vocabulary
+    from transformers import AutoTokenizer
+    from vllm.v1.structured_output.utils import get_outlines_vocabulary
+
+    key = str(get_outlines_vocabulary(AutoTokenizer.from_pretrained(engine.model_path))._hash)
+    with sqlite3.connect(db) as con:
+        (stored_key,) = con.execute("SELECT key FROM cache WHERE rowid = ?", (first[0],)).fetchone()
+    assert stored_key.startswith(key + "_"), (stored_key[:80], key)
     print(f"time to first token: {ttft[0]:.2f} s with the compile, {ttft[1]:.2f} s from the cache")

@@ -1,0 +1,137 @@
+"""A key for outlines' compiled-index cache that is the same in every process (a vLLM general plugin).
+
+vLLM 0.32 keys the outlines backend's index cache (``VLLM_V1_USE_OUTLINES_CACHE``: an SQLite file under
+``OUTLINES_CACHE_DIR``) with ``f"{vocabulary._hash}_{regex}"``, where ``_hash`` is the sha256 of
+``repr(outlines_core.Vocabulary)``. That repr lists a Rust HashMap in its iteration order, which is
+seeded at random in every process: measured here, two processes with Gemma 3's tokenizer got two
+different keys, and one bench worker's cache file held every schema twice, once per process. So the
+on-disk cache never answered another process: a resumed run, a re-run, another adapter on the same base
+and `serve start` compiled every schema again (2-9 s each on Gemma's 262,144-token vocabulary).
+
+Here ``get_outlines_vocabulary`` builds the same vocabulary from the same reduced token map as vLLM does,
+and keys it by the sha256 of its content in sorted order (the eos id, then each token's bytes and ids):
+the same tokenizer gives the same key in every process, and a different vocabulary a different one. It
+also skips hashing a repr of the whole vocabulary.
+
+vLLM imports ``get_outlines_vocabulary`` by name into ``backend_outlines``, and starts its engine core
+and workers as fresh processes, so the replacement is installed in every vLLM process through the
+``vllm.general_plugins`` entry point (``register``), in both modules. ``PATENT_RISK_STOCK_OUTLINES_KEY=1``
+keeps vLLM's own. The fix belongs upstream.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+
+DISABLE_ENV = "PATENT_RISK_STOCK_OUTLINES_KEY"
+UTILS = "vllm.v1.structured_output.utils"
+BACKEND = "vllm.v1.structured_output.backend_outlines"
+
+
+def vocabulary_key(eos_token_id: int | None, reduced: dict[bytes, list[int]]) -> int:
+    """The sha256 (as an int, like vLLM's ``_hash``) of the eos id and every (token bytes, ids) pair in
+    sorted order: independent of dict or HashMap order, hence of the process."""
+    h = hashlib.sha256(f"eos={eos_token_id};n={len(reduced)};".encode("ascii"))
+    for token in sorted(reduced):
+        ids = ",".join(str(i) for i in sorted(reduced[token]))
+        h.update(len(token).to_bytes(4, "little") + token + ids.encode("ascii") + b";")
+    return int(h.hexdigest(), 16)
+
+
+def get_outlines_vocabulary(tokenizer):
+    """vLLM's ``get_outlines_vocabulary`` (cached on the tokenizer object, the same reduced vocabulary and
+    eos), with a content key instead of a hash of the repr."""
+    import outlines_core as oc
+    from vllm.v1.structured_output import utils
+
+    cached = getattr(tokenizer, "_outlines_vocabulary", None)
+    if cached is not None:
+        return cached
+    reduced = utils._reduced_vocabulary(tokenizer)
+    vocabulary = utils.OutlinesVocabulary.__new__(utils.OutlinesVocabulary)
+    vocabulary.inner = oc.Vocabulary(tokenizer.eos_token_id, reduced)
+    vocabulary._hash = vocabulary_key(tokenizer.eos_token_id, reduced)
+    tokenizer._outlines_vocabulary = vocabulary
+    return vocabulary
+
+
+def install() -> bool:
+    """Replace vLLM's function in its utils module and, if already imported, in backend_outlines. False
+    (nothing changed) where that vLLM has no such function or no reduced-vocabulary helper."""
+    try:
+        from vllm.v1.structured_output import utils
+    except ImportError:
+        return False
+    if not all(hasattr(utils, n) for n in ("get_outlines_vocabulary", "_reduced_vocabulary", "OutlinesVocabulary")):
+        return False
+    utils.get_outlines_vocabulary = get_outlines_vocabulary
+    backend = sys.modules.get(BACKEND)
+    if backend is not None and hasattr(backend, "get_outlines_vocabulary"):
+        backend.get_outlines_vocabulary = get_outlines_vocabulary
+    return True
+
+
+def is_installed() -> bool:
+    utils = sys.modules.get(UTILS)
+    return utils is not None and getattr(utils, "get_outlines_vocabulary", None) is get_outlines_vocabulary
+
+
+def register() -> None:
+    """The ``vllm.general_plugins`` entry point: vLLM calls it in every process it starts."""
+    if os.environ.get(DISABLE_ENV):
+        return
+    install()
+
+
+def precompile(llm, schemas: list[dict], threads: int | None = None) -> dict[str, float | int]:
+    """Compile, before a batch is generated, the outlines indexes of its distinct JSON schemas that the disk
+    cache lacks, on ``threads`` threads (default: every core) of this (the front-end) process, into the disk
+    cache the engine core reads: vLLM then finds each one there instead of compiling it on its single grammar
+    thread while the model's threads hold the cores (measured here with a schema per record: 147 schemas of
+    3 s each took the engine 844 s to generate, the model starved). outlines-core releases the GIL while it
+    compiles, so threads run in parallel.
+
+    Each schema goes through vLLM's own ``OutlinesBackend.compile_grammar`` (the same regex, key, timeout and
+    cache as the engine core; an already cached schema costs a lookup), one backend and one SQLite connection
+    per thread. A schema that fails here (a compile timeout, say) is left to the engine, which reports it as
+    the engine failure it is. Needs the disk cache (``VLLM_V1_USE_OUTLINES_CACHE``) and this plugin's key, else
+    nothing is done: another process could not find the result."""
+    import json
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vllm import envs
+
+    specs = list(dict.fromkeys(json.dumps(s) for s in schemas))  # as vLLM turns a JSON constraint into its key
+    stats: dict[str, float | int] = {"schemas": len(specs), "compiled_or_found": 0, "failed": 0, "seconds": 0.0,
+                                     "threads": 0}
+    if not specs or not is_installed() or not envs.VLLM_V1_USE_OUTLINES_CACHE:
+        return stats
+    from vllm.tokenizers import cached_tokenizer_from_config
+    from vllm.v1.structured_output.backend_outlines import OutlinesBackend
+    from vllm.v1.structured_output.backend_types import StructuredOutputOptions
+
+    vc = llm.llm_engine.vllm_config
+    tokenizer = cached_tokenizer_from_config(model_config=vc.model_config)
+    get_outlines_vocabulary(tokenizer)  # once, before the threads
+    local = threading.local()
+
+    def one(spec: str) -> bool:
+        be = getattr(local, "backend", None)
+        if be is None:
+            be = local.backend = OutlinesBackend(vc, tokenizer=tokenizer, vocab_size=vc.model_config.get_vocab_size())
+        try:
+            be.compile_grammar(StructuredOutputOptions.JSON, spec)
+            return True
+        except Exception:  # noqa: BLE001 - the engine compiles it again and reports the failure itself
+            return False
+
+    n = max(1, min(len(specs), threads or os.cpu_count() or 1))
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(n) as pool:
+        ok = list(pool.map(one, specs))
+    stats.update(compiled_or_found=sum(ok), failed=len(ok) - sum(ok), seconds=round(time.perf_counter() - t0, 3),
+                 threads=n)
+    return stats

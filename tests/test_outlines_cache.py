@@ -1,0 +1,69 @@
+"""outlines' compiled-index cache answers every process (serve/outlines_cache.py, a vLLM general plugin): the
+key vLLM 0.32 gives a vocabulary is a hash of a repr whose order is random per process (issue 14)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from serve import outlines_cache
+from serve.outlines_cache import vocabulary_key
+
+from .conftest import ROOT
+
+
+def test_the_key_is_the_content_in_any_order():
+    a = {b"a": [3], b"\xeb": [7, 5], b" b": [2]}
+    b = dict(reversed(list(a.items())))
+    b[b"\xeb"] = [5, 7]
+    assert vocabulary_key(1, a) == vocabulary_key(1, b)
+    assert vocabulary_key(106, a) != vocabulary_key(1, a)  # another eos
+    assert vocabulary_key(1, {**a, b"c": [9]}) != vocabulary_key(1, a)
+    assert vocabulary_key(1, {b"ab": [1], b"c": [2]}) != vocabulary_key(1, {b"a": [1], b"bc": [2]})
+
+
+_PROBE = """
+import json, sys
+from transformers import AutoTokenizer
+from vllm.v1.structured_output import utils
+stock = utils.get_outlines_vocabulary
+from vllm.plugins import load_general_plugins
+load_general_plugins()  # as every vLLM process does: the entry points of vllm.general_plugins
+patched = utils.get_outlines_vocabulary
+tok = lambda: AutoTokenizer.from_pretrained(sys.argv[1])
+print(json.dumps({"installed": patched is not stock, "patched": str(patched(tok())._hash),
+                  "stock": str(stock(tok())._hash)}))
+"""
+
+
+def test_every_process_computes_the_same_key_for_gemma(gemma_model):
+    """Two fresh interpreters with Gemma 3's tokenizer: vLLM's own key differs between them (the trap that made
+    the disk cache miss in every new process), the plugin's is the same."""
+    env = {k: v for k, v in os.environ.items() if k != outlines_cache.DISABLE_ENV}
+    probes = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", _PROBE, str(gemma_model)], capture_output=True, text=True,
+                              cwd=ROOT, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        probes.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    if not probes[0]["installed"]:
+        missing = "no vllm.general_plugins entry point serve.outlines_cache:register: package not (re)installed"
+        if os.environ.get("CI"):
+            pytest.fail(missing)
+        pytest.skip(missing)
+    assert probes[0]["patched"] == probes[1]["patched"]
+    assert probes[0]["stock"] != probes[1]["stock"]
+
+
+def test_install_replaces_the_function_in_both_modules():
+    from vllm.v1.structured_output import backend_outlines, utils
+
+    saved = utils.get_outlines_vocabulary, backend_outlines.get_outlines_vocabulary
+    try:
+        assert outlines_cache.install() and outlines_cache.is_installed()
+        assert backend_outlines.get_outlines_vocabulary is outlines_cache.get_outlines_vocabulary
+    finally:
+        utils.get_outlines_vocabulary, backend_outlines.get_outlines_vocabulary = saved
