@@ -96,6 +96,17 @@ def test_exported_adapter_and_manifest(trained_adapter):
     assert (mix["base_records"], mix["train_examples"], mix["augment_boundary"], mix["shuffled"]) == (16, 16, 0, False)
     assert manifest["config"]["augment_boundary"] == 0 and manifest["config"]["oversample_where"] is None
     assert not list(trained_adapter.glob("*.bin"))
+    # the loss curve beside the manifest: train (every logging step) and eval loss against the step
+    assert manifest["config"]["labelled_logits"] is True
+    assert (trained_adapter / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_loss_plot_needs_something_logged(tmp_path):
+    from train.trainer import plot_losses
+
+    assert plot_losses([{"train_runtime": 1.0}], tmp_path / "none.png") is False and not (tmp_path / "none.png").exists()
+    assert plot_losses([{"step": 5, "loss": 0.8}, {"step": 5, "eval_loss": 0.9}, {"step": 10, "loss": 0.2}], tmp_path / "l.png")
+    assert (tmp_path / "l.png").stat().st_size > 1000
 
 
 def test_merged_model_equals_the_adapter(trained_adapter, embedded_model, tokenizer, eval_records, tmp_path):

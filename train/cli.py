@@ -18,6 +18,7 @@ def main() -> None:
     train qlora -s oversample_where=meta.near_boundary -s oversample_factor=3
                                          repeat the near-boundary records 3x
     train qlora --print-config           every field, data-mix ones included
+    train bench-logits --steps 20        full logits against labelled positions only (speed, memory, loss)
     """
 
 
@@ -66,6 +67,29 @@ def merge_cmd(adapter_dir, out, base, dtype) -> None:
     from .merge import merge
 
     merge(adapter_dir, out, base=base, dtype=dtype, log=click.echo)
+
+
+@main.command("bench-logits")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="YAML config (default: train/configs/demo.yaml).")
+@click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config field. Repeatable.")
+@click.option("--steps", default=20, show_default=True, help="Optimizer steps per arm.")
+@click.option("--out", default="artifacts/bench/logits", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for bench_logits.json/.md, both arms' logs and adapters.")
+def bench_logits(config_path, overrides, steps, out) -> None:
+    """Train the same recipe twice, full logits against labelled positions only (labelled_logits=false/true):
+    tokens/s, peak RSS and the loss difference.
+
+    \b
+    Each arm runs `train qlora` in its own process, one after the other: run it on a quiet machine.
+    train bench-logits --steps 20                 the demo recipe, 20 steps an arm
+    """
+    from .bench_logits import run
+
+    doc = run(config_path, tuple(overrides), steps, out, log=click.echo)
+    q = doc["labelled_over_full"]
+    click.echo(f"labelled / full: tokens/s x{q['tokens_per_second']}, peak RSS x{q['peak_rss_mb']}; "
+               f"max loss difference {doc['loss_difference']['max_abs_logged']}; {out}/bench_logits.md")
 
 
 if __name__ == "__main__":

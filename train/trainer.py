@@ -102,7 +102,9 @@ def _progress_callback(log: Callable[[str], None]):
 
 def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] = print) -> TrainResult:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
+    from transformers import PrinterCallback, TrainingArguments, set_seed
+
+    from .labelled_logits import trainer_class
 
     started = datetime.now(timezone.utc)
     set_seed(cfg.seed)
@@ -173,8 +175,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
         dataloader_pin_memory=plan.device == "cuda",
         optim="adamw_torch",
         disable_tqdm=True,
+        prediction_loss_only=True,  # eval needs the loss only: never gather [batch, seq, vocab] logits
     )
-    trainer = Trainer(model=model, args=args, train_dataset=train_feats, eval_dataset=eval_feats or None,
+    trainer = trainer_class(cfg.labelled_logits)(model=model, args=args, train_dataset=train_feats, eval_dataset=eval_feats or None,
                       data_collator=make_collator(tokenizer), callbacks=[_progress_callback(log)])
     trainer.remove_callback(PrinterCallback)  # our progress line replaces its raw dicts
     if resume and not any(ckpt_dir.glob("checkpoint-*")):
@@ -216,6 +219,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    plot_losses(trainer.state.log_history, tmp / LOSS_PLOT, title=f"{out_dir.name}: {default_model_label(cfg.base_model)}")
     if out_dir.exists():
         import shutil
         shutil.rmtree(out_dir)
@@ -224,6 +228,38 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
     log(f"adapter written to {out_dir} (train loss {result.training_loss:.4f}"
         + (f", eval loss {loss:.4f}" if loss is not None and not math.isnan(loss) else "") + f", {seconds / 60:.1f} min)")
     return TrainResult(out_dir, manifest)
+
+
+LOSS_PLOT = "loss.png"
+
+
+def plot_losses(log_history: list[dict[str, Any]], path: Path, title: str = "") -> bool:
+    """Train and eval loss against the optimizer step (the Trainer's log history) as a PNG; False, and no
+    file, when nothing was logged."""
+    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h and "step" in h]
+    if not train and not evals:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for points, label, style in ((train, "train loss", "-o"), (evals, "eval loss (held-out records)", "--s")):
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], style, markersize=3, label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (mean cross-entropy per answer token)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def _peak_rss_mb() -> float:
