@@ -3,6 +3,7 @@ evaluate.requests; everything it returns is plain data."""
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -216,7 +217,12 @@ class VllmOffline:
             return
         from serve import outlines_cache
 
-        stats = outlines_cache.precompile(self.llm, schemas)
+        try:
+            stats = outlines_cache.precompile(self.llm, schemas)
+        except Exception as exc:  # noqa: BLE001 - only a head start: the engine compiles them itself
+            print(f"warning: compiling the chunk's outlines schemas ahead failed ({type(exc).__name__}: {exc}); "
+                  "the engine compiles them itself, on its one grammar thread", file=sys.stderr)
+            stats = {"failed": len(schemas)}
         for k, v in stats.items():
             self.precompiled[k] = v if k == "threads" else round(self.precompiled.get(k, 0) + v, 3)
 

@@ -17,12 +17,19 @@ vLLM imports ``get_outlines_vocabulary`` by name into ``backend_outlines``, and 
 and workers as fresh processes, so the replacement is installed in every vLLM process through the
 ``vllm.general_plugins`` entry point (``register``), in both modules. ``PATENT_RISK_STOCK_OUTLINES_KEY=1``
 keeps vLLM's own. The fix belongs upstream.
+
+The same plugin makes opening the cache survive a race: vLLM's ``OutlinesDiskCache`` switches its SQLite file
+to WAL on every open, and two connections opening a fresh file at once can get "database is locked" at
+once, without SQLite's busy wait (measured here: 6 of 300 pairs of threads; it failed a CI run, the
+precompile's two threads on a cold cache). ``RetryingDiskCache`` opens it again after a short pause.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 import sys
+import time
 
 DISABLE_ENV = "PATENT_RISK_STOCK_OUTLINES_KEY"
 UTILS = "vllm.v1.structured_output.utils"
@@ -56,9 +63,36 @@ def get_outlines_vocabulary(tokenizer):
     return vocabulary
 
 
+OPEN_ATTEMPTS = 8
+
+
+def retrying_disk_cache(stock: type) -> type:
+    """vLLM's ``OutlinesDiskCache`` class, opened again (up to ``OPEN_ATTEMPTS`` times, 0.05 s doubling) when
+    SQLite answers "database is locked" while it opens: the WAL switch of a fresh file by two connections."""
+    if getattr(stock, "_patent_risk_retrying", False):
+        return stock
+
+    class RetryingDiskCache(stock):
+        _patent_risk_retrying = True
+
+        def __init__(self, path: str):
+            for attempt in range(OPEN_ATTEMPTS):
+                try:
+                    super().__init__(path)
+                    return
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or attempt == OPEN_ATTEMPTS - 1:
+                        raise
+                    time.sleep(0.05 * 2 ** attempt)
+
+    RetryingDiskCache.__name__ = RetryingDiskCache.__qualname__ = stock.__name__
+    return RetryingDiskCache
+
+
 def install() -> bool:
-    """Replace vLLM's function in its utils module and, if already imported, in backend_outlines. False
-    (nothing changed) where that vLLM has no such function or no reduced-vocabulary helper."""
+    """Replace vLLM's function in its utils module and, if already imported, in backend_outlines, and its disk
+    cache class by one that survives an opening race. False (nothing changed) where that vLLM has no such
+    function or no reduced-vocabulary helper."""
     try:
         from vllm.v1.structured_output import utils
     except ImportError:
@@ -66,6 +100,8 @@ def install() -> bool:
     if not all(hasattr(utils, n) for n in ("get_outlines_vocabulary", "_reduced_vocabulary", "OutlinesVocabulary")):
         return False
     utils.get_outlines_vocabulary = get_outlines_vocabulary
+    if hasattr(utils, "OutlinesDiskCache"):
+        utils.OutlinesDiskCache = retrying_disk_cache(utils.OutlinesDiskCache)
     backend = sys.modules.get(BACKEND)
     if backend is not None and hasattr(backend, "get_outlines_vocabulary"):
         backend.get_outlines_vocabulary = get_outlines_vocabulary
@@ -94,12 +130,13 @@ def precompile(llm, schemas: list[dict], threads: int | None = None) -> dict[str
 
     Each schema goes through vLLM's own ``OutlinesBackend.compile_grammar`` (the same regex, key, timeout and
     cache as the engine core; an already cached schema costs a lookup), one backend and one SQLite connection
-    per thread. A schema that fails here (a compile timeout, say) is left to the engine, which reports it as
-    the engine failure it is. Needs the disk cache (``VLLM_V1_USE_OUTLINES_CACHE``) and this plugin's key, else
+    per thread, all opened here before the threads start (two connections opening a fresh cache file at once
+    can be refused). A schema that fails here (a compile timeout, say) is left to the engine, which reports it
+    as the engine failure it is. Needs the disk cache (``VLLM_V1_USE_OUTLINES_CACHE``) and this plugin's key, else
     nothing is done: another process could not find the result."""
     import json
+    import queue
     import threading
-    import time
     from concurrent.futures import ThreadPoolExecutor
 
     from vllm import envs
@@ -115,21 +152,24 @@ def precompile(llm, schemas: list[dict], threads: int | None = None) -> dict[str
 
     vc = llm.llm_engine.vllm_config
     tokenizer = cached_tokenizer_from_config(model_config=vc.model_config)
-    get_outlines_vocabulary(tokenizer)  # once, before the threads
+    n = max(1, min(len(specs), threads or os.cpu_count() or 1))
+    t0 = time.perf_counter()
+    # The vocabulary once and every thread's backend (its own SQLite connection) here, one after the other.
+    backends: queue.SimpleQueue = queue.SimpleQueue()
+    for _ in range(n):
+        backends.put(OutlinesBackend(vc, tokenizer=tokenizer, vocab_size=vc.model_config.get_vocab_size()))
     local = threading.local()
 
     def one(spec: str) -> bool:
         be = getattr(local, "backend", None)
         if be is None:
-            be = local.backend = OutlinesBackend(vc, tokenizer=tokenizer, vocab_size=vc.model_config.get_vocab_size())
+            be = local.backend = backends.get_nowait()
         try:
             be.compile_grammar(StructuredOutputOptions.JSON, spec)
             return True
         except Exception:  # noqa: BLE001 - the engine compiles it again and reports the failure itself
             return False
 
-    n = max(1, min(len(specs), threads or os.cpu_count() or 1))
-    t0 = time.perf_counter()
     with ThreadPoolExecutor(n) as pool:
         ok = list(pool.map(one, specs))
     stats.update(compiled_or_found=sum(ok), failed=len(ok) - sum(ok), seconds=round(time.perf_counter() - t0, 3),

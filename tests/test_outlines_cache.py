@@ -67,3 +67,46 @@ def test_install_replaces_the_function_in_both_modules():
         assert backend_outlines.get_outlines_vocabulary is outlines_cache.get_outlines_vocabulary
     finally:
         utils.get_outlines_vocabulary, backend_outlines.get_outlines_vocabulary = saved
+
+
+def _open_fresh_caches_at_once(cache_class, trials: int, threads: int = 2) -> list[str]:
+    """``trials`` fresh cache folders, each opened by ``threads`` threads released together, as vLLM's
+    get_outlines_cache opens one (open, read the version, clear, write it); the errors raised."""
+    import tempfile
+    import threading
+
+    errors: list[str] = []
+    for _ in range(trials):
+        folder = tempfile.mkdtemp(prefix="outlines-race-")
+        barrier = threading.Barrier(threads)
+
+        def open_it():
+            barrier.wait()
+            try:
+                cache = cache_class(folder)
+                cache.get("__version__")
+                cache.clear()
+                cache.set("__version__", "x")
+            except Exception as exc:  # noqa: BLE001 - counted
+                errors.append(repr(exc))
+
+        workers = [threading.Thread(target=open_it) for _ in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    return errors
+
+
+def test_two_threads_opening_a_fresh_cache_at_once_both_succeed():
+    """vLLM's class switches the file to WAL on every open; two connections doing it on a fresh file at once
+    can get "database is locked" without SQLite's busy wait (stock: 6 of 300 pairs failed here; it failed a
+    CI run, the precompile's two threads on a cold cache). The plugin's class opens it again."""
+    from vllm.v1.structured_output import utils
+
+    stock = utils.OutlinesDiskCache  # the plugin may have replaced it in this process already
+    while getattr(stock, "_patent_risk_retrying", False):
+        stock = stock.__mro__[1]
+    retrying = outlines_cache.retrying_disk_cache(stock)
+    assert retrying is not stock and outlines_cache.retrying_disk_cache(retrying) is retrying
+    assert _open_fresh_caches_at_once(retrying, trials=400) == []
