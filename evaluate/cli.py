@@ -73,9 +73,12 @@ def validate(file, skip_bad) -> None:
                    "Same outputs (evaluate bench compares them); faster on vLLM's CPU build, where the LoRA ops cost "
                    "about 30% of the throughput.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Show the engine's own log (vLLM's INFO/WARNING lines, from its start to its close) on the terminal "
+                   "instead of writing it to OUT/engine.log.")
 def batch(data, out, constrained, model, adapter, schema_name, backend, server, api_key, max_concurrency, max_retries,
           request_timeout, limit, chunk_size, max_model_len, gpu_memory_utilization, skip_bad, merged,
-          no_progress) -> None:
+          no_progress, verbose) -> None:
     """Run a dataset through vLLM into a run directory (results.jsonl + run.json).
 
     \b
@@ -90,6 +93,11 @@ def batch(data, out, constrained, model, adapter, schema_name, backend, server, 
     sampling; engine name, version and mode); any difference is refused, naming each field. A moved
     adapter folder with the same content resumes. One writer at a time: a second `evaluate batch`
     into the same --out exits at once.
+
+    \b
+    The terminal shows this tool's lines, a progress bar (samples, tok/s, ETA) and the summary; vLLM's own
+    log goes to OUT/engine.log (--verbose: to the terminal). If the engine fails, its log's last lines are
+    shown with the error.
     """
     from .batch import BatchConfig, run_batch
     from .engines import VllmOffline, VllmServer
@@ -125,11 +133,13 @@ def batch(data, out, constrained, model, adapter, schema_name, backend, server, 
         def make_engine(model_path):
             return VllmOffline(model_path, spec, backend=backend, max_model_len=max_model_len,
                                gpu_memory_utilization=gpu_memory_utilization, max_batch=chunk_size)
-    summary = run_batch(cfg, make_engine, log=click.echo, progress=not no_progress)
+    summary = run_batch(cfg, make_engine, log=click.echo, progress=not no_progress, quiet=not verbose)
     if summary.generated:
+        from schemas.engine_log import ENGINE_LOG
+
         click.echo(f"{summary.run_dir}: {summary.generated} samples in {summary.seconds:.0f} s "
                    f"({summary.generated / summary.seconds:.2f} samples/s, {summary.output_tokens / summary.seconds:.1f} output tok/s); "
-                   f"finish reasons {summary.finish_reasons}")
+                   f"finish reasons {summary.finish_reasons}" + ("" if verbose else f"; engine log {Path(out) / ENGINE_LOG}"))
 
 
 @main.command()

@@ -3,6 +3,8 @@
 Each step runs the same CLI command a user would type (printed before it runs), in its own process:
 provision the base model, train the demo adapter, evaluate the eval split unconstrained and
 constrained through vLLM with the adapter as a LoRA module, and write the side-by-side report.
+The terminal shows the commands, progress, the results table and the report's path; vLLM's own log
+goes to each run directory's engine.log (--verbose, or `make demo VERBOSE=1`: the terminal too).
 """
 from __future__ import annotations
 
@@ -88,7 +90,13 @@ def _run(argv: list[str], timings: dict[str, float], step: str) -> None:
         sys.exit(f"demo: step '{step}' failed (exit {done.returncode}): {shown}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m evaluate.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--verbose", action="store_true",
+                        help="vLLM's own log on the terminal too (by default: each run directory's engine.log)")
+    verbose = parser.parse_args(argv).verbose
     timings: dict[str, float] = {}
     t_all = time.time()
     adapter_dir = subdir("adapters") / ADAPTER_NAME
@@ -111,7 +119,7 @@ def main() -> None:
         arms[arm] = out
         _clear_if_stale(out, arm == "constrained", adapter_dir)
         _run(["evaluate", "batch", "--data", EVAL_DATA, "--adapter", f"{ADAPTER_NAME}={adapter_dir}", f"--{arm}",
-              "--out", str(out), "--no-progress"], timings, f"evaluate_{arm}")
+              "--out", str(out), *(["--verbose"] if verbose else [])], timings, f"evaluate_{arm}")
     _run(["evaluate", "report", str(arms["unconstrained"]), str(arms["constrained"]), "--out", str(report_dir)],
          timings, "report")
     timings["total"] = round(time.time() - t_all, 1)

@@ -92,7 +92,7 @@ def engine_failure(failed: list[GenResult], total: int, where: str, timeout: str
     return EngineFailure(
         f"{len(failed)} of {total} request(s) failed inside {where} (finish_reason {reasons}; first: record "
         f"{failed[0].record_id!r}), not as the model's answer: none of them was written to results.jsonl. With "
-        "--constrained this is most often the structured-outputs grammar: the engine's log above says "
+        "--constrained this is most often the structured-outputs grammar: the engine's log (engine.log in the run directory, or the terminal with --verbose) says "
         f"'Failed to compile grammar' (e.g. 'Regex compilation timed out'); raise VLLM_REGEX_COMPILATION_TIMEOUT_S "
         f"({limit}; 0: no limit) or try another --backend. The {len(kept) + written} other row(s) of this chunk are kept: "
         "re-run the same command to resume.", kept)

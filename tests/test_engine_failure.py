@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -18,6 +19,8 @@ from evaluate.engines import ENGINE_FAILURE_REASONS
 from .conftest import EVAL, ROOT, Borrowed
 
 pytestmark = pytest.mark.engine
+# A line of vLLM's log, from this process or its engine core: "INFO 12-03 06:40:01 [x.py:1] ...".
+VLLM_LINE = re.compile(r"^(\(\w+ pid=\d+\) )?(DEBUG|INFO|WARNING) \d\d-\d\d ")
 
 
 def _fresh_ids(tmp_path, n: int):
@@ -50,7 +53,13 @@ def test_a_grammar_compile_timeout_stops_the_run_and_writes_no_row(gemma_model, 
     assert "failed inside vLLM's offline engine (finish_reason error" in err, err[-3000:]
     assert "not as the model's answer: none of them was written to results.jsonl" in err
     assert "VLLM_REGEX_COMPILATION_TIMEOUT_S (this run: 1 s" in err and "re-run the same command" in err
-    assert "Regex compilation timed out after 1s" in done.stdout + err  # vLLM's own log line, which the message points to
+    # vLLM's own log line, which the message points to, is in the run's engine.log, whose path and last lines the
+    # terminal shows; none of vLLM's INFO/WARNING lines reach the terminal otherwise (issue 15).
+    log = out / "engine.log"
+    assert "Regex compilation timed out after 1s" in log.read_text(errors="replace")
+    assert f"engine log: {log}" in err
+    own = [ln for ln in (done.stdout + err).splitlines() if not ln.startswith("  | ")]
+    assert not [ln for ln in own if VLLM_LINE.match(ln)], own
     results = out / "results.jsonl"
     rows = [json.loads(x) for x in results.read_text().splitlines()] if results.exists() else []
     assert not [r for r in rows if r["finish_reason"] in ENGINE_FAILURE_REASONS or r.get("raw_output") == ""], rows

@@ -59,6 +59,9 @@ class TrainConfig(BaseModel):
     double_quant: bool = Field(True, description="NF4 only: quantize the quantization constants too (bnb_4bit_use_double_quant).")
     compute_dtype: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 where the hardware is fast at it, else fp32.")
     gradient_checkpointing: bool = False
+    train_sampling: Literal["random", "group_by_length"] = Field("random", description=(
+        "Order of training records: random (transformers' default), or group_by_length: batches of similar "
+        "length (less padding; transformers' LengthGroupedSampler, still shuffled by megabatch)."))
     labelled_logits: bool = Field(True, description=(
         "Compute the output layer and the loss only at labelled positions (the answer), not over the prompt: "
         "the same loss and gradients, fewer FLOPs and far less logits memory (train/labelled_logits.py). "

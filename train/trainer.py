@@ -171,6 +171,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
         data_seed=cfg.seed,
         report_to="none",
         include_num_input_tokens_seen="non_padding",
+        train_sampling_strategy=cfg.train_sampling,
         remove_unused_columns=False,
         dataloader_pin_memory=plan.device == "cuda",
         optim="adamw_torch",
