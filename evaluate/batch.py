@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -269,6 +270,75 @@ def _run_engine(cfg: BatchConfig, records: list[Record], todo: list[Record], run
                         info["counts"]["finish_reasons"])
 
 
+ARM_ORDER = ("constrained", "unconstrained")
+
+
+def arm_dirs(out: str) -> dict[str, str]:
+    """``--both --out OUT``: the two arms' run directories, OUT-constrained and OUT-unconstrained."""
+    return {arm: f"{out}-{arm}" for arm in ARM_ORDER}
+
+
+class _SharedEngine:
+    """One engine for several runs: started by the first run that needs it, closed by ``close_all``."""
+
+    def __init__(self, make_engine: Callable[[str], Engine]):
+        self._make, self.engine, self.started_in = make_engine, None, None
+
+    def factory(self, run_dir: Path) -> Callable[[str], Engine]:
+        def make(model_path: str) -> Engine:
+            if self.engine is None:
+                self.engine, self.started_in = self._make(model_path), run_dir
+            elif self.started_in is not None:
+                print(f"this run shares the engine started for {self.started_in}: the engine's own log is "
+                      f"{self.started_in / ENGINE_LOG}", file=sys.__stdout__, flush=True)  # into this run's engine.log
+            return _Borrowed(self.engine)
+        return make
+
+    def close_all(self, quiet: bool) -> None:
+        if self.engine is not None:
+            with engine_output(self.started_in / ENGINE_LOG if quiet else None):
+                self.engine.close()
+
+
+class _Borrowed:
+    """An engine lent to one run: everything but ``close``, which its owner does."""
+
+    def __init__(self, engine: Engine):
+        self._engine = engine
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)
+
+    def close(self) -> None:
+        pass
+
+
+def run_both_arms(cfg: BatchConfig, make_engine: Callable[[str], Engine], *, log: Callable[[str], None] = print,
+                  progress: bool = True, quiet: bool = False) -> list[BatchSummary]:
+    """Both arms of ``cfg`` (its ``constrained`` is ignored) into OUT-constrained and OUT-unconstrained, on one
+    engine (one start instead of two): the constrained arm first, then the unconstrained one. The engine's own
+    log is in the engine.log of the arm that started it (the first with work left); the other's says so.
+    Each is an ordinary run directory (locked, resumed, checked); both are checked before the engine starts, so
+    that the second is not refused after the first has run."""
+    from dataclasses import replace
+
+    cfgs = [replace(cfg, constrained=(arm == "constrained"), out=d) for arm, d in arm_dirs(cfg.out).items()]
+    for c in cfgs:
+        diffs = stale_differences(c, log=lambda s: None)
+        if diffs:
+            raise UserError(f"{Path(c.out) / RUN_JSON}: this run directory was made with other settings; refusing to "
+                            "mix them (choose another --out, or delete it to start over):\n  " + "\n  ".join(diffs))
+    shared = _SharedEngine(make_engine)
+    try:
+        summaries = []
+        for c in cfgs:
+            log(f"{'constrained' if c.constrained else 'unconstrained'} arm: {c.out}")
+            summaries.append(run_batch(c, shared.factory(Path(c.out)), log=log, progress=progress, quiet=quiet))
+        return summaries
+    finally:
+        shared.close_all(quiet)
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -294,8 +364,20 @@ def _generate_into(results: Path, requests, by_id, engine: Engine, chunk_size: i
                 # A server engine yields rows as requests finish: each is written and flushed at once, so a
                 # failure later in the chunk loses none of them. The offline engine decodes the chunk together.
                 failure = None
+                live = not streaming and getattr(engine, "reports_progress", False)
+                counted = [0, 0]  # requests and output tokens of this chunk the bar has shown as they finished
+
+                def finished(n: int, out_tokens: int) -> None:
+                    counted[0] += n
+                    counted[1] += out_tokens
+                    bar.update(n)
+                    bar.set_postfix(tok_s=f"{(tokens + counted[1]) / (time.perf_counter() - t0):.1f}", refresh=False)
+
                 try:
-                    outs = streaming(chunk) if streaming else engine.generate(chunk)
+                    if streaming:
+                        outs = streaming(chunk)
+                    else:
+                        outs = engine.generate(chunk, on_finished=finished) if live else engine.generate(chunk)
                 except EngineFailure as e:  # requests that failed inside the engine are never rows
                     outs, failure = e.kept, e
                 for o in outs:
@@ -303,7 +385,10 @@ def _generate_into(results: Path, requests, by_id, engine: Engine, chunk_size: i
                     if streaming:
                         f.flush()
                     tokens += o.output_tokens
-                    bar.update(1)
+                    if not live:
+                        bar.update(1)
+                if live and counted[0] != len(outs):  # what the engine reported live against the rows written
+                    bar.update(len(outs) - counted[0])
                 if failure is not None:
                     raise failure
                 f.flush()

@@ -49,7 +49,10 @@ def validate(file, skip_bad) -> None:
 @main.command()
 @click.option("--data", required=True, type=click.Path(), help="Dataset JSONL (CONTRACT.md section 1).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory; an existing one is resumed.")
-@click.option("--constrained/--unconstrained", required=True, help="Decode with the per-record JSON-schema constraint, or free.")
+@click.option("--constrained/--unconstrained", default=None, help="Decode with the per-record JSON-schema constraint, or free.")
+@click.option("--both", is_flag=True,
+              help="Both arms on one engine (one start instead of two): OUT-constrained, then OUT-unconstrained, each "
+                   "an ordinary run directory.")
 @click.option("--model", default=None, help="Base model: HF id, local folder, or an embedded model's name (default: the embedded Gemma 3 270M, gemma-3-270m; also smollm2).")
 @click.option("--adapter", default=None, metavar="NAME=DIR", help="LoRA adapter served as a LoRA module (not merged).")
 @click.option("--schema", "schema_name", default="v1", show_default=True, type=click.Choice(["v1", "v2"]), help="Target output schema.")
@@ -76,12 +79,14 @@ def validate(file, skip_bad) -> None:
 @click.option("--verbose", "-v", is_flag=True,
               help="Show the engine's own log (vLLM's INFO/WARNING lines, from its start to its close) on the terminal "
                    "instead of writing it to OUT/engine.log.")
-def batch(data, out, constrained, model, adapter, schema_name, backend, server, api_key, max_concurrency, max_retries,
+def batch(data, out, constrained, both, model, adapter, schema_name, backend, server, api_key, max_concurrency, max_retries,
           request_timeout, limit, chunk_size, max_model_len, gpu_memory_utilization, skip_bad, merged,
           no_progress, verbose) -> None:
     """Run a dataset through vLLM into a run directory (results.jsonl + run.json).
 
     \b
+    --both: the constrained arm into OUT-constrained, then the unconstrained arm into OUT-unconstrained, on one
+    engine (each an ordinary run directory; both are checked before the engine starts).
     Offline (default): vLLM in this process, the adapter as a LoRA module.
     --server URL: a running `vllm serve`; --adapter NAME=DIR names the served LoRA module (NAME is the
     model in requests; DIR is hashed for provenance). The structured-outputs backend is the server's.
@@ -99,11 +104,13 @@ def batch(data, out, constrained, model, adapter, schema_name, backend, server, 
     log goes to OUT/engine.log (--verbose: to the terminal). If the engine fails, its log's last lines are
     shown with the error.
     """
-    from .batch import BatchConfig, run_batch
+    from .batch import BatchConfig, run_batch, run_both_arms
     from .engines import VllmOffline, VllmServer
 
+    if both == (constrained is not None):
+        raise click.UsageError("give one of --constrained, --unconstrained or --both")
     spec = _adapter(adapter)
-    cfg = BatchConfig(data=data, out=out, constrained=constrained, model=model, adapter=spec, schema_name=schema_name,
+    cfg = BatchConfig(data=data, out=out, constrained=bool(constrained), model=model, adapter=spec, schema_name=schema_name,
                       backend=backend, server=server, limit=limit, chunk_size=chunk_size, max_model_len=max_model_len,
                       skip_bad=skip_bad, merged=merged)
     if merged and server:
@@ -133,13 +140,15 @@ def batch(data, out, constrained, model, adapter, schema_name, backend, server, 
         def make_engine(model_path):
             return VllmOffline(model_path, spec, backend=backend, max_model_len=max_model_len,
                                gpu_memory_utilization=gpu_memory_utilization, max_batch=chunk_size)
-    summary = run_batch(cfg, make_engine, log=click.echo, progress=not no_progress, quiet=not verbose)
-    if summary.generated:
-        from schemas.engine_log import ENGINE_LOG
+    from schemas.engine_log import ENGINE_LOG
 
-        click.echo(f"{summary.run_dir}: {summary.generated} samples in {summary.seconds:.0f} s "
-                   f"({summary.generated / summary.seconds:.2f} samples/s, {summary.output_tokens / summary.seconds:.1f} output tok/s); "
-                   f"finish reasons {summary.finish_reasons}" + ("" if verbose else f"; engine log {Path(out) / ENGINE_LOG}"))
+    run = run_both_arms if both else run_batch
+    summaries = run(cfg, make_engine, log=click.echo, progress=not no_progress, quiet=not verbose)
+    for summary in summaries if both else [summaries]:
+        if summary.generated:
+            click.echo(f"{summary.run_dir}: {summary.generated} samples in {summary.seconds:.0f} s "
+                       f"({summary.generated / summary.seconds:.2f} samples/s, {summary.output_tokens / summary.seconds:.1f} output tok/s); "
+                       f"finish reasons {summary.finish_reasons}" + ("" if verbose else f"; engine log {summary.run_dir / ENGINE_LOG}"))
 
 
 @main.command()

@@ -15,11 +15,13 @@ import sys
 import time
 from pathlib import Path
 
+from evaluate.batch import arm_dirs
 from schemas.artifacts import project_root, subdir
 
 EVAL_DATA = "data/demo/eval.jsonl"
 ADAPTER_NAME = "demo"
 DEMO_CONFIG = "train/configs/demo.yaml"
+DEMO_CHUNK = 160  # more than the eval split's 147 records: one chunk
 
 
 def _adapter_is_current(adapter_dir: Path) -> bool:
@@ -113,13 +115,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\nadapter: reusing {adapter_dir} (trained with the current {DEMO_CONFIG}; delete it to retrain)")
     else:
         _run(["train", "qlora", "--config", DEMO_CONFIG], timings, "train")
-    arms = {}
-    for arm in ("unconstrained", "constrained"):
-        out = runs / f"demo-{arm}"
-        arms[arm] = out
+    arms = {arm: Path(d) for arm, d in arm_dirs(str(runs / "demo")).items()}
+    for arm, out in arms.items():
         _clear_if_stale(out, arm == "constrained", adapter_dir)
-        _run(["evaluate", "batch", "--data", EVAL_DATA, "--adapter", f"{ADAPTER_NAME}={adapter_dir}", f"--{arm}",
-              "--out", str(out), *(["--verbose"] if verbose else [])], timings, f"evaluate_{arm}")
+    # Both arms on one engine (one start instead of two), all 147 records decoded as one chunk: on vLLM's CPU
+    # build a chunk of 147 generated in 0.69x the time of 32-record chunks (measured; identical outputs), and
+    # 1024 tokens hold the longest prompt and answer (323 + 218) with room, so the KV cache is half as large.
+    _run(["evaluate", "batch", "--data", EVAL_DATA, "--adapter", f"{ADAPTER_NAME}={adapter_dir}", "--both",
+          "--out", str(runs / "demo"), "--chunk-size", str(DEMO_CHUNK), "--max-model-len", "1024",
+          *(["--verbose"] if verbose else [])], timings, "evaluate_both_arms")
     _run(["evaluate", "report", str(arms["unconstrained"]), str(arms["constrained"]), "--out", str(report_dir)],
          timings, "report")
     timings["total"] = round(time.time() - t_all, 1)

@@ -6,7 +6,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from schemas.errors import UserError
 from schemas.prompt import chat_format, fold_system
@@ -114,6 +114,59 @@ class AdapterSpec:
     path: str
 
 
+def _progress_hook(on_finished: Callable[[int, int], None]):
+    """A stand-in for the tqdm class vLLM's offline loop takes as ``use_tqdm``: its "Processed prompts" bar
+    calls ``on_finished`` instead of drawing (vLLM reads ``format_dict['elapsed']`` and sets ``postfix``);
+    other bars it makes (rendering the prompts) are silent."""
+
+    class Hook:
+        def __init__(self, iterable=None, *args, total=None, desc=None, **kwargs):
+            self.iterable, self.n, self.postfix, self.t0 = iterable, 0, "", time.perf_counter()
+
+        def __iter__(self):
+            return iter(self.iterable if self.iterable is not None else ())
+
+        @property
+        def format_dict(self):
+            self.elapsed = max(time.perf_counter() - self.t0, 1e-9)  # the value vLLM divided by, kept
+            return {"elapsed": self.elapsed}
+
+        def update(self, n=1):
+            self.n += n
+
+        def refresh(self):
+            pass
+
+        def close(self):
+            pass
+
+    class Prompts(Hook):
+        """Tracks vLLM's output-token total through the postfix it sets, and reports each step's finished
+        requests with their tokens."""
+
+        tokens = 0
+
+        def update(self, n=1):
+            super().update(n)
+            total = _postfix_output_tokens(self.postfix, getattr(self, "elapsed", 0.0))
+            on_finished(n, max(0, total - self.tokens) if total is not None else 0)
+            if total is not None:
+                self.tokens = total
+
+    def factory(*args, **kwargs):
+        return Prompts(*args, **kwargs) if kwargs.get("desc") == "Processed prompts" else Hook(*args, **kwargs)
+
+    return factory
+
+
+def _postfix_output_tokens(postfix: str, elapsed: float) -> int | None:
+    """vLLM's bar postfix gives its output-token total divided by ``elapsed`` (to 2 decimals): back to a count."""
+    import re
+
+    m = re.search(r"output: ([0-9.]+) toks/s", postfix or "")
+    return round(float(m.group(1)) * elapsed) if m else None
+
+
 class VllmOffline:
     """vLLM's offline engine (`vllm.LLM`), LoRA through `LoRARequest`, one `SamplingParams` per
     record so that records with different schemas decode in one batch."""
@@ -187,12 +240,18 @@ class VllmOffline:
         return SamplingParams(temperature=0.0, max_tokens=req.max_tokens, seed=self._seed,
                               structured_outputs=structured)
 
-    def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+    reports_progress = True  # generate() takes on_finished: called as each request of the chunk finishes
+
+    def generate(self, requests: list[GenRequest],
+                 on_finished: Callable[[int, int], None] | None = None) -> list[GenResult]:
+        """The chunk decoded together. ``on_finished(requests, output_tokens)`` is called as requests finish
+        (vLLM's progress hook), so that a progress bar moves during a chunk, not only after it."""
         t0 = time.perf_counter()
         if self.description["backend"] == "outlines":
             self._precompile([r.json_schema for r in requests if r.json_schema is not None])
+        progress = False if on_finished is None else _progress_hook(on_finished)
         outputs = self.llm.chat([self.messages(r) for r in requests], [self.sampling_params(r) for r in requests],
-                                use_tqdm=False, lora_request=self._lora_request())
+                                use_tqdm=progress, lora_request=self._lora_request())
         elapsed = time.perf_counter() - t0
         results: list[GenResult] = []
         for req, out in zip(requests, outputs):

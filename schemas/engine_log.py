@@ -9,7 +9,9 @@ engine-core process it starts, C-level messages, Python warnings) that bury what
 - vLLM's loggers are configured (through ``VLLM_LOGGING_STREAM``, read by every vLLM process when it first
   imports vLLM) to write to the interpreter's original stdout, which is descriptor 1, hence the file;
 - ``sys.stdout`` and ``sys.stderr`` (click's output, progress bars, the tool's own warnings) keep writing to
-  the terminal through copies of the original descriptors; Python warnings go to the file;
+  the terminal through copies of the original descriptors; Python warnings, and log records of loggers that
+  have no handler yet (logging's last resort: vLLM logs its Triton check before it configures its loggers),
+  go to the file;
 - if the block fails, the log's last lines are shown on the terminal with its path, so the cause is never
   hidden.
 
@@ -17,6 +19,7 @@ engine-core process it starts, C-level messages, Python warnings) that bury what
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import warnings
@@ -61,6 +64,7 @@ def engine_output(path: Path | None) -> Iterator[Path | None]:
     terminal_err = os.fdopen(os.dup(saved[2]), "w", buffering=1, encoding=encoding, errors="replace")
     old_env = os.environ.get("VLLM_LOGGING_STREAM")
     old_showwarning = warnings.showwarning
+    old_last_resort = logging.lastResort
 
     def to_log(message, category, filename, lineno, file=None, line=None):
         old_showwarning(message, category, filename, lineno, file=sys.__stderr__, line=line)
@@ -71,6 +75,9 @@ def engine_output(path: Path | None) -> Iterator[Path | None]:
     if old_env is None:
         os.environ["VLLM_LOGGING_STREAM"] = VLLM_STREAM
     warnings.showwarning = to_log
+    last_resort = logging.StreamHandler(sys.__stderr__)
+    last_resort.setLevel(logging.WARNING)
+    logging.lastResort = last_resort
     failed = False
     try:
         yield path
@@ -82,6 +89,7 @@ def engine_output(path: Path | None) -> Iterator[Path | None]:
             if stream is not None:
                 stream.flush()
         warnings.showwarning = old_showwarning
+        logging.lastResort = old_last_resort
         if old_env is None:
             os.environ.pop("VLLM_LOGGING_STREAM", None)
         terminal_out.flush()

@@ -24,6 +24,7 @@ SCRIPT = textwrap.dedent('''
             logging.config.dictConfig({"version": 1, "handlers": {"h": {"class": "logging.StreamHandler",
                 "stream": os.environ["VLLM_LOGGING_STREAM"]}}, "loggers": {"eng": {"handlers": ["h"], "level": "INFO"}}})
             logging.getLogger("eng").info("INFO engine log line")
+            logging.getLogger("unconfigured.lib").warning("a warning before any logging config")
             os.write(1, b"raw fd1 line\\n")
             os.write(2, b"raw fd2 line\\n")
             subprocess.run([sys.executable, "-c", "import sys; print('child stdout line'); print('child stderr line', file=sys.stderr)"])
@@ -38,7 +39,7 @@ SCRIPT = textwrap.dedent('''
     os.write(1, b"after raw: terminal\\n")
 ''')
 
-ENGINE_LINES = ("INFO engine log line", "raw fd1 line", "raw fd2 line", "child stdout line", "child stderr line",
+ENGINE_LINES = ("INFO engine log line", "a warning before any logging config", "raw fd1 line", "raw fd2 line", "child stdout line", "child stderr line",
                 "a library warning")
 
 

@@ -73,6 +73,16 @@ def load_base(model_path: str, plan: hardware.Plan, cfg: TrainConfig):
     return model, tokenizer
 
 
+def _final_eval(trainer) -> dict[str, float]:
+    """The eval loss of the trained model: the evaluation the Trainer ran at the last step when there was one
+    (eval_steps dividing the step count), else a new one."""
+    history = trainer.state.log_history
+    last = next((h for h in reversed(history) if "eval_loss" in h), None)
+    if last is not None and last.get("step") == trainer.state.global_step:
+        return dict(last)
+    return trainer.evaluate()
+
+
 def _progress_callback(log: Callable[[str], None]):
     from transformers import TrainerCallback
 
@@ -83,8 +93,8 @@ def _progress_callback(log: Callable[[str], None]):
             self.t0, self.tokens0, self.step0 = time.time(), state.num_input_tokens_seen or 0, state.global_step
 
         def on_log(self, args, state, control, logs=None, **kw):
-            if not logs or not state.is_world_process_zero:
-                return
+            if not logs or not state.is_world_process_zero or not any(k in logs for k in ("loss", "eval_loss")):
+                return  # the end-of-training summary (runtime, samples/s) is in the manifest, not a line
             dt = max(time.time() - self.t0, 1e-9)
             steps = max(state.global_step - self.step0, 1)
             tok_s = ((state.num_input_tokens_seen or 0) - self.tokens0) / dt
@@ -188,7 +198,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
     peak_before = _peak_rss_mb()
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     seconds = time.time() - t0
-    final_eval = trainer.evaluate() if eval_feats else {}
+    final_eval = _final_eval(trainer) if eval_feats else {}
 
     if not trainer.is_world_process_zero():
         return TrainResult(out_dir, {})
