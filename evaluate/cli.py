@@ -233,6 +233,27 @@ def bench(data, adapter, model, configs, limit, hf_limit, batch_size, hf_threads
 
 
 @main.command()
+@click.option("--train", "train_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The training split: the majority answer is learnt from it alone.")
+@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help="The records to answer (the eval split).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to write (must not hold a run).")
+@click.option("--schema", "schema_name", default="v1", show_default=True, type=click.Choice(["v1"]), help="Output schema.")
+def baseline(train_path, data, out, schema_name) -> None:
+    """Write the majority-class baseline as a run directory: the training split's most frequent risk_level and
+    element match, answered for every record of --data. `evaluate report` pairs it with a model's run.
+
+    \b
+    evaluate baseline --train data/demo/train.jsonl --data data/demo/eval.jsonl --out artifacts/runs/majority
+    """
+    from .baseline import write_majority_run
+
+    info = write_majority_run(train_path, data, out, schema_name)
+    ans = info["engine"]["answer"]
+    click.echo(f"{out}: {info['counts']['samples']} samples answered risk_level {ans['risk_level']}, every element "
+               f"{ans['match']} (the majority of {info['engine']['labelled_train_records']} labelled training records)")
+
+
+@main.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Writes metrics.json, report.md, report.html here.")
 @click.option("--baseline", default=None, help="Reference run name for comparisons (default: the first run).")
