@@ -21,6 +21,8 @@ from schemas.labels import MATCH_LABELS, RISK_LEVELS
 from schemas.output import load_schema, schema_hash
 from schemas.records import Record, load_dataset
 
+from .batch import RUN_FORMAT_VERSION, result_row, write_json
+from .engines import GenResult
 from .rundir import RESULTS, RUN_JSON
 
 ENGINE_NAME = "majority-class"
@@ -64,19 +66,12 @@ def write_majority_run(train_path: str, data_path: str, out: str, schema_name: s
     for rec in data:
         answer = {"risk_level": maj["risk_level"],
                   "matches": [{"element_id": e.id, "match": maj["match"]} for e in rec.elements]}
-        row: dict[str, Any] = {
-            "id": rec.id, "patent_id": rec.patent_id, "query": rec.query,
-            "elements": [e.model_dump() for e in rec.elements],
-            "gold": rec.label.model_dump() if rec.label is not None else None,
-            "raw_output": json.dumps(answer, ensure_ascii=False, separators=(",", ":")),
-            "finish_reason": "stop", "prompt_tokens": 0, "output_tokens": 0, "latency_s": None,
-        }
-        if rec.meta is not None:
-            row["meta"] = rec.meta
-        lines.append(json.dumps(row, ensure_ascii=False))
+        res = GenResult(record_id=rec.id, raw_output=json.dumps(answer, ensure_ascii=False, separators=(",", ":")),
+                        finish_reason="stop", prompt_tokens=0, output_tokens=0, latency_s=None)
+        lines.append(json.dumps(result_row(rec, res), ensure_ascii=False))
     atomic_write_text(run_dir / RESULTS, "".join(line + "\n" for line in lines))
     info = {
-        "format_version": 3,
+        "format_version": RUN_FORMAT_VERSION,
         "base_model": None,
         "adapter": None,
         "dataset": {"path": data_path, "sha256": file_sha256(data_path), "records": len(data), "limit": None},
@@ -91,5 +86,5 @@ def write_majority_run(train_path: str, data_path: str, out: str, schema_name: s
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "counts": {"samples": len(data), "finish_reasons": {"stop": len(data)}},
     }
-    atomic_write_text(run_dir / RUN_JSON, json.dumps(info, ensure_ascii=False, indent=2) + "\n")
+    write_json(run_dir / RUN_JSON, info)
     return info

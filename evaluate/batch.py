@@ -62,7 +62,7 @@ class BatchSummary:
     finish_reasons: dict[str, int]
 
 
-def _result_row(rec: Record, res: GenResult) -> dict[str, Any]:
+def result_row(rec: Record, res: GenResult) -> dict[str, Any]:
     row: dict[str, Any] = {
         "id": rec.id,
         "patent_id": rec.patent_id,
@@ -134,7 +134,7 @@ def provenance(cfg: BatchConfig, model_path: str, engine_desc: dict[str, Any], n
     }
 
 
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
+def write_json(path: Path, obj: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
 
 
@@ -168,11 +168,15 @@ def check_resumable(cfg: BatchConfig, model_path: str, n_records: int) -> tuple[
     info = provenance(cfg, model_path, engine_identity(cfg), n_records)
     info_path = Path(cfg.out) / RUN_JSON
     old = read_info(cfg.out)
-    diffs = [] if old is None else differences(old, info)
+    refuse_other_settings(info_path, [] if old is None else differences(old, info))
+    return info, old
+
+
+def refuse_other_settings(info_path: Path, diffs: list[str]) -> None:
+    """The refusal of a run directory made with other settings, naming every differing field (none: no-op)."""
     if diffs:
         raise UserError(f"{info_path}: this run directory was made with other settings; refusing to mix them "
                         f"(choose another --out, or delete it to start over):\n  " + "\n  ".join(diffs))
-    return info, old
 
 
 def stale_differences(cfg: BatchConfig, log: Callable[[str], None] = print) -> list[str]:
@@ -254,7 +258,7 @@ def _run_engine(cfg: BatchConfig, records: list[Record], todo: list[Record], run
         info["finished_at"] = None
         requests = build_requests(records, cfg.schema_name, cfg.constrained, engine.count_tokens)
         info["max_tokens"] = max_tokens_summary(requests)
-        _write_json(info_path, info)
+        write_json(info_path, info)
 
         todo_ids = {r.id for r in todo}
         requests = [r for r in requests if r.record_id in todo_ids]
@@ -263,7 +267,7 @@ def _run_engine(cfg: BatchConfig, records: list[Record], todo: list[Record], run
         info["finished_at"] = _now()
         info["generation_s"] = round(summary[0] + float(old_info.get("generation_s", 0.0) if old_info else 0.0), 3)
         info["counts"] = {"samples": len(records), "finish_reasons": _count_finish(run_dir)}
-        _write_json(info_path, info)
+        write_json(info_path, info)
     finally:
         engine.close()
     return BatchSummary(run_dir, len(records), len(records) - len(todo), len(todo), summary[0], summary[1],
@@ -291,7 +295,7 @@ class _SharedEngine:
             elif self.started_in is not None:
                 print(f"this run shares the engine started for {self.started_in}: the engine's own log is "
                       f"{self.started_in / ENGINE_LOG}", file=sys.__stdout__, flush=True)  # into this run's engine.log
-            return _Borrowed(self.engine)
+            return Borrowed(self.engine)
         return make
 
     def close_all(self, quiet: bool) -> None:
@@ -300,8 +304,9 @@ class _SharedEngine:
                 self.engine.close()
 
 
-class _Borrowed:
-    """An engine lent to one run: everything but ``close``, which its owner does."""
+class Borrowed:
+    """An engine lent to one run (run_batch closes what make_engine gives it): everything but ``close``, which
+    its owner does."""
 
     def __init__(self, engine: Engine):
         self._engine = engine
@@ -324,10 +329,7 @@ def run_both_arms(cfg: BatchConfig, make_engine: Callable[[str], Engine], *, log
 
     cfgs = [replace(cfg, constrained=(arm == "constrained"), out=d) for arm, d in arm_dirs(cfg.out).items()]
     for c in cfgs:
-        diffs = stale_differences(c, log=lambda s: None)
-        if diffs:
-            raise UserError(f"{Path(c.out) / RUN_JSON}: this run directory was made with other settings; refusing to "
-                            "mix them (choose another --out, or delete it to start over):\n  " + "\n  ".join(diffs))
+        refuse_other_settings(Path(c.out) / RUN_JSON, stale_differences(c, log=lambda s: None))
     shared = _SharedEngine(make_engine)
     try:
         summaries = []
@@ -381,7 +383,7 @@ def _generate_into(results: Path, requests, by_id, engine: Engine, chunk_size: i
                 except EngineFailure as e:  # requests that failed inside the engine are never rows
                     outs, failure = e.kept, e
                 for o in outs:
-                    f.write((json.dumps(_result_row(by_id[o.record_id], o), ensure_ascii=False) + "\n").encode("utf-8"))
+                    f.write((json.dumps(result_row(by_id[o.record_id], o), ensure_ascii=False) + "\n").encode("utf-8"))
                     if streaming:
                         f.flush()
                     tokens += o.output_tokens

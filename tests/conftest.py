@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from evaluate.batch import Borrowed  # noqa: F401 - lends the shared engine to run_batch; the tests import it from here
+
 ROOT = Path(__file__).resolve().parent.parent
 EVAL = ROOT / "data" / "demo" / "eval.jsonl"
 TRAIN = ROOT / "data" / "demo" / "train.jsonl"
@@ -41,18 +43,6 @@ def live_group_members(pgid: int, wait: float = 30.0) -> list[int]:
             return live
         time.sleep(0.2)
 
-
-class Borrowed:
-    """Lends the shared engine to run_batch without letting it close it."""
-
-    def __init__(self, engine):
-        self._engine = engine
-        self.description = engine.description
-        self.count_tokens = engine.count_tokens
-        self.generate = engine.generate
-
-    def close(self):
-        pass
 
 
 def check_contract(kind: str, path) -> subprocess.CompletedProcess:

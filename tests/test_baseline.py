@@ -13,9 +13,7 @@ from evaluate.report import write_report
 from schemas.errors import UserError
 from schemas.records import load_dataset
 
-from .conftest import EVAL, ROOT, check_contract
-
-TRAIN = ROOT / "data" / "demo" / "train.jsonl"
+from .conftest import EVAL, ROOT, TRAIN, check_contract
 
 
 def _lines(path, n=None):
