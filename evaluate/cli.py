@@ -254,6 +254,57 @@ def baseline(train_path, data, out, schema_name) -> None:
 
 
 @main.command()
+@click.argument("adapters", nargs=-1, required=True, metavar="NAME=ADAPTER_DIR...")
+@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The dev split (`train dev-split` writes it): never the eval split.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Writes curve.json, curve.md, curve.png and one run directory per point under OUT/runs.")
+@click.option("--budget-s", type=float, default=None, help="Choose only among points trained in at most this many seconds.")
+@click.option("--base/--no-base", default=True, show_default=True, help="The untrained base model as the point at 0 s.")
+@click.option("--every", type=int, default=None, help="Only checkpoints whose step is a multiple of this (the final adapter always).")
+@click.option("--final-only", is_flag=True, help="The final adapters only, no checkpoints.")
+@click.option("--model", default=None, help="Base model the adapters are decoded on (default: the embedded Gemma 3 270M).")
+@click.option("--chunk-size", default=160, show_default=True, help="Records decoded together.")
+@click.option("--max-model-len", default=1024, show_default=True, help="Context length of the engine.")
+@click.option("--backend", default="outlines", show_default=True, help="Structured-outputs backend.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--verbose", "-v", is_flag=True, help="vLLM's own log on the terminal (default: each run's engine.log).")
+def curve(adapters, data, out, budget_s, base, every, final_only, model, chunk_size, max_model_len, backend, no_progress, verbose) -> None:
+    """Learning curves on a dev split: every kept checkpoint of each adapter (ADAPTER_DIR.checkpoints/checkpoint-N)
+    and the adapter itself, decoded constrained on --data by one vLLM engine, against training time; then the
+    declared choice rule: the highest mean of dev risk and match accuracy within --budget-s (ties: less training).
+
+    \b
+    train dev-split --config train/configs/demo.yaml -s dev_size=120 --out artifacts/dev.jsonl
+    train qlora -s dev_size=120 -s save_steps=40 -s save_total_limit=100 -s output_dir=artifacts/sweeps/a
+    evaluate curve a=artifacts/sweeps/a --data artifacts/dev.jsonl --out artifacts/curves/demo --budget-s 600
+    """
+    from .curve import Checkpoint, check_same_base, checkpoints, evaluate_points, write_curve
+    from .engines import VllmOffline
+
+    points, dirs = [], []
+    for spec in map(_adapter, adapters):
+        dirs.append(Path(spec.path))
+        points += [p for p in checkpoints(spec.name, spec.path, every) if p.final or not final_only]
+    check_same_base(dirs)
+    if base:
+        points.insert(0, Checkpoint("base", 0, 0.0, None, True))
+
+    def make_engine(model_path, spec):
+        return VllmOffline(model_path, spec, backend=backend, max_model_len=max_model_len, max_batch=chunk_size)
+
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scored = evaluate_points(points, data, out_dir, make_engine, chunk_size=chunk_size, max_model_len=max_model_len,
+                             model=model, log=click.echo, progress=not no_progress, quiet=not verbose)
+    chosen = write_curve(scored, out_dir, data, budget_s)
+    click.echo((out_dir / "curve.md").read_text(encoding="utf-8"))
+    click.echo(f"{out_dir / 'curve.png'}\n{out_dir / 'curve.json'}")
+    if chosen is None:
+        raise SystemExit(1)
+
+
+@main.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Writes metrics.json, report.md, report.html here.")
 @click.option("--baseline", default=None, help="Reference run name for comparisons (default: the first run).")

@@ -187,6 +187,8 @@ class VllmOffline:
         self._seed = seed
         self.model_path = model
         self.adapter = adapter
+        self._lora_id = LORA_INT_ID
+        self._lora_enabled = adapter is not None
         kwargs: dict[str, Any] = dict(
             model=model, dtype=dtype or cpu_env.default_dtype(), max_model_len=max_model_len, seed=seed,
             gpu_memory_utilization=gpu_memory_utilization or cpu_env.default_memory_utilization(),
@@ -229,7 +231,18 @@ class VllmOffline:
             return None
         from vllm.lora.request import LoRARequest
 
-        return LoRARequest(self.adapter.name, LORA_INT_ID, self.adapter.path)
+        return LoRARequest(self.adapter.name, self._lora_id, self.adapter.path)
+
+    def use_adapter(self, adapter: AdapterSpec | None) -> None:
+        """Decode with ``adapter`` from now on (None: the base model alone), so that several adapters share one
+        engine start (a learning curve's checkpoints). The engine must have started with an adapter (LoRA
+        enabled). Each new adapter gets a new LoRA id: vLLM keys loaded adapters by id, so reusing one would
+        decode with the previous adapter's weights."""
+        if not self._lora_enabled:
+            raise ValueError("this engine started without an adapter (LoRA disabled); start it with one")
+        if adapter is not None and adapter != self.adapter:
+            self._lora_id += 1
+        self.adapter = adapter
 
     def sampling_params(self, req: GenRequest):
         from vllm import SamplingParams

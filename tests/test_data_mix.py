@@ -190,7 +190,7 @@ def test_trained_adapter_records_the_mix(tmp_path, embedded_model):
     load. The default suite checks the manifest's data_mix on the shared `trained_adapter` (test_trainer.py)."""
     from train.trainer import train
 
-    cfg = load_config(None, [f"train_data={TRAIN}", "limit=16", "eval_fraction=0.0", f"output_dir={tmp_path / 'a'}",
+    cfg = load_config(None, [f"train_data={TRAIN}", "dev_size=0", "limit=16", "eval_fraction=0.0", f"output_dir={tmp_path / 'a'}",
                              "augment_boundary=2", "oversample_where=meta.near_boundary", "oversample_factor=2",
                              "max_steps=1", "per_device_batch=1", "save_steps=1000", "logging_steps=1"])
     lines = []

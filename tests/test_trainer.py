@@ -13,7 +13,7 @@ from schemas.errors import UserError
 from train.config import TrainConfig, load_config
 from train.export import adapter_problems, check_adapter_dir
 
-from .conftest import ROOT, TRAIN
+from .conftest import ROOT, TINY_RECIPE, TRAIN
 
 
 def test_defaults_are_the_seed_recipe():
@@ -128,7 +128,8 @@ def test_merged_model_equals_the_adapter(trained_adapter, embedded_model, tokeni
 
 
 def _train_cmd(out):
-    return [sys.executable, "-m", "train.cli", "qlora", "-s", f"train_data={TRAIN}", "-s", "limit=12", "-s", "eval_fraction=0",
+    pinned = [a for item in TINY_RECIPE for a in ("-s", item)]  # the demo config's 80 steps are not this test's
+    return [sys.executable, "-m", "train.cli", "qlora", *pinned, "-s", f"train_data={TRAIN}", "-s", "limit=12", "-s", "eval_fraction=0",
             "-s", f"output_dir={out}", "-s", "save_steps=2", "-s", "logging_steps=1", "-s", "save_total_limit=10"]
 
 

@@ -19,6 +19,8 @@ def main() -> None:
                                          repeat the near-boundary records 3x
     train qlora --print-config           every field, data-mix ones included
     train bench-logits --steps 20        full logits against labelled positions only (speed, memory, loss)
+    train dev-split -s dev_size=120 --out artifacts/dev.jsonl
+                                         the records a recipe is chosen on (never trained on)
     """
 
 
@@ -45,6 +47,37 @@ def train_qlora(config_path, overrides, resume, print_config) -> None:
     click.echo(str(result.adapter_dir))
 
 
+@main.command("dev-split")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="YAML config (default: train/configs/demo.yaml).")
+@click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config field. Repeatable.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSONL file to write the dev records to.")
+def dev_split_cmd(config_path, overrides, out) -> None:
+    """Write the config's dev split (dev_size records of train_data, chosen by dev_seed): the records `train qlora`
+    never trains on with that config, for `evaluate curve` to choose a recipe on.
+
+    \b
+    train dev-split -s dev_size=120 --out artifacts/dev.jsonl
+    """
+    import json
+    from pathlib import Path
+
+    from schemas.artifacts import atomic_write_text
+    from schemas.errors import UserError
+    from schemas.records import load_dataset
+
+    from .config import load_config
+    from .data_mix import dev_split
+
+    cfg = load_config(config_path, overrides)
+    if cfg.dev_size == 0:
+        raise UserError("dev_size is 0 in this config: set it (e.g. -s dev_size=120)")
+    _, dev = dev_split(cfg, load_dataset(cfg.train_data).records)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in dev))
+    click.echo(f"{out}: {len(dev)} dev records of {cfg.train_data} (dev_seed {cfg.dev_seed})")
+
+
 @main.command("check-adapter")
 @click.argument("adapter_dir", type=click.Path())
 @click.option("--max-lora-rank", default=16, show_default=True, help="The serving --max-lora-rank.")
@@ -62,11 +95,41 @@ def check_adapter(adapter_dir, max_lora_rank) -> None:
 @click.option("--base", default=None, help="Base model (default: the one in the adapter's manifest).")
 @click.option("--dtype", default=None, type=click.Choice(["float32", "bfloat16", "float16"]),
               help="Default: the base model's own dtype (its config.json); never float16 for Gemma 3.")
-def merge_cmd(adapter_dir, out, base, dtype) -> None:
+@click.option("--onto", default="trained", show_default=True, type=click.Choice(["trained", "unquantized"]),
+              help="trained: a QLoRA adapter is merged into the NF4-rounded base it was trained against "
+                   "(`train nf4-base`); unquantized: into the original weights.")
+def merge_cmd(adapter_dir, out, base, dtype, onto) -> None:
     """Fold ADAPTER_DIR into a full copy of its base model (served without LoRA)."""
     from .merge import merge
 
-    merge(adapter_dir, out, base=base, dtype=dtype, log=click.echo)
+    merge(adapter_dir, out, base=base, dtype=dtype, log=click.echo, onto=onto)
+
+
+@main.command("nf4-base")
+@click.argument("adapter_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--base", default=None, help="Base model (default: the one in the adapter's manifest).")
+def nf4_base_cmd(adapter_dir, base) -> None:
+    """Write the base a QLoRA (NF4) adapter was trained against, dequantized to float32, and print its folder:
+    serve the adapter on it instead of the unquantized base.
+
+    \b
+    evaluate batch --model "$(train nf4-base artifacts/adapters/x | tail -n 1)" --adapter x=artifacts/adapters/x ...
+    vllm serve <that folder> --enable-lora --lora-modules x=artifacts/adapters/x
+    """
+    from pathlib import Path
+
+    from schemas.embedded import resolve_model
+    from schemas.errors import UserError
+
+    from .merge import base_of
+    from .nf4_base import nf4_base, trained_quantization
+
+    quant = trained_quantization(adapter_dir)
+    if quant is None:
+        raise UserError(f"{adapter_dir}: its manifest says it was not trained on an NF4 base (plain LoRA): serve it on "
+                        "the unquantized base")
+    model_path = resolve_model(base_of(Path(adapter_dir), base), click.echo)
+    click.echo(str(nf4_base(model_path, quant["double_quant"], log=click.echo)))
 
 
 @main.command("bench-logits")

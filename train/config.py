@@ -23,7 +23,12 @@ class TrainConfig(BaseModel):
 
     base_model: str | None = Field(None, description="HF model id or local folder; null = the embedded Gemma 3 270M (gemma-3-270m); an embedded model's name (smollm2) works too.")
     train_data: str = Field("data/demo/train.jsonl", description="Training dataset (JSONL, CONTRACT.md section 1).")
-    limit: int | None = Field(None, ge=1, description="Use only the first N training records (after the held-out slice).")
+    dev_size: int = Field(0, ge=0, description=(
+        "Carve N records off train_data as the dev split (chosen by dev_seed, before anything else): never trained "
+        "on, never in the eval-loss slice; `train dev-split` writes them out, `evaluate curve` scores recipes on them."))
+    dev_seed: int = Field(0, description="Which records form the dev split (kept apart from seed, so that a recipe's seed "
+                                         "does not move the dev split).")
+    limit: int | None = Field(None, ge=1, description="Use only the first N training records (after the dev split and the held-out slice).")
     eval_fraction: float = Field(0.05, ge=0.0, lt=0.5, description="Share of training records held out for eval loss.")
     schema_name: Literal["v1", "v2"] = Field("v1", description="Output schema the answers are written in.")
     output_name: str = Field("adapter", description="Adapter name; written to artifacts/adapters/NAME.")

@@ -2,6 +2,8 @@
 oversampling). Pure: config + records in, records + a JSON summary (the manifest's ``data_mix``) out.
 
 Order of operations, all deterministic given the config and the file:
+  0. carve off the dev split (``dev_size`` records chosen by ``dev_seed``): recipes are chosen on it, so it is
+     never trained on and never in the eval-loss slice (``dev_split``);
   1. split off the eval-loss slice (``eval_fraction``, chosen by ``seed``); it is never touched again;
   2. keep the first ``limit`` remaining records: the *base* records;
   3. repeat every base record whose ``oversample_where`` value is truthy until it appears
@@ -27,15 +29,19 @@ from schemas.records import Record
 from .config import TrainConfig
 
 
-def split_records(records: list, eval_fraction: float, seed: int) -> tuple[list, list]:
-    """A held-out slice for eval loss, chosen by seed; the rest keeps the file's order."""
-    n_eval = int(round(len(records) * eval_fraction))
-    if n_eval == 0:
+def _carve(records: Sequence, n: int, seed: int | str) -> tuple[list, list]:
+    """(the rest, n records chosen by shuffling the indices with ``seed``), both in the file's order."""
+    if n == 0:
         return list(records), []
     idx = list(range(len(records)))
     random.Random(seed).shuffle(idx)
-    held = set(idx[:n_eval])
+    held = set(idx[:n])
     return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
+
+
+def split_records(records: list, eval_fraction: float, seed: int) -> tuple[list, list]:
+    """A held-out slice for eval loss, chosen by seed; the rest keeps the file's order."""
+    return _carve(records, int(round(len(records) * eval_fraction)), seed)
 
 
 def ids_sha256(records: Sequence[Record]) -> str:
@@ -136,11 +142,21 @@ def build_training_mix(cfg: TrainConfig, base: Sequence[Record], *,
     return mixed, summary
 
 
+def dev_split(cfg: TrainConfig, records: Sequence[Record]) -> tuple[list[Record], list[Record]]:
+    """(the rest, the dev split): ``cfg.dev_size`` records chosen by ``cfg.dev_seed``, both in the file's order."""
+    if cfg.dev_size and cfg.dev_size >= len(records):
+        raise UserError(f"dev_size={cfg.dev_size}: {cfg.train_data} has only {len(records)} records; "
+                        "leave some to train on")
+    return _carve(records, cfg.dev_size, f"dev:{cfg.dev_seed}")
+
+
 def training_data(cfg: TrainConfig, records: Sequence[Record]) -> tuple[list[Record], list[Record], dict[str, Any]]:
     """(training list, held-out slice, data_mix summary) for all the records of ``cfg.train_data``."""
-    train_recs, held_out = split_records(list(records), cfg.eval_fraction, cfg.seed)
+    rest, dev = dev_split(cfg, records)
+    train_recs, held_out = split_records(rest, cfg.eval_fraction, cfg.seed)
     if cfg.limit is not None:
         train_recs = train_recs[: cfg.limit]
     mixed, summary = build_training_mix(cfg, train_recs, known_queries=[r.query for r in records])
-    summary = {"base_records": summary.pop("base_records"), "held_out_records": len(held_out), **summary}
+    dev_info = {"dev_records": len(dev), "dev_seed": cfg.dev_seed, "dev_ids_sha256": ids_sha256(dev)} if dev else {}
+    summary = {"base_records": summary.pop("base_records"), "held_out_records": len(held_out), **dev_info, **summary}
     return mixed, held_out, summary

@@ -1,7 +1,9 @@
 """`train merge`: the adapter folded into a full-precision copy of its base (no LoRA at serving time).
 
-The adapter was trained against an NF4-quantized base; merging into the unquantized weights is the
-usual practice and what vLLM would serve. Tests compare the merged model's outputs with the adapter's.
+An adapter trained against an NF4-quantized base (QLoRA) is merged into the base as it saw it: the NF4-rounded
+weights, dequantized (train.nf4_base), not the unquantized ones; ``onto="unquantized"`` merges into the
+unquantized base instead (the usual practice, and what serving the adapter on the original base amounts to).
+Tests compare the merged model's outputs with the adapter's.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from schemas.embedded import resolve_model
 from schemas.errors import UserError
 
 from .export import check_adapter_dir, read_manifest
+from .nf4_base import nf4_base, trained_quantization
 
 
 def base_of(adapter_dir: Path, base: str | None) -> str | None:
@@ -53,17 +56,25 @@ def merge_dtype(model_path: str, requested: str | None = None) -> str:
     return "bfloat16" if found == "float16" and gemma3 else found
 
 
+ONTO = ("trained", "unquantized")
+
+
 def merge(adapter_dir: str | Path, out_dir: str | Path, base: str | None = None, dtype: str | None = None,
-          log: Callable[[str], None] = print) -> Path:
+          log: Callable[[str], None] = print, onto: str = "trained") -> Path:
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if onto not in ONTO:
+        raise UserError(f"onto={onto!r}: expected one of {', '.join(ONTO)}")
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     check_adapter_dir(adapter_dir, max_lora_rank=512)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"{out_dir}: exists and is not empty; choose another --out")
     model_path = resolve_model(base_of(adapter_dir, base), log)
+    quant = trained_quantization(adapter_dir) if onto == "trained" else None
+    if quant is not None:  # trained on NF4: merge into the NF4-rounded weights it was trained against
+        model_path = str(nf4_base(model_path, quant["double_quant"], log=log))
     dtype = merge_dtype(model_path, dtype)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
@@ -71,7 +82,7 @@ def merge(adapter_dir: str | Path, out_dir: str | Path, base: str | None = None,
     merged.save_pretrained(out_dir, safe_serialization=True)
     AutoTokenizer.from_pretrained(model_path).save_pretrained(out_dir)
     manifest = {"kind": "merged-model", "base_model": describe_path(model_path) if Path(model_path).exists() else {"name": model_path},
-                "adapter": describe_path(adapter_dir), "dtype": dtype,
+                "adapter": describe_path(adapter_dir), "dtype": dtype, "onto": "nf4-rounded" if quant else "unquantized",
                 "adapter_manifest": read_manifest(adapter_dir),
                 "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     (out_dir / "merge_manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
@@ -89,7 +100,8 @@ def merged_for(adapter_dir: str | Path, base: str, dtype: str | None = None, log
     from schemas.artifacts import dir_sha256, subdir
 
     dtype = merge_dtype(base, dtype)
-    key = hashlib.sha256(f"{dir_sha256(adapter_dir)}|{dir_sha256(base) if Path(base).is_dir() else base}|{dtype}".encode()).hexdigest()[:16]
+    onto = "nf4-rounded" if trained_quantization(adapter_dir) else ""
+    key = hashlib.sha256(f"{dir_sha256(adapter_dir)}|{dir_sha256(base) if Path(base).is_dir() else base}|{dtype}{onto}".encode()).hexdigest()[:16]
     out = subdir("merged") / key
     if (out / "merge_manifest.json").exists():
         log(f"merged model: reusing {out}")

@@ -104,7 +104,13 @@ def _progress_callback(log: Callable[[str], None]):
                 if key in logs:
                     parts.append(f"{key} {logs[key]:.4g}")
             parts += [f"{tok_s:.0f} tok/s", f"ETA {eta / 60:.1f} min"]
-            logs["tokens_per_second"] = round(tok_s, 1)
+            extra = {"tokens_per_second": round(tok_s, 1),
+                     "elapsed_s": round(dt, 1)}  # training time so far: where a checkpoint sits on a learning curve
+            logs.update(extra)
+            # The Trainer appended a copy of ``logs`` to log_history before calling us: record them there too
+            # (the manifest's log_history and each checkpoint's trainer_state.json).
+            if state.log_history and state.log_history[-1].get("step") == state.global_step:
+                state.log_history[-1].update(extra)
             log("  ".join(parts))
 
     return Progress()
