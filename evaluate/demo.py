@@ -1,8 +1,10 @@
 """`make demo`: the main job end to end on the embedded default, reusing whatever is already built.
 
 Each step runs the same CLI command a user would type (printed before it runs), in its own process:
-provision the base model, train the demo adapter, evaluate the eval split unconstrained and
-constrained through vLLM with the adapter as a LoRA module, and write the side-by-side report.
+provision the base model, train the demo adapter (the recipe chosen on the dev split by `make recipe`),
+evaluate the eval split constrained and unconstrained through vLLM with the adapter as a LoRA module, the
+untrained base model constrained, and the training split's majority answer, and write one report that
+pairs the adapter's constrained run against each (McNemar, paired bootstrap), with the meta.novel slice.
 The terminal shows the commands, progress, the results table and the report's path; vLLM's own log
 goes to each run directory's engine.log (--verbose, or `make demo VERBOSE=1`: the terminal too).
 """
@@ -19,6 +21,7 @@ from evaluate.batch import arm_dirs
 from schemas.artifacts import project_root, subdir
 
 EVAL_DATA = "data/demo/eval.jsonl"
+TRAIN_DATA = "data/demo/train.jsonl"
 ADAPTER_NAME = "demo"
 DEMO_CONFIG = "train/configs/demo.yaml"
 DEMO_CHUNK = 160  # more than the eval split's 147 records: one chunk
@@ -64,7 +67,7 @@ def _adapter_is_current(adapter_dir: Path) -> bool:
     return True
 
 
-def _clear_if_stale(out: Path, constrained: bool, adapter_dir: Path) -> None:
+def _clear_if_stale(out: Path, constrained: bool, adapter_dir: Path | None) -> None:
     """The demo owns its run directories: one made with another adapter (retrained after an edit of the
     demo config) or other settings is cleared, with a line saying why, so the report shows only runs of
     the adapter as it is now. `evaluate batch` itself would refuse to mix them."""
@@ -74,22 +77,32 @@ def _clear_if_stale(out: Path, constrained: bool, adapter_dir: Path) -> None:
     from evaluate.engines import AdapterSpec
 
     cfg = BatchConfig(data=str(project_root() / EVAL_DATA), out=str(out), constrained=constrained,
-                      adapter=AdapterSpec(ADAPTER_NAME, str(adapter_dir)))
+                      adapter=None if adapter_dir is None else AdapterSpec(ADAPTER_NAME, str(adapter_dir)))
     diffs = stale_differences(cfg, log=lambda s: None)
     if diffs:
         print(f"\n{out}: made with other settings ({'; '.join(diffs)}); cleared for a fresh run", flush=True)
         shutil.rmtree(out)
 
 
-def _run(argv: list[str], timings: dict[str, float], step: str) -> None:
+def run_cli(argv: list[str], who: str, capture: bool = False) -> str:
+    """Run a `train ...` or `evaluate ...` command line in its own process, printed first as a user would type
+    it; exit naming ``who`` and the command when it fails. ``capture``: its output is shown and also returned."""
     shown = " ".join(shlex.quote(a) for a in argv)
     print(f"\n$ {shown}", flush=True)
-    t0 = time.time()
     module = {"train": "train.cli", "evaluate": "evaluate.cli"}[argv[0]]
-    done = subprocess.run([sys.executable, "-m", module, *argv[1:]], cwd=project_root())
-    timings[step] = round(time.time() - t0, 1)
+    done = subprocess.run([sys.executable, "-m", module, *argv[1:]], cwd=project_root(),
+                          stdout=subprocess.PIPE if capture else None, text=True)
+    if capture:
+        print(done.stdout, end="", flush=True)
     if done.returncode != 0:
-        sys.exit(f"demo: step '{step}' failed (exit {done.returncode}): {shown}")
+        sys.exit(f"{who} failed (exit {done.returncode}): {shown}")
+    return done.stdout or ""
+
+
+def _run(argv: list[str], timings: dict[str, float], step: str) -> None:
+    t0 = time.time()
+    run_cli(argv, f"demo: step '{step}'")
+    timings[step] = round(time.time() - t0, 1)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -124,8 +137,20 @@ def main(argv: list[str] | None = None) -> None:
     _run(["evaluate", "batch", "--data", EVAL_DATA, "--adapter", f"{ADAPTER_NAME}={adapter_dir}", "--both",
           "--out", str(runs / "demo"), "--chunk-size", str(DEMO_CHUNK), "--max-model-len", "1024",
           *(["--verbose"] if verbose else [])], timings, "evaluate_both_arms")
-    _run(["evaluate", "report", str(arms["unconstrained"]), str(arms["constrained"]), "--out", str(report_dir)],
-         timings, "report")
+    # The untrained base, constrained: its run does not depend on the adapter, so a retrained adapter reuses it.
+    base_run = runs / "demo-base"
+    _clear_if_stale(base_run, True, None)
+    _run(["evaluate", "batch", "--data", EVAL_DATA, "--constrained", "--out", str(base_run),
+          "--chunk-size", str(DEMO_CHUNK), "--max-model-len", "1024", *(["--verbose"] if verbose else [])],
+         timings, "evaluate_base")
+    majority = runs / "demo-majority"  # instant, so always written afresh from the training file as it is now
+    if majority.exists():
+        import shutil
+
+        shutil.rmtree(majority)
+    _run(["evaluate", "baseline", "--train", TRAIN_DATA, "--data", EVAL_DATA, "--out", str(majority)], timings, "majority")
+    _run(["evaluate", "report", str(arms["constrained"]), str(arms["unconstrained"]), str(base_run), str(majority),
+          "--by", "meta.novel", "--out", str(report_dir)], timings, "report")
     timings["total"] = round(time.time() - t_all, 1)
     (report_dir / "demo_timings.json").write_text(json.dumps(timings, indent=2) + "\n")
     print(f"\ndemo finished in {timings['total'] / 60:.1f} min: {json.dumps(timings)}")
