@@ -109,8 +109,11 @@ def test_cli_refusal_comes_in_seconds_naming_each_field(finished_run, trained_ad
 
 
 def test_each_row_has_its_own_latency(engine, eval_records):
-    """Item 8: offline, a row's latency_s is its own request's (vLLM's per-request stats), not the chunk's."""
-    reqs = [r.__class__(r.record_id, r.messages, 16, None) for r in build_requests(eval_records[:4], "v1", False, engine.count_tokens)]
+    """Item 8: offline, a row's latency_s is its own request's (vLLM's per-request stats), not the chunk's. The
+    requests end at different steps (max_tokens 4, 8, 12, 16: a JSON answer is longer), so their own latencies
+    differ; with one budget for all, four prompts prefilled in one step finish together and can tie."""
+    reqs = [r.__class__(r.record_id, r.messages, 4 * (i + 1), None)
+            for i, r in enumerate(build_requests(eval_records[:4], "v1", False, engine.count_tokens))]
     results = engine.generate(reqs)
     for r in results:
         assert r.latency_s is not None and 0 < r.latency_s <= r.chunk_wall_s + 0.05, r
@@ -121,7 +124,7 @@ def test_each_row_has_its_own_latency(engine, eval_records):
 def test_demo_clears_runs_of_another_adapter(engine, trained_adapter, tmp_path, capsys):
     """`make demo` after the adapter changed (the demo config was edited and it retrained): its run
     directories of the old adapter are cleared with a line saying so; those of the current one are kept."""
-    from evaluate import demo
+    from cli import demo
 
     out = tmp_path / "demo-constrained"
     cfg = BatchConfig(data=str(EVAL), out=str(out), constrained=True, adapter=engine.adapter, limit=2, chunk_size=2)
