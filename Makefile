@@ -34,7 +34,7 @@ chromium:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-cjk >/dev/null) || \
 	  echo "chromium not installed: the HTML rendering test will fail; install Debian's chromium package"; }
 
-# tcmalloc, which vLLM's CPU install guide asks to preload; serve/cpu_env.py preloads it where installed. Optional.
+# tcmalloc, which vLLM's CPU install guide asks to preload; runtime/cpu_env.py preloads it where installed. Optional.
 tcmalloc:
 	@[ -n "$$(ls /usr/lib/*/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4 2>/dev/null)" ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4 >/dev/null) || \
@@ -42,12 +42,12 @@ tcmalloc:
 
 # VERBOSE=1: vLLM's own log on the terminal too (by default it goes to each run's engine.log).
 demo: setup tcmalloc
-	$(BIN)/python -m evaluate.demo $(if $(VERBOSE),--verbose,)
+	$(BIN)/python -m cli.demo $(if $(VERBOSE),--verbose,)
 
 # The demo recipe's search on a dev split (issue 16): trains every variant of train/configs/recipe_search.yaml
 # and writes the learning curve to artifacts/sweeps/recipe_search/curve.
 recipe: setup tcmalloc
-	$(BIN)/python -m evaluate.recipe
+	$(BIN)/python -m cli.recipe
 
 test: setup chromium tcmalloc
 	$(BIN)/python -m pytest -q

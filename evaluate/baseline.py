@@ -15,14 +15,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from schemas.artifacts import atomic_write_text, file_sha256
+from runtime.artifacts import atomic_write_text, file_sha256
+from runtime.engines import GenResult
 from schemas.errors import UserError
 from schemas.labels import MATCH_LABELS, RISK_LEVELS
 from schemas.output import load_schema, schema_hash
 from schemas.records import Record, load_dataset
 
 from .batch import RUN_FORMAT_VERSION, result_row, write_json
-from .engines import GenResult
 from .rundir import RESULTS, RUN_JSON
 
 ENGINE_NAME = "majority-class"

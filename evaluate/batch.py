@@ -15,17 +15,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from schemas.artifacts import atomic_write_text, describe_path, file_sha256
-from schemas.embedded import default_model_label, resolve_model
-from schemas.engine_log import ENGINE_LOG, engine_output
+from runtime.artifacts import atomic_write_text, describe_path, file_sha256
+from runtime.embedded import default_model_label, resolve_model
+from runtime.engine_log import ENGINE_LOG, engine_output
+from runtime.engines import AdapterSpec, Engine, EngineFailure, GenResult
+from runtime.requests import build_requests, max_tokens_summary, sampling_summary
 from schemas.errors import UserError
 from schemas.output import load_schema, schema_hash
 from schemas.prompt import PROMPT_VERSION, prompt_fingerprint
 from schemas.records import Record, load_dataset
 
-from .engines import AdapterSpec, Engine, EngineFailure, GenResult
 from .provenance import differences
-from .requests import build_requests, max_tokens_summary, sampling_summary
 from .rundir import RESULTS, RUN_JSON, read_info, read_results, repair_torn_tail
 
 RUN_FORMAT_VERSION = 3  # 2: identity keyed on content (evaluate.provenance), structured_outputs, max_tokens;
@@ -87,7 +87,7 @@ def result_row(rec: Record, res: GenResult) -> dict[str, Any]:
 def engine_identity(cfg: BatchConfig) -> dict[str, Any]:
     """The engine part of a run's identity, known without starting one: vLLM's installed version offline,
     the server's own /version through a server."""
-    from .engines import server_version, vllm_version
+    from runtime.engines import server_version, vllm_version
 
     if cfg.server:
         version = server_version(cfg.server)
@@ -106,9 +106,8 @@ def engine_identity(cfg: BatchConfig) -> dict[str, Any]:
 def provenance(cfg: BatchConfig, model_path: str, engine_desc: dict[str, Any], n_records: int) -> dict[str, Any]:
     """run.json's content before generation: every identity field (evaluate.provenance) and what describes
     this invocation. ``engine_desc`` holds at least the engine's name, version and mode."""
-    from serve import cpu_env
-
-    from .requests import STRUCTURED_OUTPUT_OPTIONS
+    from runtime import cpu_env
+    from runtime.requests import STRUCTURED_OUTPUT_OPTIONS
 
     model_info: dict[str, Any] = {"name": default_model_label(cfg.model)}
     if Path(model_path).exists():
@@ -205,7 +204,7 @@ def run_batch(cfg: BatchConfig, make_engine: Callable[[str], Engine], *, log: Ca
     """Evaluate ``cfg.data`` into ``cfg.out``. The run directory is locked for the whole call; its
     provenance is checked (evaluate.provenance) before ``make_engine(model_path)`` builds the engine,
     which happens only when there is work left. ``quiet``: the engine's own output (vLLM's log, from its
-    start to its close) goes to RUN_DIR/engine.log instead of the terminal (schemas.engine_log)."""
+    start to its close) goes to RUN_DIR/engine.log instead of the terminal (runtime.engine_log)."""
     data = load_dataset(cfg.data, skip_bad=cfg.skip_bad, limit=cfg.limit)
     for p in data.skipped:
         log(f"skipped: {p}")
@@ -224,7 +223,7 @@ def _run_locked(cfg: BatchConfig, records: list[Record], run_dir: Path, make_eng
         raise UserError(f"{run_dir / RESULTS}: holds {len(unknown)} id(s) not in {cfg.data} (e.g. {sorted(unknown)[0]!r}); "
                         "this run directory belongs to another dataset: choose another --out")
     if cfg.adapter is not None:
-        from train.export import check_adapter_dir
+        from runtime.adapters import check_adapter_dir
 
         check_adapter_dir(cfg.adapter.path)  # what vLLM would refuse is refused before any engine starts
     model_path = resolve_model(cfg.model, log)
@@ -236,7 +235,6 @@ def _run_locked(cfg: BatchConfig, records: list[Record], run_dir: Path, make_eng
         log(f"{run_dir}: nothing left to do (its run.json matches these settings)")
         return BatchSummary(run_dir, len(records), len(records), 0, 0.0, 0, {})
 
-    info_path = run_dir / RUN_JSON
     with engine_output(run_dir / ENGINE_LOG if quiet else None):
         return _run_engine(cfg, records, todo, run_dir, make_engine(model_path), model_path, info, old_info, progress)
 

@@ -17,12 +17,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from schemas.artifacts import atomic_write_text
+from runtime.artifacts import atomic_write_text
+from runtime.engines import AdapterSpec, Engine
 from schemas.errors import UserError
 from schemas.labels import RISK_LEVELS
 
 from .batch import BatchConfig, Borrowed, run_batch
-from .engines import AdapterSpec, Engine
 
 CURVE_JSON, CURVE_MD, CURVE_PNG = "curve.json", "curve.md", "curve.png"
 AMBIGUOUS = RISK_LEVELS[1]  # 애매: the seed's hardest class
@@ -66,7 +66,7 @@ def checkpoints(variant: str, adapter_dir: str | Path, every: int | None = None)
     """The points of one training run: each kept checkpoint (ADAPTER.checkpoints/checkpoint-N) before the last
     step (only steps that are multiples of ``every`` when given), then the final adapter. Training time comes
     from the trainer's log (``elapsed_s``), the final one from the manifest."""
-    from train.export import read_manifest
+    from runtime.adapters import read_manifest
 
     adapter_dir = Path(adapter_dir)
     manifest = read_manifest(adapter_dir)
@@ -102,7 +102,7 @@ def checkpoints(variant: str, adapter_dir: str | Path, every: int | None = None)
 
 def check_same_base(adapter_dirs: Sequence[Path]) -> None:
     """A curve compares recipes on one base model: the adapters' manifests must name the same one (by hash)."""
-    from train.export import read_manifest
+    from runtime.adapters import read_manifest
 
     bases = {}
     for d in adapter_dirs:
@@ -167,7 +167,7 @@ def evaluate_points(points: Sequence[Checkpoint], data: str, out: Path,
                 f"{AMBIGUOUS} recall {_pct(m['ambiguous_recall'])}")
     finally:
         if engine is not None:
-            from schemas.engine_log import ENGINE_LOG, engine_output
+            from runtime.engine_log import ENGINE_LOG, engine_output
 
             with engine_output(started_in / ENGINE_LOG if quiet and started_in is not None else None):
                 engine.close()

@@ -6,7 +6,7 @@ and everything shown can be traced to a key of metrics.json.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Iterable, Sequence, Union
 
 from schemas.labels import INVALID, MATCH_LABELS, RISK_LEVELS
 
@@ -36,6 +36,7 @@ class Table:
     headers: list[str]
     rows: list[list[str]]
     row_headers: bool = False  # first column is a row label (shown bold)
+    align: str | None = None  # Markdown only: one of l, r, c per column (default: the report's own layout)
 
 
 @dataclass
@@ -342,17 +343,31 @@ def _md_cell(text: str) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", "").replace("\n", "⏎")
 
 
+_ALIGN = {"l": "---", "r": "---:", "c": ":---:"}
+
+
 def markdown_table(table: Table) -> str:
-    """A GitHub-flavoured Markdown table; the first column in bold when it holds row labels."""
-    out = ["| " + " | ".join(_md_cell(h) for h in table.headers) + " |",
-           "|" + "|".join("---" if i == 0 and table.row_headers else ":---:" if table.row_headers else "---"
-                          for i in range(len(table.headers))) + "|"]
+    """A GitHub-flavoured Markdown table, cells escaped (``|``, newlines); the first column in bold when it holds
+    row labels. The one Markdown table writer: reports, learning curves and benchmarks all use it."""
+    if table.align is not None:
+        if len(table.align) != len(table.headers):
+            raise ValueError(f"align {table.align!r}: one letter per column ({len(table.headers)})")
+        rule = [_ALIGN[a] for a in table.align]
+    else:
+        rule = ["---" if i == 0 and table.row_headers else ":---:" if table.row_headers else "---"
+                for i in range(len(table.headers))]
+    out = ["| " + " | ".join(_md_cell(h) for h in table.headers) + " |", "|" + "|".join(rule) + "|"]
     for row in table.rows:
-        cells = [_md_cell(c) for c in row]
+        cells = [_md_cell(str(c)) for c in row]
         if table.row_headers and cells and cells[0]:
             cells[0] = f"**{cells[0]}**"
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
+
+
+def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], align: str | None = None) -> str:
+    """``markdown_table`` for plain rows (values shown with ``str``); ``align``: l, r or c per column."""
+    return markdown_table(Table(list(headers), [[str(c) for c in row] for row in rows], align=align))
 
 
 def render_markdown(blocks: list[Block]) -> str:

@@ -14,7 +14,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from schemas.errors import DataError, Problem, UserError
 from schemas.jsonl import BOM, decode_line, read_bytes
@@ -281,3 +281,16 @@ def read_run(path: str | Path) -> Run:
     results = read_results(p)
     return Run(run_name(p), p, info, results.rows, schema_name, results.line_numbers,
                warnings + results.warnings, results.sha256)
+
+
+def write_run(path: str | Path, rows: Sequence[dict[str, Any]], info: dict[str, Any] | None = None) -> Path:
+    """Write a run directory as it is read here: ``results.jsonl`` from ``rows`` and, when given, ``run.json``
+    (benchmarks and tests build synthetic runs with it; `evaluate batch` writes its own incrementally)."""
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True)
+    with open(p / RESULTS, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    if info is not None:
+        (p / RUN_JSON).write_text(json.dumps(info, ensure_ascii=False, indent=2), encoding="utf-8")
+    return p

@@ -1,4 +1,5 @@
-"""The project's contracts: dataset records, model output schemas, prompts and artifacts.
+"""The project's contracts: dataset records, model output schemas and their per-record specialization, labels,
+prompt rendering, the JSONL reader and the error types that name a file, line and field.
 
-Every other package builds on these; nothing here imports an engine.
+The bottom layer: it imports nothing else of the project (import-linter's contract in pyproject.toml).
 """

@@ -1,1 +1,1 @@
-"""Serving the base model and adapters with vLLM (`vllm serve --enable-lora`), and measuring it."""
+"""Serving the base model and adapters with `vllm serve --enable-lora`: start, stop, status and health."""

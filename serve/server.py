@@ -23,11 +23,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
-from schemas.artifacts import subdir
-from schemas.embedded import resolve_model
+from runtime import cpu_env
+from runtime.artifacts import subdir
+from runtime.embedded import resolve_model
+from runtime.procs import create_time, same_process
 from schemas.errors import UserError
-
-from . import cpu_env
 
 
 @dataclass
@@ -61,6 +61,9 @@ class ServerState:
     log: str
     started_at: float
     api_key_set: bool = False  # whether the server requires a key; the key itself is never recorded
+    # When the process started (psutil's create_time): `serve stop` signals the pid only while it is still this
+    # process, not another that was given the same pid after the server exited. None in older state files.
+    pid_started: float | None = None
 
 
 def _state_from_json(text: str) -> ServerState:
@@ -203,21 +206,16 @@ def _reap(pid: int) -> None:
         pass
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: int, started: float | None = None) -> bool:
+    """``pid`` runs and (where ``started`` is known) is the process that started then."""
     _reap(pid)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return same_process(pid, started)
 
 
 def start(cfg: ServerConfig, *, timeout: float = 600.0, log: Callable[[str], None] = print) -> ServerState:
     """Start the server in its own session, wait until /health answers, record its state."""
     existing = read_state(cfg.name)
-    if existing and _alive(existing.pid):
+    if existing and _alive(existing.pid, existing.pid_started):
         raise UserError(f"server '{cfg.name}' is already running (pid {existing.pid}, {existing.url}); `serve stop` first")
     model_path = resolve_model(cfg.model, log)
     env = server_env(cfg, model_path=model_path)
@@ -229,7 +227,7 @@ def start(cfg: ServerConfig, *, timeout: float = 600.0, log: Callable[[str], Non
             "(`ps`); pass it as PATENT_RISK_API_KEY instead")
     if not _port_free(cfg.host if cfg.host != "0.0.0.0" else "127.0.0.1", cfg.port):
         raise UserError(f"port {cfg.port} on {cfg.host} is in use; pass --port")
-    from train.export import check_adapter_dir
+    from runtime.adapters import check_adapter_dir
 
     for name, path in cfg.adapters:
         check_adapter_dir(path, cfg.max_lora_rank)
@@ -246,7 +244,7 @@ def start(cfg: ServerConfig, *, timeout: float = 600.0, log: Callable[[str], Non
     host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
     url = f"http://{host}:{cfg.port}"
     state = ServerState(cfg.name, proc.pid, url, model_path, [n for n, _ in cfg.adapters], cfg.backend, cmd,
-                        str(log_path), time.time(), api_key_set=key_set)
+                        str(log_path), time.time(), api_key_set=key_set, pid_started=create_time(proc.pid))
     (sdir / "state.json").write_text(json.dumps(asdict(state), indent=2) + "\n")
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -277,6 +275,10 @@ def stop(name: str = "default", *, grace: float = 30.0, log: Callable[[str], Non
     state = read_state(name)
     if state is None:
         log(f"no server '{name}' recorded")
+        return False
+    if _alive(state.pid) and not _alive(state.pid, state.pid_started):
+        _clear(name)
+        log(f"server '{name}' had exited: pid {state.pid} is now another process, left alone")
         return False
     if _alive(state.pid):
         try:
@@ -310,7 +312,7 @@ def status(name: str = "default") -> dict:
     state = read_state(name)
     if state is None:
         return {"name": name, "running": False}
-    return {**asdict(state), "running": _alive(state.pid), "healthy": health(state.url)}
+    return {**asdict(state), "running": _alive(state.pid, state.pid_started), "healthy": health(state.url)}
 
 
 def served_backend(url: str) -> str | None:

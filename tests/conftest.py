@@ -30,15 +30,11 @@ def live_group_members(pgid: int, wait: float = 30.0) -> list[int]:
     holds no memory, port or CPU, so only live members count as left behind."""
     import time
 
-    from evaluate.bench import stat_fields
+    from runtime.procs import group_members
 
     deadline = time.monotonic() + wait
     while True:
-        live = []
-        for d in Path("/proc").iterdir():
-            f = stat_fields(int(d.name)) if d.name.isdigit() else None
-            if f is not None and int(f[2]) == pgid and f[0] != "Z":  # state, ppid, pgrp, ...
-                live.append(int(d.name))
+        live = group_members(pgid)
         if not live or time.monotonic() > deadline:
             return live
         time.sleep(0.2)
@@ -56,7 +52,7 @@ def check_contract(kind: str, path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="session")
 def embedded_model() -> Path:
-    from schemas.embedded import ensure_embedded_model
+    from runtime.embedded import ensure_embedded_model
 
     return ensure_embedded_model()
 
@@ -71,7 +67,7 @@ def tokenizer(embedded_model):
 @pytest.fixture(scope="session")
 def gemma_model() -> Path:
     """Gemma 3 270M by name (the default today; tests of Gemma's own traps say so)."""
-    from schemas.embedded import GEMMA3_270M, ensure_embedded_model
+    from runtime.embedded import GEMMA3_270M, ensure_embedded_model
 
     return ensure_embedded_model(model=GEMMA3_270M)
 
@@ -85,7 +81,7 @@ def gemma_tokenizer(gemma_model):
 
 @pytest.fixture(scope="session")
 def smollm2_model() -> Path:
-    from schemas.embedded import SMOLLM2_135M, ensure_embedded_model
+    from runtime.embedded import SMOLLM2_135M, ensure_embedded_model
 
     return ensure_embedded_model(model=SMOLLM2_135M)
 
@@ -154,7 +150,7 @@ def smollm2_adapter(tmp_path_factory, smollm2_model) -> Path:
 
 
 def _offline_engine(model: Path, adapter: Path):
-    from evaluate.engines import AdapterSpec, VllmOffline
+    from runtime.engines import AdapterSpec, VllmOffline
 
     # KV cache sized from the model and the batch (cpu_env.kv_cache_bytes)
     return VllmOffline(str(model), AdapterSpec("tiny", str(adapter)), backend="outlines", max_model_len=1024)

@@ -19,7 +19,7 @@ from .conftest import ROOT, live_group_members
 
 
 def batch_command(data: Path, out: Path, adapter: Path, limit: int, chunk: int, model: Path) -> list[str]:
-    return [sys.executable, "-m", "evaluate.cli", "batch", "--data", str(data), "--out", str(out), "--constrained",
+    return [sys.executable, "-m", "cli.evaluate", "batch", "--data", str(data), "--out", str(out), "--constrained",
             "--model", str(model), "--adapter", f"tiny={adapter}", "--limit", str(limit), "--chunk-size", str(chunk),
             "--max-model-len", "1024", "--no-progress"]
 

@@ -66,7 +66,7 @@ def test_refusals_name_the_problem(tmp_path):
 
 
 def test_cli_writes_it_and_says_what_it_answered(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "evaluate.cli", "baseline", "--train", str(TRAIN), "--data", str(EVAL),
+    done = subprocess.run([sys.executable, "-m", "cli.evaluate", "baseline", "--train", str(TRAIN), "--data", str(EVAL),
                            "--out", str(tmp_path / "maj")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "147 samples answered risk_level 낮음, every element 대응" in done.stdout

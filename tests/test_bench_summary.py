@@ -1,18 +1,19 @@
-"""evaluate.bench's pure parts: a worker result summarized, ratios, identical outputs, the markdown table."""
+"""bench.offline_summary and bench.offline_configs: the pure parts: a worker result summarized, ratios, identical outputs, the markdown table."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from evaluate.bench import compare_outputs, identical_outputs, parse_configs, ratios, summarize_run, to_markdown
+from bench.offline_configs import parse_configs
+from bench.offline_summary import compare_outputs, identical_outputs, ratios, summarize_run, to_markdown
 from schemas.errors import UserError
 
 VALID = '{"risk_level":"낮음","matches":[{"element_id":"E1","match":"대응"}]}'
 
 
 def _raw(config, gen_s, outputs, **extra):
-    return {"config": config, "status": "ok", "load_s": 1.0, "gen_s": gen_s, "outputs": outputs, "peak_rss_mb": 100.0,
+    return {"config": config, "status": "ok", "load_s": 1.0, "gen_s": gen_s, "outputs": outputs, "peak_pss_mb": 100.0,
             **extra}
 
 

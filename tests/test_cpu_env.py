@@ -1,8 +1,8 @@
-"""CPU settings chosen in code (serve/cpu_env.py)."""
+"""CPU settings chosen in code (runtime/cpu_env.py)."""
 import os
 from unittest import mock
 
-from serve import cpu_env
+from runtime import cpu_env
 
 
 def test_tcmalloc_is_prepended_once_where_installed(monkeypatch):

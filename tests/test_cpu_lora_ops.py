@@ -1,4 +1,4 @@
-"""The grouped-matmul CPU LoRA ops (serve/cpu_lora.py) against vLLM's stock ops.
+"""The grouped-matmul CPU LoRA ops (runtime/cpu_lora.py) against vLLM's stock ops.
 
 Pure torch, no engine.  The stock ops index ``weights[-1]`` for a token whose
 lora index is -1 (no adapter), i.e. the last adapter slot; the fast ops give
@@ -18,7 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("vllm")
 
-from serve import cpu_lora  # noqa: E402
+from runtime import cpu_lora  # noqa: E402
 
 OPS_MODULES = cpu_lora._TARGET_MODULES
 HIDDEN = 48
@@ -378,9 +378,9 @@ def test_register_calls_install_and_never_raises(monkeypatch):
 def test_entry_point_registered():
     from importlib.metadata import entry_points
 
-    eps = [ep for ep in entry_points(group="vllm.general_plugins") if ep.value == "serve.cpu_lora:register"]
+    eps = [ep for ep in entry_points(group="vllm.general_plugins") if ep.value == "runtime.cpu_lora:register"]
     if not eps:
-        missing = "no vllm.general_plugins entry point serve.cpu_lora:register: package not (re)installed"
+        missing = "no vllm.general_plugins entry point runtime.cpu_lora:register: package not (re)installed"
         if os.environ.get("CI"):  # CI installs the package, so the plugin must be there
             pytest.fail(missing)
         pytest.skip(missing)
@@ -390,7 +390,7 @@ def test_entry_point_registered():
 
 def test_import_is_light():
     code = (
-        "import sys, serve.cpu_lora; "
+        "import sys, runtime.cpu_lora; "
         "heavy = [m for m in ('torch', 'vllm') if m in sys.modules]; "
         "assert not heavy, heavy"
     )

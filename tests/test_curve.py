@@ -14,8 +14,8 @@ import pytest
 
 from evaluate.batch import Borrowed
 from evaluate.curve import Checkpoint, Point, checkpoints, choose, evaluate_points, write_curve
-from evaluate.engines import AdapterSpec
-from evaluate.requests import build_requests
+from runtime.engines import AdapterSpec
+from runtime.requests import build_requests
 from schemas.records import load_dataset
 from tests.conftest import TRAIN, check_contract
 from train.config import load_config
@@ -57,12 +57,12 @@ def test_dev_split_larger_than_the_file_is_refused():
 
 def test_dev_split_command_writes_valid_records(tmp_path):
     out = tmp_path / "dev.jsonl"
-    done = subprocess.run([sys.executable, "-m", "train.cli", "dev-split", "-s", "dev_size=30", "--out", str(out)],
+    done = subprocess.run([sys.executable, "-m", "cli.train", "dev-split", "-s", "dev_size=30", "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     dev = load_dataset(out).records
     assert [r.id for r in dev] == [r.id for r in dev_split(load_config(None, ["dev_size=30"]), load_dataset(TRAIN).records)[1]]
-    refused = subprocess.run([sys.executable, "-m", "train.cli", "dev-split", "-s", "dev_size=0", "--out", str(tmp_path / "x.jsonl")],
+    refused = subprocess.run([sys.executable, "-m", "cli.train", "dev-split", "-s", "dev_size=0", "--out", str(tmp_path / "x.jsonl")],
                              cwd=ROOT, capture_output=True, text=True)
     assert refused.returncode != 0 and "dev_size is 0" in refused.stderr
 
@@ -144,7 +144,7 @@ def test_curve_points_on_one_engine(engine, trained_adapter, short_eval, tmp_pat
 
 
 def test_a_bad_plan_is_one_line_naming_the_file_and_key(tmp_path):
-    from evaluate.recipe import read_plan
+    from cli.recipe import read_plan
 
     for text, needle in (("config: x\nvariants: {}\n", "missing dev_size"),
                          ("config: x\ndev_size: 1\nvariants: {}\nbudget: 3\n", "unknown key(s) budget"),

@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from schemas.demo_data import PATENTS
+from datagen.demo import PATENTS
 from schemas.errors import UserError
 from schemas.records import Record, load_dataset
 from train.config import TrainConfig, load_config
@@ -140,7 +140,7 @@ def test_bad_mix_config_is_one_clear_message(override, needle):
 def test_cli_print_config_shows_the_mix_fields():
     from click.testing import CliRunner
 
-    from train.cli import main
+    from cli.train import main
 
     out = CliRunner().invoke(main, ["qlora", "-s", "augment_boundary=80", "--print-config"])
     assert out.exit_code == 0, out.output
@@ -148,8 +148,8 @@ def test_cli_print_config_shows_the_mix_fields():
 
 
 def test_demo_reuse_check_knows_the_mix(tmp_path, monkeypatch):
-    from schemas.artifacts import file_sha256
-    from evaluate import demo
+    from cli import demo
+    from runtime.artifacts import file_sha256
 
     config = tmp_path / "demo.yaml"
     config.write_text(f"train_data: {TRAIN}\nlimit: 20\naugment_boundary: 6\n")
@@ -159,8 +159,8 @@ def test_demo_reuse_check_knows_the_mix(tmp_path, monkeypatch):
     adapter = tmp_path / "adapter"
     adapter.mkdir()
 
-    from schemas.artifacts import describe_path
-    from schemas.embedded import resolve_model
+    from runtime.artifacts import describe_path
+    from runtime.embedded import resolve_model
 
     base = describe_path(resolve_model(None))
 

@@ -1,4 +1,4 @@
-"""The demo split (data/demo) and its generator, schemas.demo_data.
+"""The demo split (data/demo) and its generator, datagen.demo.
 
 Labels are checked against the rules re-derived here from the element texts, not from the
 generator's own tables, so a drift on either side shows up.
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from schemas import demo_data
+from datagen import demo as demo_data
+from datagen import patents
 from schemas.records import Record, load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,7 +168,11 @@ def test_novel_records_use_phrasing_train_never_uses(split):
 
 
 def test_regenerating_with_default_seed_reproduces_committed_files(tmp_path):
-    assert demo_data.main([str(tmp_path)]) == 0
+    from click.testing import CliRunner
+
+    from cli.datagen import main
+
+    assert CliRunner().invoke(main, [str(tmp_path)]).exit_code == 0
     for name in ("train", "eval"):
         assert (tmp_path / f"{name}.jsonl").read_bytes() == (DEMO / f"{name}.jsonl").read_bytes(), name
 
@@ -194,26 +199,26 @@ def test_ambiguous_is_mostly_a_boundary_call(split):
 
 
 def test_rule_functions():
-    stick = demo_data.patent_by_id("KR10-2019-0034127")
+    stick = patents.patent_by_id("KR10-2019-0034127")
     gel = stick.element("E1")  # 8 내지 50중량%
-    assert demo_data.rule_for_value(gel, 50) == "near_boundary"
-    assert demo_data.rule_for_value(gel, 52) == "near_boundary"
-    assert demo_data.rule_for_value(gel, 53) == "out_of_range"
-    assert demo_data.rule_for_value(gel, 47) == "in_range"
-    assert demo_data.rule_for_value(gel, 8) == "near_boundary"
-    assert demo_data.rule_for_value(gel, 7) == "out_of_range"
-    spf = demo_data.patent_by_id("KR10-2021-0097456").element("E4")  # 30 이상
-    assert [demo_data.rule_for_value(spf, v) for v in (28, 29, 31, 32, 50)] == [
+    assert patents.rule_for_value(gel, 50) == "near_boundary"
+    assert patents.rule_for_value(gel, 52) == "near_boundary"
+    assert patents.rule_for_value(gel, 53) == "out_of_range"
+    assert patents.rule_for_value(gel, 47) == "in_range"
+    assert patents.rule_for_value(gel, 8) == "near_boundary"
+    assert patents.rule_for_value(gel, 7) == "out_of_range"
+    spf = patents.patent_by_id("KR10-2021-0097456").element("E4")  # 30 이상
+    assert [patents.rule_for_value(spf, v) for v in (28, 29, 31, 32, 50)] == [
         "out_of_range", "near_boundary", "near_boundary", "in_range", "in_range"]
-    assert demo_data.risk_from_matches(["대응", "대응"]) == "높음"
-    assert demo_data.risk_from_matches(["대응", "판단불가"]) == "애매"
-    assert demo_data.risk_from_matches(["판단불가", "미대응"]) == "낮음"
-    assert demo_data.RULE_MATCH == RULE_MATCH
+    assert patents.risk_from_matches(["대응", "대응"]) == "높음"
+    assert patents.risk_from_matches(["대응", "판단불가"]) == "애매"
+    assert patents.risk_from_matches(["판단불가", "미대응"]) == "낮음"
+    assert patents.RULE_MATCH == RULE_MATCH
 
 
 def test_patents_are_well_formed():
-    assert len(demo_data.PATENTS) == 5
-    for patent in demo_data.PATENTS:
+    assert len(patents.PATENTS) == 5
+    for patent in patents.PATENTS:
         assert re.fullmatch(r"KR10-\d{4}-\d{7}", patent.patent_id)
         assert 3 <= len(patent.elements) <= 6
         assert [e.id for e in patent.elements] == [f"E{i}" for i in range(1, len(patent.elements) + 1)]

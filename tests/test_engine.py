@@ -4,7 +4,7 @@ import json
 import pytest
 
 from evaluate.batch import BatchConfig, run_batch
-from evaluate.requests import build_requests
+from runtime.requests import build_requests
 from schemas.errors import UserError
 from schemas.output import schema_errors
 

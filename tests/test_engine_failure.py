@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from evaluate.batch import BatchConfig, run_batch
-from evaluate.engines import ENGINE_FAILURE_REASONS
+from runtime.engines import ENGINE_FAILURE_REASONS
 
 from .conftest import EVAL, ROOT, Borrowed
 
@@ -47,7 +47,7 @@ def test_a_grammar_compile_timeout_stops_the_run_and_writes_no_row(gemma_model, 
     faster than the base model alone."""
     data, out = _slow_schemas(tmp_path, 2), tmp_path / "run"
     env = {**os.environ, "VLLM_REGEX_COMPILATION_TIMEOUT_S": "1", "OUTLINES_CACHE_DIR": str(tmp_path / "outlines")}
-    cmd = [sys.executable, "-m", "evaluate.cli", "batch", "--data", str(data), "--out", str(out), "--constrained",
+    cmd = [sys.executable, "-m", "cli.evaluate", "batch", "--data", str(data), "--out", str(out), "--constrained",
            "--model", str(gemma_model), "--adapter", f"tiny={trained_adapter}", "--max-model-len", "4096", "--chunk-size", "2", "--no-progress"]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 2, done.stderr[-3000:]  # a UserError: one `error:` line, no traceback
@@ -71,7 +71,7 @@ def test_a_grammar_compile_timeout_stops_the_run_and_writes_no_row(gemma_model, 
 
 def test_a_compiled_schema_is_stored_once_and_later_runs_compile_nothing(engine, eval_records, tmp_path):
     """Issue 14, compile once: a schema never seen before is compiled (by the offline engine's front end before the
-    chunk is submitted, serve/outlines_cache.precompile, under the key the engine core computes too) and its
+    chunk is submitted, runtime/outlines_cache.precompile, under the key the engine core computes too) and its
     outlines index stored in the disk cache the engine's settings name (cpu_env.structured_outputs_env: artifacts/cache/
     outlines, the file `serve start`, a resumed run, a re-run and another adapter on this base open too); a
     second run of the same record, vLLM's prefix cache emptied, finds it there and compiles nothing: outlines'
@@ -107,7 +107,7 @@ def test_a_compiled_schema_is_stored_once_and_later_runs_compile_nothing(engine,
             first = stored()
             assert len(first) == 1, first  # compiled once, stored once
     assert stored() == first  # the same row: nothing compiled (or stored) again
-    # ... and under a key every process computes alike (serve/outlines_cache.py): this test process is not the
+    # ... and under a key every process computes alike (runtime/outlines_cache.py): this test process is not the
     # engine core that stored it, and a fresh tokenizer object holds no cached vocabulary
     from transformers import AutoTokenizer
     from vllm.v1.structured_output.utils import get_outlines_vocabulary

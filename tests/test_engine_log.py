@@ -1,4 +1,4 @@
-"""schemas.engine_log: what a newcomer reads (issue 15). Inside engine_output(path), everything an engine writes
+"""runtime.engine_log: what a newcomer reads (issue 15). Inside engine_output(path), everything an engine writes
 (its log through VLLM_LOGGING_STREAM, raw writes to descriptors 1 and 2, child processes, Python warnings) goes to
 the file, while the tool's own lines (sys.stdout, sys.stderr: click, progress bars) reach the terminal; a failure
 shows the log's last lines. Each in a fresh interpreter, as the CLI runs it."""
@@ -13,7 +13,7 @@ from .conftest import ROOT
 SCRIPT = textwrap.dedent('''
     import logging.config, os, subprocess, sys, warnings
     from pathlib import Path
-    from schemas.engine_log import engine_output
+    from runtime.engine_log import engine_output
 
     log = Path(sys.argv[1])
     fail = sys.argv[2] == "fail"

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from schemas.errors import UserError
-from schemas.prompt import chat_format, fold_system, messages_for, render_messages
+from schemas.prompt import chat_format, fold_system, messages_for
 from train.features import prompt_ids
 
 SYSTEM, USER, ANSWER = "Answer with JSON only.", "청구항 E1: 겔화제", '{"risk_level":"낮음"}'
@@ -126,8 +126,8 @@ def test_xgrammar_and_guidance_are_compact_by_the_engines_config(gemma_engine, e
     from vllm.tokenizers import cached_tokenizer_from_config
     from vllm.v1.structured_output.backend_types import StructuredOutputOptions
 
+    from runtime import cpu_env
     from schemas.output import load_schema, specialize
-    from serve import cpu_env
 
     if backend == "xgrammar":
         from vllm.v1.structured_output.backend_xgrammar import XgrammarBackend as Backend
@@ -155,7 +155,7 @@ def test_xgrammar_and_guidance_are_compact_by_the_engines_config(gemma_engine, e
 
 
 def _requests(engine, recs, constrained: bool, max_tokens: int | None = None):
-    from evaluate.requests import build_requests
+    from runtime.requests import build_requests
 
     reqs = build_requests(recs, "v1", constrained, engine.count_tokens)
     return reqs if max_tokens is None else [r.__class__(r.record_id, r.messages, max_tokens, r.json_schema) for r in reqs]

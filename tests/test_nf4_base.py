@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,7 +55,7 @@ def test_nf4_rounded_base_computes_nearly_what_the_nf4_model_computes(embedded_m
 
 
 def test_nf4_base_command_refuses_a_plain_lora_adapter(trained_adapter):
-    done = subprocess.run([sys.executable, "-m", "train.cli", "nf4-base", str(trained_adapter)],
+    done = subprocess.run([sys.executable, "-m", "cli.train", "nf4-base", str(trained_adapter)],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode != 0 and "not trained on an NF4 base" in done.stderr
 

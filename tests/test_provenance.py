@@ -5,11 +5,11 @@ from __future__ import annotations
 import copy
 import json
 
-from evaluate.bench_report import output_text, write_run
 from evaluate.provenance import comparison_differences, differences, identity
 from evaluate.report import build_report
-from evaluate.requests import STRUCTURED_OUTPUT_OPTIONS, GenRequest
+from runtime.requests import STRUCTURED_OUTPUT_OPTIONS, GenRequest
 
+from .runs import output_text, write_run
 from .test_report import info, row
 
 
@@ -84,7 +84,7 @@ def test_engine_level_structured_outputs_config_is_identity():
     the request: an xgrammar run begun before that config set disable_any_whitespace (its run.json has no
     structured_outputs_config: the backend alone) must not resume under it, mixing indented and compact
     outputs. An outlines run of that time had the same engine config as now, and resumes."""
-    from serve.cpu_env import structured_outputs_config
+    from runtime.cpu_env import structured_outputs_config
 
     for backend, resumes in (("xgrammar", False), ("guidance", False), ("outlines", True)):
         legacy = _run_json(format_version=2, backend=backend)
@@ -102,9 +102,9 @@ def test_engine_level_structured_outputs_config_is_identity():
 
 def test_batch_records_the_engine_config_its_offline_engine_uses(tmp_path):
     """run.json's structured_outputs_config is the one VllmOffline builds its engine with (one owner:
-    serve.cpu_env.structured_outputs_config); through a server it is None (the server's start decides it)."""
+    runtime.cpu_env.structured_outputs_config); through a server it is None (the server's start decides it)."""
     from evaluate.batch import BatchConfig, provenance
-    from serve.cpu_env import structured_outputs_config
+    from runtime.cpu_env import structured_outputs_config
 
     data = tmp_path / "d.jsonl"
     data.write_text("", encoding="utf-8")

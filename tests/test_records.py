@@ -4,7 +4,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from evaluate.cli import main as evaluate_cli
+from cli.evaluate import main as evaluate_cli
 from schemas.errors import DataError
 from schemas.records import load_dataset
 

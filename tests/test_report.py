@@ -4,11 +4,9 @@ from __future__ import annotations
 import json
 import re
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
 
-from evaluate.bench_report import output_text, write_run
 from evaluate.report import build_report, write_report
 from evaluate.rundir import RESULTS, read_run, repair_torn_tail
 from schemas.errors import DataError, UserError
@@ -16,6 +14,7 @@ from schemas.labels import INVALID
 from schemas.output import load_schema, schema_hash
 
 from .conftest import check_contract
+from .runs import output_text, write_run
 
 # SEED_REPORT.md: rows are predictions, columns gold, in the order 높음 애매 낮음 / 대응 판단불가 미대응.
 SEED_RISK = {"높음": {"높음": 29, "애매": 1, "낮음": 0}, "애매": {"높음": 0, "애매": 42, "낮음": 1},

@@ -7,9 +7,9 @@ import subprocess
 
 import pytest
 
-from evaluate.bench_report import write_run
 from evaluate.report import write_report
 
+from .runs import write_run
 from .test_report import info, seed_rows
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -13,8 +13,8 @@ import time
 import pytest
 
 from evaluate.batch import BatchConfig, run_batch
-from evaluate.engines import AdapterSpec
-from evaluate.requests import build_requests
+from runtime.engines import AdapterSpec
+from runtime.requests import build_requests
 from schemas.errors import UserError
 
 from .conftest import EVAL, ROOT, Borrowed
@@ -96,7 +96,7 @@ def test_cli_refusal_comes_in_seconds_naming_each_field(finished_run, trained_ad
     """The real CLI into a finished run directory with two settings changed: non-zero exit, both fields
     named, long before an engine could have started (engine start on this model: tens of seconds)."""
     other = _changed_adapter(trained_adapter, tmp_path)
-    cmd = [sys.executable, "-m", "evaluate.cli", "batch", "--data", str(EVAL), "--out", finished_run.out,
+    cmd = [sys.executable, "-m", "cli.evaluate", "batch", "--data", str(EVAL), "--out", finished_run.out,
            "--unconstrained", "--adapter", f"tiny={other}", "--limit", "2", "--no-progress"]
     t0 = time.monotonic()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)

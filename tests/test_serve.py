@@ -11,12 +11,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
 from evaluate.batch import BatchConfig, run_batch
-from evaluate.engines import AdapterSpec, VllmServer
+from runtime import cpu_env
+from runtime.engines import AdapterSpec, VllmServer
 from schemas.output import load_schema, schema_errors, specialize
-from serve import cpu_env
 from serve.server import ServerConfig, free_port, start, status, stop
 
 from .conftest import live_group_members
@@ -54,7 +55,7 @@ def request_seconds(server, smollm2_model, short_records):
     """How long one real constrained request takes on this machine now, its schema already compiled (the
     first request compiles it; every short record shares it): the tests' client timeouts and slow faults
     scale with it instead of assuming a fast CPU."""
-    from evaluate.requests import build_requests
+    from runtime.requests import build_requests
 
     eng = VllmServer(server.url, "tiny", str(smollm2_model), api_key=KEY, max_concurrency=1)
     first, second = build_requests(short_records[-2:], "v1", True, eng.count_tokens)
@@ -95,18 +96,14 @@ def test_api_key_reaches_the_server_only_through_its_environment(server):
     state.json, start's output or the server's log; the server still requires it."""
     members = live_group_members(server.pid, wait=0)  # the API server, its engine core and worker
     assert server.pid in members and len(members) >= 2, members
-    assert b"vllm.entrypoints.openai.api_server" in Path(f"/proc/{server.pid}/cmdline").read_bytes()
+    assert "vllm.entrypoints.openai.api_server" in psutil.Process(server.pid).cmdline()
     leaks = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmdline = (proc / "cmdline").read_bytes()
-            except OSError:  # exited meanwhile
-                continue
-            if KEY.encode() in cmdline:
-                leaks.append((int(proc.name), cmdline.replace(b"\0", b" ").decode(errors="replace")))
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])  # None or [] where it exited meanwhile or is a kernel thread
+        if KEY in cmdline:
+            leaks.append((proc.pid, cmdline))
     assert leaks == []
-    assert f"VLLM_API_KEY={KEY}".encode() in Path(f"/proc/{server.pid}/environ").read_bytes().split(b"\0")
+    assert psutil.Process(server.pid).environ().get("VLLM_API_KEY") == KEY
     state_text = (Path(server.log).parent / "state.json").read_text()
     assert KEY not in state_text and json.loads(state_text)["api_key_set"] is True
     assert any(line.startswith("$ VLLM_API_KEY=*** vllm serve ") for line in START_OUTPUT), START_OUTPUT
@@ -130,7 +127,7 @@ def test_server_binds_loopback_only(server):
 def test_constrained_request_and_batch_through_the_server(server, smollm2_model, short_eval, short_records, tmp_path):
     engine = VllmServer(server.url, "tiny", str(smollm2_model), api_key=KEY, max_concurrency=4, backend=server.backend)
     rec = short_records[0]
-    from evaluate.requests import build_requests
+    from runtime.requests import build_requests
 
     req = build_requests([rec], "v1", True, engine.count_tokens)[0]
     assert req.json_schema == specialize(load_schema("v1"), rec.element_ids)
@@ -283,7 +280,7 @@ def test_connection_refused_is_a_clear_error(smollm2_model):
 
 
 def test_bench_against_the_server(server, smollm2_model, short_eval, tmp_path):
-    from serve.bench import run_bench, write_bench
+    from bench.serving import run_bench, write_bench
 
     doc = run_bench(server.url, [server.served_model, "tiny"], str(short_eval), [False, True], [2], 2,
                     str(smollm2_model), api_key=KEY, log=lambda s: None)
@@ -301,7 +298,7 @@ def test_bench_against_the_server(server, smollm2_model, short_eval, tmp_path):
 def test_crosscheck_with_vllms_serving_benchmark(server, smollm2_model, short_eval, tmp_path):
     """vLLM's own benchmark and serve bench send the same greedy requests: they must count the same
     output tokens, and both must see every request succeed."""
-    from serve.crosscheck import crosscheck, to_markdown
+    from bench.crosscheck import crosscheck, to_markdown
 
     doc = crosscheck(server.url, "tiny", str(short_eval), 2, 2, str(smollm2_model), api_key=KEY, log=lambda s: None)
     ours, theirs = doc["serve_bench"], doc["vllm_bench"]

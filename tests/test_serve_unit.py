@@ -124,7 +124,7 @@ def test_build_command_keeps_the_key_out_of_argv():
 def test_server_gets_the_offline_engines_structured_outputs_settings_and_keeps_the_users(gemma_model):
     """Issue 14: one structured-outputs environment for `serve start` and the offline engine: the compile
     limit sized for the vocabulary (Gemma's 262,144 tokens: 262 s) and outlines' disk cache in artifacts/."""
-    from serve import cpu_env
+    from runtime import cpu_env
 
     env = server.server_env(ServerConfig(), {}, str(gemma_model))
     assert env["VLLM_REGEX_COMPILATION_TIMEOUT_S"] == "262"
@@ -148,15 +148,49 @@ def test_state_written_before_api_key_set_existed_still_reads(tmp_path, monkeypa
     assert state is not None and state.api_key_set is False and state.url == old["url"]
 
 
+def test_stop_leaves_alone_a_process_that_was_given_the_servers_pid(tmp_path, monkeypatch):
+    """issue 17: `serve stop` signals the recorded pid only while it is still the process `serve start` made
+    (psutil's create_time); a later process with the same pid (here: a live process whose start time differs
+    from the recorded one) is left running, and the stale state is cleared."""
+    import subprocess
+    import time
+
+    from runtime.procs import create_time
+
+    monkeypatch.setenv("PATENT_RISK_HOME", str(tmp_path))
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        state = {"name": "gone", "pid": other.pid, "url": "http://127.0.0.1:9", "served_model": "/m", "adapters": [],
+                 "backend": "outlines", "command": ["x"], "log": "/x/server.log", "started_at": 1.0,
+                 "pid_started": create_time(other.pid) - 100.0}
+        (tmp_path / "serve" / "gone").mkdir(parents=True)
+        (tmp_path / "serve" / "gone" / "state.json").write_text(json.dumps(state))
+        lines = []
+        assert server.stop("gone", grace=1.0, log=lines.append) is False
+        time.sleep(0.2)
+        assert other.poll() is None, "the unrelated process was signalled"
+        assert "is now another process" in lines[-1] and read_state("gone") is None
+        assert server.status("gone") == {"name": "gone", "running": False}
+        # the same state with the right start time is the server: stop signals its group
+        state["pid_started"] = create_time(other.pid)
+        (tmp_path / "serve" / "gone" / "state.json").write_text(json.dumps(state))
+        assert server.stop("gone", grace=5.0, log=lines.append) is True
+        other.wait(timeout=10)  # ended (stop reaps it, so Popen reads no exit status): TimeoutExpired otherwise
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait()
+
+
 def test_start_help_warns_that_a_typed_key_is_visible_to_ps():
-    from serve.cli import main
+    from cli.serve import main
 
     out = CliRunner().invoke(main, ["start", "--help"], terminal_width=200).output
     assert "visible to `ps`" in " ".join(out.split()) and "PATENT_RISK_API_KEY" in out and "VLLM_API_KEY" in out
 
 
 def test_start_takes_the_key_from_patent_risk_api_key(monkeypatch):
-    from serve.cli import main
+    from cli.serve import main
 
     seen = {}
 
@@ -223,8 +257,8 @@ def test_a_server_that_dies_is_reported_by_its_root_cause(tmp_path, monkeypatch)
 def test_serve_bench_folds_the_system_text_for_a_template_without_a_system_role(smollm2_tokenizer, tmp_path):
     """serve bench and crosscheck send what `evaluate batch` sends: for a chat template that refuses a
     system role, the system text folded into the first user turn, not a request the server rejects."""
+    from bench.serving import prompt_requests
     from schemas.prompt import SYSTEM
-    from serve.bench import prompt_requests
 
     from .conftest import EVAL
 

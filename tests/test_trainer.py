@@ -9,9 +9,9 @@ import time
 import pytest
 import torch
 
+from runtime.adapters import adapter_problems, check_adapter_dir
 from schemas.errors import UserError
 from train.config import TrainConfig, load_config
-from train.export import adapter_problems, check_adapter_dir
 
 from .conftest import ROOT, TINY_RECIPE, TRAIN
 
@@ -129,7 +129,7 @@ def test_merged_model_equals_the_adapter(trained_adapter, embedded_model, tokeni
 
 def _train_cmd(out):
     pinned = [a for item in TINY_RECIPE for a in ("-s", item)]  # the demo config's 80 steps are not this test's
-    return [sys.executable, "-m", "train.cli", "qlora", *pinned, "-s", f"train_data={TRAIN}", "-s", "limit=12", "-s", "eval_fraction=0",
+    return [sys.executable, "-m", "cli.train", "qlora", *pinned, "-s", f"train_data={TRAIN}", "-s", "limit=12", "-s", "eval_fraction=0",
             "-s", f"output_dir={out}", "-s", "save_steps=2", "-s", "logging_steps=1", "-s", "save_total_limit=10"]
 
 

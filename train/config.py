@@ -7,13 +7,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from runtime.adapters import VLLM_LORA_RANKS
 from schemas.errors import UserError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "demo.yaml"
 ATTENTION_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
 MLP_MODULES = ["gate_proj", "up_proj", "down_proj"]
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 class TrainConfig(BaseModel):
@@ -35,7 +35,7 @@ class TrainConfig(BaseModel):
     output_dir: str | None = Field(None, description="Write the adapter here instead of artifacts/adapters/NAME.")
 
     augment_boundary: int = Field(0, ge=0, description=(
-        "Add N generated boundary records (schemas.demo_data.generate_boundary_cases, seed = seed) for the patents "
+        "Add N generated boundary records (datagen.demo.generate_boundary_cases, seed = seed) for the patents "
         "of the training records; demo patents only. Never added to the held-out slice."))
     oversample_where: str | None = Field(None, description=(
         "meta.PATH (e.g. meta.near_boundary): training records whose value there is truthy are repeated "

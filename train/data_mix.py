@@ -8,7 +8,7 @@ Order of operations, all deterministic given the config and the file:
   2. keep the first ``limit`` remaining records: the *base* records;
   3. repeat every base record whose ``oversample_where`` value is truthy until it appears
      ``oversample_factor`` times in all;
-  4. add ``augment_boundary`` records from ``schemas.demo_data.generate_boundary_cases`` (seed ``seed``),
+  4. add ``augment_boundary`` records from ``datagen.demo.generate_boundary_cases`` (seed ``seed``),
      for the patents of the base records, validated as ``Record``s like loaded ones;
   5. when 3 or 4 added anything, shuffle the list with ``seed`` (otherwise the file's order is kept).
 """
@@ -65,7 +65,7 @@ def _risk_counts(records: Sequence[Record]) -> dict[str, int]:
 
 
 def _boundary_records(cfg: TrainConfig, base: Sequence[Record], known_queries: set[str]) -> tuple[list[Record], list[str]]:
-    from schemas.demo_data import DEFAULT_SEED, PATENTS, generate, generate_boundary_cases
+    from datagen.demo import DEFAULT_SEED, PATENTS, generate, generate_boundary_cases
 
     specs = {p.patent_id: p for p in PATENTS}
     present = {r.patent_id for r in base}

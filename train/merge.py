@@ -12,11 +12,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from schemas.artifacts import describe_path
-from schemas.embedded import resolve_model
+from runtime.adapters import check_adapter_dir, read_manifest
+from runtime.artifacts import describe_path
+from runtime.embedded import resolve_model
 from schemas.errors import UserError
 
-from .export import check_adapter_dir, read_manifest
 from .nf4_base import nf4_base, trained_quantization
 
 
@@ -97,7 +97,7 @@ def merged_for(adapter_dir: str | Path, base: str, dtype: str | None = None, log
     import hashlib
     import shutil
 
-    from schemas.artifacts import dir_sha256, subdir
+    from runtime.artifacts import dir_sha256, subdir
 
     dtype = merge_dtype(base, dtype)
     onto = "nf4-rounded" if trained_quantization(adapter_dir) else ""

@@ -12,8 +12,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from schemas.artifacts import describe_path, file_sha256, subdir
-from schemas.embedded import default_model_label, resolve_model
+from runtime.adapters import adapter_problems
+from runtime.artifacts import describe_path, file_sha256, subdir
+from runtime.embedded import default_model_label, resolve_model
 from schemas.errors import UserError
 from schemas.output import load_schema, schema_hash
 from schemas.prompt import PROMPT_VERSION, prompt_fingerprint
@@ -22,7 +23,6 @@ from schemas.records import load_dataset
 from . import hardware
 from .config import TrainConfig
 from .data_mix import training_data
-from .export import adapter_problems
 from .features import build_features, make_collator
 
 MANIFEST_VERSION = 1

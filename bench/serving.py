@@ -100,7 +100,7 @@ def prompt_requests(data: str, num_requests: int, tokenizer_model: str, schema_n
     through the file when it has fewer)."""
     from transformers import AutoTokenizer
 
-    from evaluate.requests import build_requests
+    from runtime.requests import build_requests
     from schemas.prompt import messages_for
     from schemas.records import load_dataset
 
@@ -154,19 +154,19 @@ def ratios(results: list[dict[str, Any]], served_models: list[str]) -> list[dict
 
 
 def to_markdown(doc: dict[str, Any]) -> str:
-    lines = ["| served model | arm | concurrency | req/s | output tok/s | TTFT p50/p99 ms | TPOT p50/p99 ms | "
-             "ITL p50/p99 ms | E2E p50/p90/p99 ms | errors |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in doc["results"]:
-        lines.append(f"| {r['served_model']} | {'constrained' if r['constrained'] else 'unconstrained'} | {r['concurrency']} | "
-                     f"{r['request_throughput']} | {r['output_tok_s']} | {r['ttft_ms']['p50']} / {r['ttft_ms']['p99']} | "
-                     f"{r['tpot_ms']['p50']} / {r['tpot_ms']['p99']} | {r['itl_ms']['p50']} / {r['itl_ms']['p99']} | "
-                     f"{r['e2e_ms']['p50']} / {r['e2e_ms']['p90']} / {r['e2e_ms']['p99']} | {r['errors']} |")
+    from evaluate.report_doc import md_table
+
+    rows = [(r["served_model"], "constrained" if r["constrained"] else "unconstrained", r["concurrency"], r["request_throughput"],
+             r["output_tok_s"], f"{r['ttft_ms']['p50']} / {r['ttft_ms']['p99']}", f"{r['tpot_ms']['p50']} / {r['tpot_ms']['p99']}",
+             f"{r['itl_ms']['p50']} / {r['itl_ms']['p99']}", f"{r['e2e_ms']['p50']} / {r['e2e_ms']['p90']} / {r['e2e_ms']['p99']}",
+             r["errors"]) for r in doc["results"]]
+    parts = [md_table(["served model", "arm", "concurrency", "req/s", "output tok/s", "TTFT p50/p99 ms", "TPOT p50/p99 ms",
+                       "ITL p50/p99 ms", "E2E p50/p90/p99 ms", "errors"], rows, align="llrrrrrrrr")]
     if doc["ratios"]:
-        lines += ["", "| ratio | served model / arm | concurrency | output tok/s ratio |", "|---|---|---:|---:|"]
-        for q in doc["ratios"]:
-            who = q.get("served_model") or ("constrained" if q.get("constrained") else "unconstrained")
-            lines.append(f"| {q['kind']} | {who} | {q['concurrency']} | {q['ratio']} |")
-    return "\n".join(lines) + "\n"
+        ratio_rows = [(q["kind"], q.get("served_model") or ("constrained" if q.get("constrained") else "unconstrained"),
+                       q["concurrency"], q["ratio"]) for q in doc["ratios"]]
+        parts.append(md_table(["ratio", "served model / arm", "concurrency", "output tok/s ratio"], ratio_rows, align="llrr"))
+    return "\n\n".join(parts) + "\n"
 
 
 def plot(doc: dict[str, Any], path: Path) -> None:

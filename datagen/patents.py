@@ -1,4 +1,5 @@
-"""A seeded generator of the Korean demo dataset (CONTRACT.md section 1) and its committed split.
+"""The demo dataset's patents and the rules that label it (CONTRACT.md section 1); datagen.demo generates
+the records, datagen.render writes their queries.
 
 Five invented patents on cosmetic formulations (``PATENTS``), each a one-sentence claim split
 into 3-6 elements. A record pairs one claim with a short product formulation (``query``); its
@@ -53,19 +54,12 @@ and some 높음 records have a value just inside it, so the margin is what separ
 """
 from __future__ import annotations
 
-import argparse
-import json
-import random
-import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
-from functools import lru_cache
-from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable
 
-DEFAULT_SEED = 20260131
 MARGIN = Fraction(5, 100)
-BOUNDARY_BAND = 0.15  # generate_boundary_cases: every record has |boundary_distance| <= this
+
 
 RULE_MATCH: dict[str, str] = {
     "in_range": "대응",
@@ -76,24 +70,9 @@ RULE_MATCH: dict[str, str] = {
     "missing": "판단불가",
     "vague": "판단불가",
 }
+
+
 VALUE_RULES = ("in_range", "out_of_range", "near_boundary")
-
-# Bands of signed distance the generator samples from, per intended case.
-_BANDS: dict[str, tuple[Fraction | None, Fraction | None]] = {
-    "in": (Fraction(65, 1000), None),
-    "in_edge": (Fraction(65, 1000), Fraction(15, 100)),
-    "near": (Fraction(-4, 100), Fraction(4, 100)),
-    "out_edge": (Fraction(-15, 100), Fraction(-65, 1000)),
-    "out": (None, Fraction(-20, 100)),
-}
-
-# Split sizes. Eval: 147 records, 643 elements, 30 높음 / 49 애매 / 68 낮음.
-EVAL_PER_PATENT = (30, 31, 30, 27, 29)
-EVAL_RISK = {"높음": 30, "애매": 49, "낮음": 68}
-EVAL_NOVEL = 30
-TRAIN_PER_PATENT = 144
-TRAIN_RISK_PER_PATENT = {"높음": 40, "애매": 50, "낮음": 54}
-MAX_QUERY_CHARS = 120
 
 
 @dataclass(frozen=True)
@@ -139,8 +118,12 @@ class PatentSpec:
 
 F = Fraction
 
+
 _AMOUNT_VAGUE = ("소량", "적정량", "미량", "일정량")
+
+
 _AMOUNT_MISSING = ("(함량 미기재)", "함유", "포함(함량 비공개)")
+
 
 PATENTS: tuple[PatentSpec, ...] = (
     PatentSpec(
@@ -309,14 +292,6 @@ PATENTS: tuple[PatentSpec, ...] = (
     ),
 )
 
-# Query templates. Shared ones appear in train and eval; novel ones only in eval (meta.novel).
-SHARED_TEMPLATES = ("colon_list", "dash_slash", "bracket_semicolon", "formula_sentence", "compact_plus")
-NOVEL_TEMPLATES = ("value_first", "key_value", "english_header", "narrative")
-_AMOUNT_UNITS = ("중량%", "wt%", "%", " 중량%", " wt%")
-_NOVEL_AMOUNT_UNITS = (" w/w%", "%(w/w)")
-
-
-# ---------------------------------------------------------------- rules
 
 def signed_distance(value: Fraction, lo: Fraction | None, hi: Fraction | None) -> Fraction:
     """Relative distance of value to its range: positive inside, negative outside (see module doc)."""
@@ -350,177 +325,6 @@ def patent_by_id(patent_id: str) -> PatentSpec:
     return next(p for p in PATENTS if p.patent_id == patent_id)
 
 
-# ---------------------------------------------------------------- rendering
-
-def _decimals(step: Fraction) -> int:
-    d = 0
-    while (step * 10 ** d).denominator != 1:
-        d += 1
-    return d
-
-
-def _fmt(value: Fraction, decimals: int, *, keep_zeros: bool = False, comma: bool = False) -> str:
-    text = f"{float(value):,.{decimals}f}" if comma else f"{float(value):.{decimals}f}"
-    if decimals and not keep_zeros:
-        text = text.rstrip("0").rstrip(".")
-    return text
-
-
-@lru_cache(maxsize=None)
-def _candidates(el: ElementSpec, case: str) -> tuple[Fraction, ...]:
-    """The values on the element's grid whose signed distance lies in the case's band."""
-    ref_hi = el.hi if el.hi is not None else el.lo * 3
-    window_lo = el.lo * F(3, 10) if el.lo is not None else ref_hi * F(3, 10)
-    window_hi = ref_hi * F(9, 5)
-    if el.unit == "중량%":
-        window_hi = min(window_hi, F(95))
-    if el.unit == "pH":
-        window_lo, window_hi = max(window_lo, F(3)), min(window_hi, F(10))
-    if el.unit == "SPF":
-        window_lo, window_hi = max(window_lo, F(5)), min(window_hi, F(50))
-    lower, upper = _BANDS[case]
-    k = -(-window_lo // el.step)
-    found = []
-    while k * el.step <= window_hi:
-        v = k * el.step
-        s = signed_distance(v, el.lo, el.hi)
-        if (lower is None or s >= lower) and (upper is None or s <= upper):
-            found.append(v)
-        k += 1
-    if not found:
-        raise ValueError(f"{el.id}: no value for case {case}")
-    return tuple(found)
-
-
-def _sample_value(rng: random.Random, el: ElementSpec, case: str) -> Fraction:
-    """A value for the case; near-boundary values land exactly on a boundary 30% of the time."""
-    candidates = _candidates(el, case)
-    if case == "near":
-        bounds = [b for b in (el.lo, el.hi) if b is not None and b in candidates]
-        if bounds and rng.random() < 0.3:
-            return rng.choice(bounds)
-    return rng.choice(candidates)
-
-
-@dataclass
-class _Style:
-    template: str
-    novel: bool
-    features: list[str] = field(default_factory=list)
-    total_weight: Fraction = Fraction(0)  # sum of the 중량% the query states
-
-    def pick_name(self, rng: random.Random, el: ElementSpec) -> str:
-        if self.novel and el.novel_names and rng.random() < 0.5:
-            name = rng.choice(el.novel_names)
-            self.features.append(f"name:{name}")
-            return name
-        return rng.choice(el.names)
-
-    def amount_unit(self, rng: random.Random) -> str:
-        if self.novel and rng.random() < 0.3:
-            unit = rng.choice(_NOVEL_AMOUNT_UNITS)
-            self.features.append(f"unit:{unit.strip()}")
-            return unit
-        return rng.choice(_AMOUNT_UNITS)
-
-    def novel_variant(self, rng: random.Random, label: str, p: float = 0.4) -> bool:
-        if self.novel and rng.random() < p:
-            self.features.append(label)
-            return True
-        return False
-
-
-def _approx(rng: random.Random) -> str:
-    return "약 " if rng.random() < 0.12 else ""
-
-
-def _render_amount(rng: random.Random, style: _Style, name: str, value: Fraction, step: Fraction) -> str:
-    style.total_weight += value
-    num = _approx(rng) + _fmt(value, _decimals(step))
-    unit = style.amount_unit(rng)
-    if style.template == "value_first":
-        return f"{num}{unit.strip()} {name}"
-    return f"{name} {num}{unit}"
-
-
-def _render_property(rng: random.Random, style: _Style, el: ElementSpec, value: Fraction) -> str:
-    approx = _approx(rng)
-    if el.unit == "cps":
-        if style.novel_variant(rng, "unit:Pa·s", 0.25):
-            return f"점도 {approx}{_fmt(value / 1000, 1)} Pa·s"
-        if style.novel_variant(rng, "unit:mPa·s", 0.25):
-            return f"점도 {approx}{_fmt(value, 0, comma=True)} mPa·s"
-        num = _fmt(value, 0, comma=rng.random() < 0.7)
-        return f"점도 {approx}{num}{rng.choice(('cps', ' cps', ' cP', 'cP'))}"
-    if el.unit == "pH":
-        num = _fmt(value, 1, keep_zeros=True)
-        if style.novel_variant(rng, "unit:pH값"):
-            return f"pH값 {num}"
-        return rng.choice((f"pH {num}", f"pH{num}", f"pH {approx}{num}"))
-    if el.unit == "SPF":
-        num = _fmt(value, 0)
-        if style.novel_variant(rng, "unit:자외선차단지수"):
-            return f"자외선차단지수 {num}"
-        if value == 50 and rng.random() < 0.5:
-            return "SPF50+ PA++++"
-        return rng.choice((f"SPF {num}", f"SPF{num}"))
-    if el.unit == "g":
-        num = _fmt(value, 0)
-        if style.novel_variant(rng, "unit:gf"):
-            return f"경도 {num}gf"
-        return rng.choice((f"경도 {approx}{num}g", f"경도 {num} g"))
-    raise ValueError(el.unit)
-
-
-def _typical_amount(rng: random.Random, el: ElementSpec) -> Fraction:
-    lo, hi, step = el.typical
-    return step * rng.randint(int(lo / step), int(hi / step))
-
-
-def _render_element(rng: random.Random, style: _Style, el: ElementSpec, case: str) -> tuple[str | None, dict]:
-    """Text for one element (None when left out) and the fact it states."""
-    if el.numeric and case in _BANDS:
-        value = _sample_value(rng, el, case)
-        if el.kind == "amount":
-            text = _render_amount(rng, style, style.pick_name(rng, el), value, el.step)
-        else:
-            text = _render_property(rng, style, el, value)
-        return text, {"state": "value", "value": value}
-    if case == "present":
-        if el.kind == "form":
-            return style.pick_name(rng, el), {"state": "present"}
-        name = style.pick_name(rng, el)
-        if el.typical and rng.random() < 0.5:
-            name = _render_amount(rng, style, name, _typical_amount(rng, el), el.typical[2])
-        return name, {"state": "present"}
-    if case == "absent":
-        if el.kind == "form":
-            return rng.choice(el.alternatives), {"state": "absent"}
-        if el.alternatives and (not el.absent_phrases or rng.random() < 0.6):
-            alt = rng.choice(el.alternatives)
-            if el.lo is not None:
-                text = _render_amount(rng, style, alt, _sample_value(rng, el, "in"), el.step)
-            elif el.typical and rng.random() < 0.5:
-                text = _render_amount(rng, style, alt, _typical_amount(rng, el), el.typical[2])
-            else:
-                text = alt
-            return text, {"state": "absent"}
-        return rng.choice(el.absent_phrases), {"state": "absent"}
-    if case == "missing":
-        if el.kind == "form":
-            return "", {"state": "missing"}
-        if el.omit_when_missing and rng.random() < 0.5:
-            return None, {"state": "missing"}
-        if el.kind == "amount":
-            return f"{style.pick_name(rng, el)} {rng.choice(_AMOUNT_MISSING)}", {"state": "missing"}
-        return rng.choice(el.missing_phrases), {"state": "missing"}
-    if case == "vague":
-        if el.kind == "amount":
-            return f"{style.pick_name(rng, el)} {rng.choice(_AMOUNT_VAGUE)}", {"state": "vague"}
-        return rng.choice(el.vague_phrases), {"state": "vague"}
-    raise ValueError(f"{el.id}: case {case} does not apply to a {el.kind} element")
-
-
 def judge(el: ElementSpec, fact: dict) -> str:
     """The rule an element's stated fact triggers."""
     state = fact["state"]
@@ -528,260 +332,3 @@ def judge(el: ElementSpec, fact: dict) -> str:
         return rule_for_value(el, fact["value"])
     return {"present": "ingredient_present", "absent": "ingredient_absent",
             "missing": "missing", "vague": "vague"}[state]
-
-
-def _join(style: _Style, code: str, form: str, tokens: list[str]) -> str:
-    t = style.template
-    if t == "colon_list":
-        return f"제품 {code} {form}: " + ", ".join(tokens)
-    if t == "dash_slash":
-        return f"{form} 시제품 {code} - " + " / ".join(tokens)
-    if t == "bracket_semicolon":
-        return f"[{code}] {form}; " + "; ".join(tokens)
-    if t == "formula_sentence":
-        body = tokens[0] if len(tokens) == 1 else ", ".join(tokens[:-1]) + " 및 " + tokens[-1]
-        return f"{code} {form} 처방: {body}"
-    if t == "compact_plus":
-        return f"{code}({form}) " + " + ".join(tokens)
-    if t == "value_first":
-        return f"{form} {code}: " + ", ".join(tokens)
-    if t == "key_value":
-        return f"{code} {form} | " + " | ".join(tokens)
-    if t == "english_header":
-        return f"Sample {code} / {form}: " + ", ".join(tokens)
-    if t == "narrative":
-        return f"{code} {form}은(는) " + ", ".join(tokens) + "(으)로 구성됨"
-    raise ValueError(t)
-
-
-# ---------------------------------------------------------------- planning
-
-_POSITIVE = {"amount": "in", "property": "in", "presence": "present", "form": "present"}
-
-
-def _unknown_cases(el: ElementSpec) -> list[str]:
-    if el.kind == "form":
-        return ["missing"]
-    if el.numeric:
-        return ["near", "missing", "vague"]
-    return ["missing", "vague"]
-
-
-def _negative_case(rng: random.Random, el: ElementSpec) -> str:
-    if not el.numeric:
-        return "absent"
-    r = rng.random()
-    if el.kind == "amount" and el.can_be_absent and r < 0.25:
-        return "absent"
-    return "out_edge" if rng.random() < 0.5 else "out"
-
-
-def _plan(rng: random.Random, patent: PatentSpec, risk: str) -> dict[str, str]:
-    """Intended case per element for a target risk level."""
-    els = list(patent.elements)
-    cases = {e.id: _POSITIVE[e.kind] for e in els}
-    for e in els:
-        if e.numeric and rng.random() < 0.2:
-            cases[e.id] = "in_edge"
-    if risk == "높음":
-        return cases
-    order = els[:]
-    rng.shuffle(order)
-    if risk == "애매":
-        k = rng.choices((1, 2, 3), weights=(65, 25, 10))[0]
-        numeric = [e for e in order if e.numeric]
-        if numeric and rng.random() < 0.8:
-            first = numeric[0]
-            cases[first.id] = "near"
-        else:
-            first = order[0]
-            cases[first.id] = rng.choice(_unknown_cases(first))
-        rest = [e for e in order if e.id != first.id]
-        for e in rest[: k - 1]:
-            cases[e.id] = rng.choice(_unknown_cases(e))
-        return cases
-    # 낮음
-    if rng.random() < 0.25:  # fails on one value just outside the margin, everything else met
-        cases[rng.choice([e for e in order if e.numeric]).id] = "out_edge"
-        return cases
-    k = min(rng.choices((1, 2, 3), weights=(38, 40, 22))[0], len(els))
-    for e in order[:k]:
-        cases[e.id] = _negative_case(rng, e)
-    rest = order[k:]
-    n_unknown = rng.choices((0, 1, 2), weights=(45, 42, 13))[0]
-    for e in rest[:n_unknown]:
-        cases[e.id] = rng.choice(_unknown_cases(e))
-    return cases
-
-
-
-# ---------------------------------------------------------------- records
-
-def _key_value_token(el: ElementSpec, text: str) -> str:
-    if text.startswith(el.role + " "):
-        return el.role + "=" + text[len(el.role) + 1:]
-    return text if el.kind == "property" else f"{el.role}={text}"
-
-
-def _render_query(rng: random.Random, patent: PatentSpec, cases: dict[str, str], style: _Style,
-                  code: str) -> tuple[str, dict[str, dict]]:
-    facts: dict[str, dict] = {}
-    tokens: list[str] = []
-    header = None
-    for el in patent.elements:
-        text, fact = _render_element(rng, style, el, cases[el.id])
-        facts[el.id] = fact
-        if el.kind == "form":
-            product = rng.choice(patent.forms)
-            header = f"{text} {product}" if text else product
-        elif text is not None:
-            tokens.append(_key_value_token(el, text) if style.template == "key_value" else text)
-    if rng.random() < 0.4:
-        rng.shuffle(tokens)
-    if patent.fillers and rng.random() < 0.35:
-        tokens.insert(rng.randint(0, len(tokens)), rng.choice(patent.fillers))
-    if header is None:
-        header = rng.choice(patent.forms)
-    return _join(style, code, header, tokens), facts
-
-
-def _make_record(rng: random.Random, patent: PatentSpec, cases: dict[str, str], *, record_id: str,
-                 split: str, template: str, novel: bool, exclude: set[str],
-                 extra_meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    for attempt in range(200):
-        style = _Style(template, novel, [f"template:{template}"] if novel else [])
-        code = f"{rng.choice(patent.code_prefixes)}-{rng.randint(1, 999)}"
-        query, facts = _render_query(rng, patent, cases, style, code)
-        if query in exclude or style.total_weight > 100 or (len(query) > MAX_QUERY_CHARS and attempt < 100):
-            continue
-        break
-    else:  # pragma: no cover - the plans always leave room for a fresh query under 100%
-        raise RuntimeError(f"{record_id}: could not render a fresh query whose amounts sum to 100% or less")
-    exclude.add(query)
-    rules = {el.id: judge(el, facts[el.id]) for el in patent.elements}
-    matches = [{"element_id": eid, "match": RULE_MATCH[rule]} for eid, rule in rules.items()]
-    values = {eid: float(f["value"]) for eid, f in facts.items() if f["state"] == "value"}
-    distances = [signed_distance(facts[eid]["value"], patent.element(eid).lo, patent.element(eid).hi)
-                 for eid in values]
-    closest = min(distances, key=abs) if distances else None
-    meta: dict[str, Any] = {
-        "split": split,
-        "novel": novel,
-        "novel_features": sorted(set(style.features)),
-        "template": template,
-        "rules": rules,
-        "values": values,
-        "boundary_distance": None if closest is None else round(float(closest), 4),
-        "near_boundary": any(r == "near_boundary" for r in rules.values()),
-    }
-    if extra_meta:
-        meta.update(extra_meta)
-    return {
-        "id": record_id,
-        "patent_id": patent.patent_id,
-        "claim": patent.claim,
-        "elements": [{"id": el.id, "text": el.text} for el in patent.elements],
-        "query": query,
-        "label": {"risk_level": risk_from_matches(m["match"] for m in matches), "matches": matches},
-        "meta": meta,
-    }
-
-
-def _build(rng: random.Random, slots: list[tuple[PatentSpec, str]], *, split: str, id_format: str,
-           novel_indices: set[int], exclude: set[str]) -> list[dict[str, Any]]:
-    records = []
-    for i, (patent, risk) in enumerate(slots):
-        novel = i in novel_indices
-        template = rng.choice(NOVEL_TEMPLATES if novel else SHARED_TEMPLATES)
-        cases = _plan(rng, patent, risk)
-        rec = _make_record(rng, patent, cases, record_id=id_format.format(i + 1), split=split,
-                           template=template, novel=novel, exclude=exclude)
-        assert rec["label"]["risk_level"] == risk, (rec["id"], cases)
-        records.append(rec)
-    return records
-
-
-def generate(seed: int = DEFAULT_SEED) -> dict[str, list[dict]]:
-    """The demo split: ``{"train": [...], "eval": [...]}``, the same for the same seed."""
-    train_rng = random.Random(f"{seed}:train")
-    train_slots = [(p, risk) for p in PATENTS for risk, n in TRAIN_RISK_PER_PATENT.items() for _ in range(n)]
-    train_rng.shuffle(train_slots)
-    seen: set[str] = set()
-    train = _build(train_rng, train_slots, split="train", id_format="train-{:04d}", novel_indices=set(),
-                   exclude=seen)
-
-    eval_rng = random.Random(f"{seed}:eval")
-    risks = [risk for risk, n in EVAL_RISK.items() for _ in range(n)]
-    eval_rng.shuffle(risks)
-    eval_patents = [p for p, n in zip(PATENTS, EVAL_PER_PATENT) for _ in range(n)]
-    eval_slots = list(zip(eval_patents, risks))
-    eval_rng.shuffle(eval_slots)
-    novel = set(eval_rng.sample(range(len(eval_slots)), EVAL_NOVEL))
-    evaluation = _build(eval_rng, eval_slots, split="eval", id_format="eval-{:03d}", novel_indices=novel,
-                        exclude=seen)
-    return {"train": train, "eval": evaluation}
-
-
-def dumps_jsonl(records: Sequence[dict]) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records)
-
-
-def write_split(out_dir: str | Path, seed: int = DEFAULT_SEED) -> dict[str, Path]:
-    """Write ``train.jsonl`` and ``eval.jsonl`` under out_dir; return their paths by split."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for split, records in generate(seed).items():
-        path = out / f"{split}.jsonl"
-        path.write_bytes(dumps_jsonl(records).encode("utf-8"))
-        paths[split] = path
-    return paths
-
-
-def generate_boundary_cases(n: int, seed: int, patents: Sequence[str | PatentSpec] | None = None,
-                            exclude_queries: Iterable[str] | None = None) -> list[dict]:
-    """n extra training records, each with a value close to a range boundary.
-
-    Every record has |meta.boundary_distance| <= BOUNDARY_BAND: 60% are 애매 on one value within
-    the margin, 20% 낮음 on one value just outside it, 20% 높음 with one value just inside it; all
-    other elements are clearly met. Labels come from the same rules as the split. Ids are
-    ``aug-{seed}-{i:05d}``, which the split's ``train-``/``eval-`` ids cannot take, and no query
-    repeats one of exclude_queries (default: every query of the default-seed split).
-    """
-    chosen = [patent_by_id(p) if isinstance(p, str) else p for p in (patents or PATENTS)]
-    if not chosen:
-        raise ValueError("patents: give at least one patent")
-    if exclude_queries is None:
-        split = generate(DEFAULT_SEED)
-        exclude = {r["query"] for records in split.values() for r in records}
-    else:
-        exclude = set(exclude_queries)
-    rng = random.Random(f"{seed}:boundary")
-    records = []
-    for i in range(n):
-        patent = chosen[i % len(chosen)]
-        mode = rng.choices(("near", "out_edge", "in_edge"), weights=(60, 20, 20))[0]
-        cases = {e.id: _POSITIVE[e.kind] for e in patent.elements}
-        target = rng.choice([e for e in patent.elements if e.numeric])
-        cases[target.id] = mode
-        records.append(_make_record(
-            rng, patent, cases, record_id=f"aug-{seed}-{i + 1:05d}", split="train",
-            template=rng.choice(SHARED_TEMPLATES), novel=False, exclude=exclude,
-            extra_meta={"augmented": True, "boundary_element": target.id}))
-    return records
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m schemas.demo_data",
-                                     description="Write the demo split (train.jsonl, eval.jsonl) to OUT_DIR.")
-    parser.add_argument("out_dir", help="folder to write train.jsonl and eval.jsonl into")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random seed (default {DEFAULT_SEED})")
-    args = parser.parse_args(argv)
-    for split, path in write_split(args.out_dir, args.seed).items():
-        n = path.read_bytes().count(b"\n")
-        print(f"{split}: {n} records -> {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

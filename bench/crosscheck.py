@@ -15,7 +15,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-
 METRICS = ("ttft", "tpot", "itl", "e2el")
 
 
@@ -55,7 +54,7 @@ def _from_vllm(res: dict[str, Any]) -> dict[str, Any]:
 
 def crosscheck(url: str, served_model: str, data: str, concurrency: int, num_requests: int, tokenizer_model: str,
                schema_name: str = "v1", api_key: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    from .bench import _run_level, prompt_requests, summarize
+    from .serving import _run_level, prompt_requests, summarize
 
     tok, by_arm = prompt_requests(data, num_requests, tokenizer_model, schema_name, [False])
     reqs = by_arm[False]
@@ -102,7 +101,7 @@ def to_markdown(doc: dict[str, Any]) -> str:
         for p in ("p50", "p99"):
             rows.append((f"{name} {p} ms", a[key][p], b[key][p], q[f"{key}_{p}"]))
     rows.append(("errors", a["errors"], b["errors"], ""))
-    lines = [f"{doc['served_model']}, unconstrained, concurrency {doc['concurrency']}, {doc['num_requests']} requests", "",
-             "| metric | serve bench | vllm bench serve | ratio |", "|---|---:|---:|---:|"]
-    lines += [f"| {n} | {x} | {y} | {z} |" for n, x, y, z in rows]
-    return "\n".join(lines) + "\n"
+    from evaluate.report_doc import md_table
+
+    return (f"{doc['served_model']}, unconstrained, concurrency {doc['concurrency']}, {doc['num_requests']} requests\n\n"
+            + md_table(["metric", "serve bench", "vllm bench serve", "ratio"], rows, align="lrrr") + "\n")

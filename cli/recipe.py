@@ -11,14 +11,15 @@ command a user would type, printed before it runs.
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
+import click
 import yaml
 
-from evaluate.demo import run_cli
-from schemas.artifacts import project_root, subdir
+from cli.demo import run_cli
+from cli.edge import ErrorReportingCommand
+from runtime.artifacts import project_root, subdir
 
 PLAN = "train/configs/recipe_search.yaml"
 
@@ -35,8 +36,8 @@ def _run(argv: list[str], capture: bool = False) -> str:
 
 
 def _trained_as_planned(adapter_dir: Path, config: str, overrides: list[str]) -> bool:
+    from runtime.adapters import read_manifest
     from train.config import TrainConfig, load_config
-    from train.export import read_manifest
 
     manifest = read_manifest(adapter_dir) if adapter_dir.is_dir() else None
     if manifest is None:
@@ -70,13 +71,19 @@ def read_plan(path: Path) -> dict:
     return plan
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m evaluate.recipe", description=__doc__.splitlines()[0])
-    parser.add_argument("--plan", default=PLAN, help=f"the search plan (default {PLAN})")
-    parser.add_argument("--out", default=None, help="default: artifacts/sweeps/<plan name>")
-    args = parser.parse_args(argv)
-    plan = read_plan(project_root() / args.plan)
-    out = Path(args.out) if args.out else subdir("sweeps") / Path(args.plan).stem
+@click.command(cls=ErrorReportingCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--plan", "plan_path", default=PLAN, show_default=True, help="The search plan (YAML), relative to the project root.")
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Default: artifacts/sweeps/<plan name>.")
+def main(plan_path: str, out: str | None) -> None:
+    """Train the variants of a recipe plan and score them on its dev split: `make recipe`, or a study.
+
+    \b
+    python -m cli.recipe                                          # train/configs/recipe_search.yaml
+    python -m cli.recipe --plan train/configs/augment_study.yaml  # boundary augmentation, same steps
+    python -m cli.recipe --plan train/configs/nf4_study.yaml      # NF4 against plain LoRA
+    """
+    plan = read_plan(project_root() / plan_path)
+    out = Path(out) if out else subdir("sweeps") / Path(plan_path).stem
     dev = out / "dev.jsonl"
     dev_fields = {"dev_size": plan["dev_size"], "dev_seed": plan.get("dev_seed", 0)}
     _run(["train", "dev-split", "--config", plan["config"], *_overrides(dev_fields), "--out", str(dev)])

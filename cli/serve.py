@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import json
+
 import click
 
-from schemas.cli_edge import ErrorReportingGroup
+from cli.edge import ErrorReportingGroup
 
 
 @click.group(cls=ErrorReportingGroup)
@@ -47,7 +48,8 @@ def _adapters(values):
 def start(model, adapters, host, port, api_key, backend, max_lora_rank, max_model_len, name, timeout, extra) -> None:
     """Start `vllm serve --enable-lora` and wait until it answers. Arguments after `--` go to vLLM unchanged
     (e.g. `-- --tensor-parallel-size 2`)."""
-    from .server import ServerConfig, start as start_server
+    from serve.server import ServerConfig
+    from serve.server import start as start_server
 
     cfg = ServerConfig(model=model, adapters=_adapters(adapters), host=host, port=port, api_key=api_key, backend=backend,
                        max_lora_rank=max_lora_rank, max_model_len=max_model_len, extra_args=list(extra), name=name)
@@ -59,7 +61,7 @@ def start(model, adapters, host, port, api_key, backend, max_lora_rank, max_mode
 @click.option("--name", default="default", show_default=True)
 def stop(name) -> None:
     """Stop the server `serve start` started (its whole process group, nothing else)."""
-    from .server import stop as stop_server
+    from serve.server import stop as stop_server
 
     stop_server(name, log=click.echo)
 
@@ -68,7 +70,7 @@ def stop(name) -> None:
 @click.option("--name", default="default", show_default=True)
 def status(name) -> None:
     """Print the recorded server's state and whether it answers /health."""
-    from .server import status as server_status
+    from serve.server import status as server_status
 
     click.echo(json.dumps(server_status(name), indent=2))
 
@@ -91,9 +93,8 @@ def bench(url, served_models, data, arms, schema_name, concurrency, num_requests
     served model x arm x concurrency."""
     from pathlib import Path
 
-    from schemas.embedded import resolve_model
-
-    from .bench import run_bench, to_markdown, write_bench
+    from bench.serving import run_bench, to_markdown, write_bench
+    from runtime.embedded import resolve_model
 
     levels = [int(c) for c in concurrency.split(",") if c.strip()]
     arm_list = {"both": [False, True], "constrained": [True], "unconstrained": [False]}[arms]
@@ -119,9 +120,9 @@ def crosscheck(url, served_model, data, concurrency, num_requests, model, api_ke
     (`vllm bench serve`, in-process) against the same server and compare their figures side by side."""
     from pathlib import Path
 
-    from schemas.embedded import resolve_model
-
-    from .crosscheck import crosscheck as run, to_markdown
+    from bench.crosscheck import crosscheck as run
+    from bench.crosscheck import to_markdown
+    from runtime.embedded import resolve_model
 
     doc = run(url.rstrip("/"), served_model, data, concurrency, num_requests, resolve_model(model, click.echo),
               api_key=api_key, log=click.echo)

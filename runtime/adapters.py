@@ -1,4 +1,4 @@
-"""Adapter export: the files vLLM loads, checked against what vLLM refuses, plus a manifest."""
+"""Adapter checks: the files vLLM loads, checked against what vLLM refuses, and the manifest `train` writes beside them."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,7 @@ from typing import Any
 
 from schemas.errors import UserError
 
-from .config import VLLM_LORA_RANKS
-
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the LoRA ranks vLLM serves
 ALLOWED_MODULES_TO_SAVE = {"classifier", "score"}
 
 

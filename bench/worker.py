@@ -1,8 +1,8 @@
-"""One configuration of `evaluate bench`, in its own process (started by evaluate.bench, one at a time):
+"""One configuration of `evaluate bench`, in its own process (started by bench.offline, one at a time):
 
-    python -m evaluate.bench_worker --config NAME --spec spec.json --out result.json
+    python -m bench.worker --config NAME --spec spec.json --out result.json
 
-``--config prepare`` builds the requests once for every configuration (evaluate.requests.build_requests:
+``--config prepare`` builds the requests once for every configuration (runtime.requests.build_requests:
 prompts, per-record schemas, max_tokens; plus the HF prompt token ids) and, when a merged configuration
 is asked for, merges the adapter into the base (train.merge). Any other config loads its engine, warms it
 up, measures schema compilation where constrained, generates, and writes its outputs and timings. A vLLM
@@ -15,7 +15,6 @@ tell the generation peak from the load peak.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -24,15 +23,18 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .bench import COMPILE_WHAT, CONFIGS, PREPARE, CpuWindow, phase_file
+import click
+
+from runtime.artifacts import atomic_write_text
+from runtime.procs import CpuWindow
+
+from .offline_configs import COMPILE_WHAT, CONFIGS, PREPARE, phase_file
 
 WARMUP_TOKENS = 2
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, ensure_ascii=False) + "\n")
 
 
 def _phase(out: Path, value: str) -> None:
@@ -54,10 +56,9 @@ def _distinct(schemas: list[dict[str, Any]]) -> list[str]:
 def prepare(spec: dict[str, Any], out: Path) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
+    from runtime.requests import build_requests
     from schemas.records import load_dataset
     from train.features import prompt_ids
-
-    from .requests import build_requests
 
     records = load_dataset(spec["data"], limit=spec["limit"]).records
     if spec.get("own_ids"):
@@ -85,48 +86,18 @@ def prepare(spec: dict[str, Any], out: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------
 
 
-def _eos_ids(model, tok) -> set[int]:
-    ids = model.generation_config.eos_token_id
-    out = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
-    if tok.eos_token_id is not None:
-        out.add(tok.eos_token_id)
-    return out
-
-
-def _finish(gen: list[int], eos: set[int], max_tokens: int) -> tuple[list[int], str]:
-    """The generated ids up to and including the first end token (as vLLM counts them), and why it ended."""
-    gen = gen[:max_tokens]
-    for i, t in enumerate(gen):
-        if t in eos:
-            return gen[:i + 1], "stop"
-    return gen, "length"
-
-
 def run_hf(name: str, spec: dict[str, Any], rows: list[dict[str, Any]], out: Path) -> dict[str, Any]:
     import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList
+    from transformers import LogitsProcessorList
 
-    from serve.cpu_env import default_dtype
+    from runtime.cpu_env import default_dtype
+    from runtime.hf_engine import HfPeft, finish
 
     cfg = CONFIGS[name]
-    torch.set_num_threads(spec.get("hf_threads") or os.cpu_count() or 1)
     dtype = default_dtype()
     t0 = time.perf_counter()
-    tok = AutoTokenizer.from_pretrained(spec["model"])
-    base = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=getattr(torch, dtype) if dtype != "auto" else "auto")
-    model = PeftModel.from_pretrained(base, spec["adapter"]["path"]).eval()
-    eos = _eos_ids(model, tok)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else next(iter(eos))
-
-    def generate(batch: list[list[int]], max_new: int, processors=None) -> list[list[int]]:
-        width = max(len(ids) for ids in batch)
-        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch])
-        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch])
-        with torch.inference_mode():
-            gen = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False,
-                                 pad_token_id=pad, logits_processor=processors)
-        return gen[:, width:].tolist()
+    hf = HfPeft(spec["model"], spec["adapter"]["path"], dtype, threads=spec.get("hf_threads") or os.cpu_count() or 1)
+    model, tok, eos, generate = hf.model, hf.tok, hf.eos, hf.generate_ids
 
     generate([rows[0]["prompt_ids"]], WARMUP_TOKENS)
     info: dict[str, Any] = {"name": "transformers", "version": _version("transformers"), "peft": _version("peft"),
@@ -169,7 +140,7 @@ def run_hf(name: str, spec: dict[str, Any], rows: list[dict[str, Any]], out: Pat
     if cfg.constrained:
         for r, proc in zip(rows, processors):  # one record at a time
             gen = generate([r["prompt_ids"]], r["max_tokens"], LogitsProcessorList([proc]))[0]
-            results[r["record_id"]] = _finish(gen, eos, r["max_tokens"])
+            results[r["record_id"]] = finish(gen, eos, r["max_tokens"])
     else:
         groups: dict[int, list[dict[str, Any]]] = {}
         for r in rows:  # batches share max_new_tokens: group by each record's own budget
@@ -181,14 +152,14 @@ def run_hf(name: str, spec: dict[str, Any], rows: list[dict[str, Any]], out: Pat
                 chunk = group[i:i + bs]
                 info["batches"].append([len(chunk), max_new])
                 for r, gen in zip(chunk, generate([r["prompt_ids"] for r in chunk], max_new)):
-                    results[r["record_id"]] = _finish(gen, eos, r["max_tokens"])
+                    results[r["record_id"]] = finish(gen, eos, r["max_tokens"])
     gen_s = time.perf_counter() - t0
     contention = window.stop()
     _phase(out, "done")
     outputs = []
     for r in rows:
         ids, reason = results[r["record_id"]]
-        outputs.append({"record_id": r["record_id"], "raw_output": tok.decode(ids, skip_special_tokens=True),
+        outputs.append({"record_id": r["record_id"], "raw_output": hf.decode(ids),
                         "finish_reason": reason, "prompt_tokens": len(r["prompt_ids"]), "output_tokens": len(ids),
                         "max_tokens": r["max_tokens"]})
     info["batch_size"] = spec["batch_size"] if not cfg.constrained else 1
@@ -271,8 +242,8 @@ def measure_outlines_warm(llm, schemas: list[str]) -> list[float]:
 
 
 def run_vllm(name: str, spec: dict[str, Any], rows: list[dict[str, Any]], out: Path) -> dict[str, Any]:
-    from .engines import AdapterSpec, VllmOffline
-    from .requests import GenRequest
+    from runtime.engines import AdapterSpec, VllmOffline
+    from runtime.requests import GenRequest
 
     cfg = CONFIGS[name]
     if cfg.adapter_mode == "merged":
@@ -341,28 +312,26 @@ def run_vllm(name: str, spec: dict[str, Any], rows: list[dict[str, Any]], out: P
             "contention": contention, "warm": warm}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m evaluate.bench_worker", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, choices=[PREPARE, *CONFIGS])
-    p.add_argument("--spec", required=True, type=Path, help="spec.json written by evaluate.bench")
-    p.add_argument("--out", required=True, type=Path, help="result JSON to write")
-    args = p.parse_args(argv)
-    spec = json.loads(args.spec.read_text(encoding="utf-8"))
-    if args.config == PREPARE:
-        result = prepare(spec, args.out)
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", required=True, type=click.Choice([PREPARE, *CONFIGS]))
+@click.option("--spec", required=True, type=click.Path(dir_okay=False, path_type=Path), help="spec.json written by bench.offline")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="result JSON to write")
+def main(config: str, spec: Path, out: Path) -> None:
+    """One configuration of `evaluate bench` in its own process (bench.offline starts it)."""
+    spec_doc = json.loads(spec.read_text(encoding="utf-8"))
+    if config == PREPARE:
+        result = prepare(spec_doc, out)
     else:
-        rows = json.loads(Path(spec["requests"]).read_text(encoding="utf-8"))[:spec["limits"][args.config]]
-        runner = run_hf if CONFIGS[args.config].engine == "hf" else run_vllm
-        result = runner(args.config, spec, rows, args.out)
-        outputs_dir = Path(spec["outputs_dir"])
+        rows = json.loads(Path(spec_doc["requests"]).read_text(encoding="utf-8"))[:spec_doc["limits"][config]]
+        runner = run_hf if CONFIGS[config].engine == "hf" else run_vllm
+        result = runner(config, spec_doc, rows, out)
+        outputs_dir = Path(spec_doc["outputs_dir"])
         outputs_dir.mkdir(parents=True, exist_ok=True)
-        with open(outputs_dir / f"{args.config}.jsonl", "w", encoding="utf-8") as f:
+        with open(outputs_dir / f"{config}.jsonl", "w", encoding="utf-8") as f:
             for o in result["outputs"]:
                 f.write(json.dumps(o, ensure_ascii=False) + "\n")
-    _write_json(args.out, result)
-    return 0
+    _write_json(out, result)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

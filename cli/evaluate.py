@@ -5,13 +5,13 @@ from pathlib import Path
 
 import click
 
-from schemas.cli_edge import ErrorReportingGroup
+from cli.edge import ErrorReportingGroup
 
 
 def _adapter(value: str | None):
     if not value:
         return None
-    from .engines import AdapterSpec
+    from runtime.engines import AdapterSpec
 
     name, sep, path = value.partition("=")
     if not sep or not name or not path:
@@ -104,8 +104,8 @@ def batch(data, out, constrained, both, model, adapter, schema_name, backend, se
     log goes to OUT/engine.log (--verbose: to the terminal). If the engine fails, its log's last lines are
     shown with the error.
     """
-    from .batch import BatchConfig, run_batch, run_both_arms
-    from .engines import VllmOffline, VllmServer
+    from evaluate.batch import BatchConfig, run_batch, run_both_arms
+    from runtime.engines import VllmOffline, VllmServer
 
     if both == (constrained is not None):
         raise click.UsageError("give one of --constrained, --unconstrained or --both")
@@ -140,7 +140,7 @@ def batch(data, out, constrained, both, model, adapter, schema_name, backend, se
         def make_engine(model_path):
             return VllmOffline(model_path, spec, backend=backend, max_model_len=max_model_len,
                                gpu_memory_utilization=gpu_memory_utilization, max_batch=chunk_size)
-    from schemas.engine_log import ENGINE_LOG
+    from runtime.engine_log import ENGINE_LOG
 
     run = run_both_arms if both else run_batch
     summaries = run(cfg, make_engine, log=click.echo, progress=not no_progress, quiet=not verbose)
@@ -215,7 +215,8 @@ def bench(data, adapter, model, configs, limit, hf_limit, batch_size, hf_threads
     A full run (default limits, all configurations) takes several minutes on a 2-core CPU; figures taken
     while other processes compete for the CPU are not comparable (see others' CPU/wall in the table).
     """
-    from .bench import BenchOptions, parse_configs, run_bench
+    from bench.offline import run_bench
+    from bench.offline_configs import BenchOptions, parse_configs
 
     spec = _adapter(adapter)
     opts = BenchOptions(data=data, adapter_name=spec.name, adapter_path=spec.path, model=model,
@@ -245,7 +246,7 @@ def baseline(train_path, data, out, schema_name) -> None:
     \b
     evaluate baseline --train data/demo/train.jsonl --data data/demo/eval.jsonl --out artifacts/runs/majority
     """
-    from .baseline import write_majority_run
+    from evaluate.baseline import write_majority_run
 
     info = write_majority_run(train_path, data, out, schema_name)
     ans = info["engine"]["answer"]
@@ -279,8 +280,8 @@ def curve(adapters, data, out, budget_s, base, every, final_only, model, chunk_s
     train qlora -s dev_size=120 -s save_steps=40 -s save_total_limit=100 -s output_dir=artifacts/sweeps/a
     evaluate curve a=artifacts/sweeps/a --data artifacts/dev.jsonl --out artifacts/curves/demo --budget-s 600
     """
-    from .curve import Checkpoint, check_same_base, checkpoints, evaluate_points, write_curve
-    from .engines import VllmOffline
+    from evaluate.curve import Checkpoint, check_same_base, checkpoints, evaluate_points, write_curve
+    from runtime.engines import VllmOffline
 
     points, dirs = [], []
     for spec in map(_adapter, adapters):
@@ -312,7 +313,7 @@ def curve(adapters, data, out, budget_s, base, every, final_only, model, chunk_s
               "meta.PATH:EDGE,EDGE,... (e.g. meta.boundary_distance:0.5,1,2). Repeatable.")
 def report(run_dirs, out, baseline, by) -> None:
     """Score runs and compare them side by side (CONTRACT.md section 4)."""
-    from .report import write_report
+    from evaluate.report import write_report
 
     rep = write_report([Path(d) for d in run_dirs], Path(out), baseline=baseline, by=list(by))
     for w in getattr(rep, "warnings", []) or []:

@@ -23,7 +23,7 @@ ARMS = (("full", False), ("labelled", True))
 def _arm(name: str, labelled: bool, config: str | None, overrides: tuple[str, ...], steps: int, out: Path,
          log: Callable[[str], None]) -> dict[str, Any]:
     adapter = out / f"adapter-{name}"
-    argv = [sys.executable, "-m", "train.cli", "qlora", *(["--config", config] if config else []), *sum((["-s", o] for o in overrides), []),
+    argv = [sys.executable, "-m", "cli.train", "qlora", *(["--config", config] if config else []), *sum((["-s", o] for o in overrides), []),
             "-s", f"max_steps={steps}", "-s", f"save_steps={steps + 1}", "-s", f"labelled_logits={str(labelled).lower()}",
             "-s", f"output_dir={adapter}"]
     log(f"[bench-logits] {name}: {' '.join(argv[1:])}")
@@ -80,11 +80,12 @@ def run(config: str | None, overrides: tuple[str, ...], steps: int, out: str, lo
 
 
 def to_markdown(doc: dict[str, Any]) -> str:
-    lines = [f"# train bench-logits: {doc['config']} {' '.join(doc['overrides'])}, {doc['steps']} steps", "",
-             "| arm | tokens/s | train s | peak RSS MB | train loss | eval loss |", "|---|---:|---:|---:|---:|---:|"]
-    for r in doc["arms"]:
-        lines.append(f"| {r['arm']} | {r['tokens_per_second']} | {r['train_seconds']} | {r['peak_rss_mb']:.0f} | "
-                     f"{r['train_loss']:.6f} | {r['eval_loss']} |")
+    from evaluate.report_doc import md_table
+
+    table = md_table(["arm", "tokens/s", "train s", "peak RSS MB", "train loss", "eval loss"],
+                     [(r["arm"], r["tokens_per_second"], r["train_seconds"], f"{r['peak_rss_mb']:.0f}", f"{r['train_loss']:.6f}",
+                       r["eval_loss"]) for r in doc["arms"]], align="lrrrrr")
+    lines = [f"# train bench-logits: {doc['config']} {' '.join(doc['overrides'])}, {doc['steps']} steps", "", table]
     q, d = doc["labelled_over_full"], doc["loss_difference"]
     lines += ["", f"labelled / full: tokens/s x{q['tokens_per_second']}, train time x{q['train_seconds']}, "
                   f"peak RSS x{q['peak_rss_mb']}", "",

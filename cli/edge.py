@@ -1,6 +1,6 @@
-"""The CLI edge shared by the `train`, `serve` and `evaluate` console scripts: the library's own error
-types become one-line messages and exit codes, never a traceback. The only module here that imports
-click; no library module imports it."""
+"""The CLI edge shared by every command (`train`, `serve`, `evaluate`, `make demo`, `make recipe`, the demo
+data generator): the library's own error types become one-line messages and exit codes, never a traceback.
+Only the cli package imports click; no library module does."""
 from __future__ import annotations
 
 import logging
@@ -8,8 +8,7 @@ import sys
 
 import click
 
-from .errors import DataError, UserError
-
+from schemas.errors import DataError, UserError
 
 # bitsandbytes logs a warning at import that it could not fetch an optional CPU kernel from a model hub
 # ("Failed to load CPU gemm_4bit_forward from kernels-community"); its own fallback runs, so users
@@ -17,7 +16,7 @@ from .errors import DataError, UserError
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
-class ErrorReportingGroup(click.Group):
+class _ErrorEdge:
     """DataError: every problem on its own line, exit 1. Other UserErrors: `error: ...`, exit 2."""
 
     def invoke(self, ctx):
@@ -32,3 +31,11 @@ class ErrorReportingGroup(click.Group):
         except UserError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
+
+
+class ErrorReportingGroup(_ErrorEdge, click.Group):
+    """A command group (`train`, `evaluate`, `serve`) with the error edge."""
+
+
+class ErrorReportingCommand(_ErrorEdge, click.Command):
+    """A single command (`python -m cli.demo`, `python -m cli.recipe`, `python -m cli.datagen`) with the error edge."""

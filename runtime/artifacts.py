@@ -1,7 +1,8 @@
 """Where the project keeps what it makes at run time, and content hashes for provenance.
 
 Everything (the converted base model, adapters, runs, reports, server state) lives under one
-git-ignored folder, ``artifacts/`` in the repository, or wherever ``PATENT_RISK_HOME`` points.
+folder: wherever ``PATENT_RISK_HOME`` points; else ``artifacts/`` in the repository (git-ignored) when the
+code runs from a checkout, or ``artifacts/`` in the current directory when it runs from an installed wheel.
 """
 from __future__ import annotations
 
@@ -14,13 +15,19 @@ ENV_HOME = "PATENT_RISK_HOME"
 
 
 def project_root() -> Path:
+    """The checkout this code runs from (or, installed, the folder that holds the packages)."""
     return Path(__file__).resolve().parent.parent
+
+
+def in_checkout() -> bool:
+    """True when running from a source checkout (pyproject.toml beside the packages), not an installed wheel."""
+    return (project_root() / "pyproject.toml").is_file()
 
 
 def home() -> Path:
     """The artifacts folder (created on demand)."""
     env = os.environ.get(ENV_HOME)
-    path = Path(env).expanduser() if env else project_root() / "artifacts"
+    path = Path(env).expanduser() if env else (project_root() if in_checkout() else Path.cwd()) / "artifacts"
     path.mkdir(parents=True, exist_ok=True)
     return path
 

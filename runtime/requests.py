@@ -9,7 +9,6 @@ from schemas.output import load_schema, max_tokens_budget, specialize
 from schemas.prompt import render_messages
 from schemas.records import Record
 
-
 # The structured-outputs options of every constrained request, offline and through a server alike
 # (vLLM's StructuredOutputsParams fields besides the schema itself); recorded in run.json.
 STRUCTURED_OUTPUT_OPTIONS: dict[str, Any] = {"disable_any_whitespace": True}

@@ -1,37 +1,24 @@
 """Benchmark of `evaluate report`: synthetic run directories, then ``write_report`` timed.
 
-    python -m evaluate.bench_report [--runs 10] [--samples 10000] [--resamples 1000] [--keep DIR]
+    python -m bench.report_speed [--runs 10] [--samples 10000] [--resamples 1000] [--keep DIR]
 
 The synthetic runs look like real ones: 50 patents, 3 to 6 elements per record, a skewed gold
 distribution, compact and indented outputs, fenced ones, truncated ones (finish_reason=length) and
-schema failures, each run with its own error rate. ``write_run`` is also what the tests use to build
-run directories.
+schema failures, each run with its own error rate; ``evaluate.rundir.write_run`` writes them.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
+import click
+
+from evaluate.rundir import write_run
 from schemas.labels import MATCH_LABELS, RISK_LEVELS
-
-from .rundir import RESULTS, RUN_JSON
-
-
-def write_run(path: str | Path, rows: Sequence[dict[str, Any]], info: dict[str, Any] | None = None) -> Path:
-    """Write a run directory: ``results.jsonl`` from ``rows`` and, when given, ``run.json``."""
-    p = Path(path)
-    p.mkdir(parents=True, exist_ok=True)
-    with open(p / RESULTS, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    if info is not None:
-        (p / RUN_JSON).write_text(json.dumps(info, ensure_ascii=False, indent=2), encoding="utf-8")
-    return p
 
 
 def output_text(risk: str, matches: list[tuple[str, str]], style: str = "compact") -> str:
@@ -94,28 +81,26 @@ def make_runs(root: str | Path, runs: int = 10, samples: int = 10_000, seed: int
     return dirs
 
 
-def main(argv: Sequence[str] | None = None) -> float:
-    """Generate the runs, time ``write_report`` on them, print and return the seconds."""
-    from .report import write_report
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--runs", type=int, default=10, show_default=True)
+@click.option("--samples", type=int, default=10_000, show_default=True)
+@click.option("--resamples", type=int, default=1000, show_default=True)
+@click.option("--by", multiple=True, help="A slice field (repeatable).")
+@click.option("--keep", default=None, help="Write the runs and the report here instead of a temporary folder.")
+def main(runs: int, samples: int, resamples: int, by: tuple[str, ...], keep: str | None) -> None:
+    """Generate the runs, time ``write_report`` on them and print the seconds."""
+    from evaluate.report import write_report
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=10)
-    ap.add_argument("--samples", type=int, default=10_000)
-    ap.add_argument("--resamples", type=int, default=1000)
-    ap.add_argument("--by", action="append", default=[])
-    ap.add_argument("--keep", help="write the runs and the report here instead of a temporary folder")
-    args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(args.keep or tmp)
+        root = Path(keep or tmp)
         t0 = time.perf_counter()
-        dirs = make_runs(root / "runs", args.runs, args.samples)
+        dirs = make_runs(root / "runs", runs, samples)
         t1 = time.perf_counter()
-        report = write_report(dirs, root / "report", by=args.by, bootstrap=args.resamples)
+        report = write_report(dirs, root / "report", by=list(by), bootstrap=resamples)
         t2 = time.perf_counter()
-    print(f"generated {args.runs} runs x {args.samples} samples in {t1 - t0:.1f} s")
-    print(f"write_report: {t2 - t1:.2f} s ({len(report.metrics['comparisons'])} comparisons, "
-          f"{args.resamples} resamples each; by {args.by or 'nothing'})")
-    return t2 - t1
+    click.echo(f"generated {runs} runs x {samples} samples in {t1 - t0:.1f} s")
+    click.echo(f"write_report: {t2 - t1:.2f} s ({len(report.metrics['comparisons'])} comparisons, "
+               f"{resamples} resamples each; by {list(by) or 'nothing'})")
 
 
 if __name__ == "__main__":

@@ -17,8 +17,11 @@ import sys
 import time
 from pathlib import Path
 
+import click
+
+from cli.edge import ErrorReportingCommand
 from evaluate.batch import arm_dirs
-from schemas.artifacts import project_root, subdir
+from runtime.artifacts import project_root, subdir
 
 EVAL_DATA = "data/demo/eval.jsonl"
 TRAIN_DATA = "data/demo/train.jsonl"
@@ -37,9 +40,9 @@ def _adapter_is_current(adapter_dir: Path) -> bool:
     """
     from pydantic import ValidationError
 
-    from schemas.artifacts import file_sha256
+    from runtime.adapters import read_manifest
+    from runtime.artifacts import file_sha256
     from train.config import TrainConfig, load_config
-    from train.export import read_manifest
 
     manifest = read_manifest(adapter_dir) if adapter_dir.is_dir() else None
     if manifest is None:
@@ -52,8 +55,8 @@ def _adapter_is_current(adapter_dir: Path) -> bool:
     data_path = project_root() / cfg.train_data
     if trained != cfg.model_dump(mode="json") or manifest.get("data", {}).get("sha256") != file_sha256(data_path):
         return False
-    from schemas.artifacts import describe_path
-    from schemas.embedded import resolve_model
+    from runtime.artifacts import describe_path
+    from runtime.embedded import resolve_model
 
     base = resolve_model(cfg.base_model, log=lambda s: None)
     if (manifest.get("base_model") or {}).get("sha256") != describe_path(base)["sha256"]:
@@ -74,7 +77,7 @@ def _clear_if_stale(out: Path, constrained: bool, adapter_dir: Path | None) -> N
     import shutil
 
     from evaluate.batch import BatchConfig, stale_differences
-    from evaluate.engines import AdapterSpec
+    from runtime.engines import AdapterSpec
 
     cfg = BatchConfig(data=str(project_root() / EVAL_DATA), out=str(out), constrained=constrained,
                       adapter=None if adapter_dir is None else AdapterSpec(ADAPTER_NAME, str(adapter_dir)))
@@ -89,7 +92,7 @@ def run_cli(argv: list[str], who: str, capture: bool = False) -> str:
     it; exit naming ``who`` and the command when it fails. ``capture``: its output is shown and also returned."""
     shown = " ".join(shlex.quote(a) for a in argv)
     print(f"\n$ {shown}", flush=True)
-    module = {"train": "train.cli", "evaluate": "evaluate.cli"}[argv[0]]
+    module = {"train": "cli.train", "evaluate": "cli.evaluate"}[argv[0]]
     done = subprocess.run([sys.executable, "-m", module, *argv[1:]], cwd=project_root(),
                           stdout=subprocess.PIPE if capture else None, text=True)
     if capture:
@@ -105,13 +108,12 @@ def _run(argv: list[str], timings: dict[str, float], step: str) -> None:
     timings[step] = round(time.time() - t0, 1)
 
 
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m evaluate.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--verbose", action="store_true",
-                        help="vLLM's own log on the terminal too (by default: each run directory's engine.log)")
-    verbose = parser.parse_args(argv).verbose
+@click.command(cls=ErrorReportingCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--verbose", "-v", is_flag=True, help="vLLM's own log on the terminal too (default: each run directory's engine.log).")
+def main(verbose: bool) -> None:
+    """`make demo`: validate the eval split, provision the embedded model, train the demo adapter (reused while
+    current), evaluate it constrained and unconstrained, the untrained base and the majority baseline, and
+    write one report (artifacts/reports/demo). Each step prints the command a user would type."""
     timings: dict[str, float] = {}
     t_all = time.time()
     adapter_dir = subdir("adapters") / ADAPTER_NAME
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     report_dir = subdir("reports") / "demo"
 
     _run(["evaluate", "validate", EVAL_DATA], timings, "validate")
-    from schemas.embedded import ensure_embedded_model
+    from runtime.embedded import ensure_embedded_model
 
     t0 = time.time()
     print(f"\nbase model: {ensure_embedded_model()}", flush=True)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from schemas.cli_edge import ErrorReportingGroup
+from cli.edge import ErrorReportingGroup
 
 
 @click.group(cls=ErrorReportingGroup)
@@ -33,7 +33,7 @@ def main() -> None:
 @click.option("--print-config", is_flag=True, help="Print the resolved config and exit.")
 def train_qlora(config_path, overrides, resume, print_config) -> None:
     """Train a LoRA adapter (4-bit NF4 base where bitsandbytes runs on the device)."""
-    from .config import load_config
+    from train.config import load_config
 
     cfg = load_config(config_path, overrides)
     if print_config:
@@ -41,7 +41,7 @@ def train_qlora(config_path, overrides, resume, print_config) -> None:
 
         click.echo(yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True, sort_keys=False))
         return
-    from .trainer import train
+    from train.trainer import train
 
     result = train(cfg, resume=resume, log=click.echo)
     click.echo(str(result.adapter_dir))
@@ -62,12 +62,11 @@ def dev_split_cmd(config_path, overrides, out) -> None:
     import json
     from pathlib import Path
 
-    from schemas.artifacts import atomic_write_text
+    from runtime.artifacts import atomic_write_text
     from schemas.errors import UserError
     from schemas.records import load_dataset
-
-    from .config import load_config
-    from .data_mix import dev_split
+    from train.config import load_config
+    from train.data_mix import dev_split
 
     cfg = load_config(config_path, overrides)
     if cfg.dev_size == 0:
@@ -83,7 +82,7 @@ def dev_split_cmd(config_path, overrides, out) -> None:
 @click.option("--max-lora-rank", default=16, show_default=True, help="The serving --max-lora-rank.")
 def check_adapter(adapter_dir, max_lora_rank) -> None:
     """Say whether vLLM would load ADAPTER_DIR, and why not."""
-    from .export import check_adapter_dir
+    from runtime.adapters import check_adapter_dir
 
     cfg = check_adapter_dir(adapter_dir, max_lora_rank)
     click.echo(f"ok: rank {cfg.get('r')}, alpha {cfg.get('lora_alpha')}, targets {cfg.get('target_modules')}")
@@ -100,7 +99,7 @@ def check_adapter(adapter_dir, max_lora_rank) -> None:
                    "(`train nf4-base`); unquantized: into the original weights.")
 def merge_cmd(adapter_dir, out, base, dtype, onto) -> None:
     """Fold ADAPTER_DIR into a full copy of its base model (served without LoRA)."""
-    from .merge import merge
+    from train.merge import merge
 
     merge(adapter_dir, out, base=base, dtype=dtype, log=click.echo, onto=onto)
 
@@ -118,11 +117,10 @@ def nf4_base_cmd(adapter_dir, base) -> None:
     """
     from pathlib import Path
 
-    from schemas.embedded import resolve_model
+    from runtime.embedded import resolve_model
     from schemas.errors import UserError
-
-    from .merge import base_of
-    from .nf4_base import nf4_base, trained_quantization
+    from train.merge import base_of
+    from train.nf4_base import nf4_base, trained_quantization
 
     quant = trained_quantization(adapter_dir)
     if quant is None:
@@ -147,7 +145,7 @@ def bench_logits(config_path, overrides, steps, out) -> None:
     Each arm runs `train qlora` in its own process, one after the other: run it on a quiet machine.
     train bench-logits --steps 20                 the demo recipe, 20 steps an arm
     """
-    from .bench_logits import run
+    from bench.logits import run
 
     doc = run(config_path, tuple(overrides), steps, out, log=click.echo)
     q = doc["labelled_over_full"]

@@ -1,5 +1,5 @@
 """Engine execution: the only place that talks to vLLM. Everything it is given was built by
-evaluate.requests; everything it returns is plain data."""
+runtime.requests; everything it returns is plain data."""
 from __future__ import annotations
 
 import os
@@ -177,7 +177,7 @@ class VllmOffline:
                  enforce_eager: bool = False):
         if backend not in BACKENDS:
             raise UserError(f"unknown structured-outputs backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        from serve import cpu_env
+        from runtime import cpu_env
 
         cpu_env.configure(offline=True)
         structured_env = cpu_env.structured_outputs_env(model)
@@ -284,10 +284,10 @@ class VllmOffline:
 
     def _precompile(self, schemas: list[dict[str, Any]]) -> None:
         """outlines: the chunk's new schemas compiled on every core into the disk cache before it is submitted
-        (serve/outlines_cache.precompile); the totals accumulate in ``self.precompiled``."""
+        (runtime/outlines_cache.precompile); the totals accumulate in ``self.precompiled``."""
         if not schemas:
             return
-        from serve import outlines_cache
+        from runtime import outlines_cache
 
         try:
             stats = outlines_cache.precompile(self.llm, schemas)

@@ -162,7 +162,7 @@ def structured_outputs_env(model_path: str | None = None, env: dict[str, str] | 
 
     Values already in the environment (``env``, default os.environ) win: a user's own choice. The offline
     engine and `serve start` both take theirs from here."""
-    from schemas.artifacts import subdir
+    from runtime.artifacts import subdir
 
     vocab = None
     if model_path:
