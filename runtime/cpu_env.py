@@ -105,12 +105,9 @@ def available_memory() -> int:
     measures less. The worker checks the NUMA node of its first CPU (/sys/devices/system/node/nodeN), and
     on some virtual machines that node holds only part of the host's memory (seen here: node 0 10.5 GiB of
     23): a cache sized from the host's figure then fails at engine start."""
-    host = 0
-    with open("/proc/meminfo", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                host = int(line.split()[1]) * 1024
-                break
+    import psutil
+
+    host = psutil.virtual_memory().available  # the kernel's MemAvailable
     try:
         from vllm.utils.cpu_resource_utils import get_allowed_cpu_list, get_memory_node_info
 
