@@ -180,9 +180,7 @@ def run_child(args) -> None:
     # and the 1-minute load average around the run
     own = time.process_time() - cpu0
     result["cpu_per_wall"] = own / elapsed
-    busy1 = machine_busy_seconds()
-    if busy0 is not None and busy1 is not None:
-        result["others_cpu_per_wall"] = max(0.0, (busy1 - busy0 - own) / elapsed)
+    result["others_cpu_per_wall"] = max(0.0, (machine_busy_seconds() - busy0 - own) / elapsed)
     result["loadavg_1m"] = [load_before, os.getloadavg()[0]]
     token_ids = [list(o.outputs[0].token_ids) for o in outputs]
     n_out = sum(len(t) for t in token_ids)

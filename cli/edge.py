@@ -1,6 +1,7 @@
 """The CLI edge shared by every command (`train`, `serve`, `evaluate`, `make demo`, `make recipe`, the demo
 data generator): the library's own error types become one-line messages and exit codes, never a traceback.
-Only the cli package imports click; no library module does."""
+click is imported by the commands here and by the benchmarks' own entry points (python -m bench.NAME); no
+stage, runtime, datagen or schemas module imports it."""
 from __future__ import annotations
 
 import logging

@@ -286,7 +286,7 @@ def curve(adapters, data, out, budget_s, base, every, final_only, model, chunk_s
     points, dirs = [], []
     for spec in map(_adapter, adapters):
         dirs.append(Path(spec.path))
-        points += [p for p in checkpoints(spec.name, spec.path, every) if p.final or not final_only]
+        points += [p for p in checkpoints(spec.name, spec.path, every, log=click.echo) if p.final or not final_only]
     check_same_base(dirs)
     if base:
         points.insert(0, Checkpoint("base", 0, 0.0, None, True))

@@ -62,7 +62,8 @@ class Point:
         return (self.risk_accuracy + self.match_accuracy) / 2
 
 
-def checkpoints(variant: str, adapter_dir: str | Path, every: int | None = None) -> list[Checkpoint]:
+def checkpoints(variant: str, adapter_dir: str | Path, every: int | None = None,
+                log: Callable[[str], None] = print) -> list[Checkpoint]:
     """The points of one training run: each kept checkpoint (ADAPTER.checkpoints/checkpoint-N) before the last
     step (only steps that are multiples of ``every`` when given), then the final adapter. Training time comes
     from the trainer's log (``elapsed_s``), the final one from the manifest."""
@@ -94,7 +95,7 @@ def checkpoints(variant: str, adapter_dir: str | Path, every: int | None = None)
             train_s = None
         found.append(Checkpoint(variant, step, train_s, path, False))
     if estimated:
-        print(f"{variant}: no elapsed time in the checkpoints' log ({adapter_dir} predates it); the training time of "
+        log(f"{variant}: no elapsed time in the checkpoints' log ({adapter_dir} predates it); the training time of "
               f"steps {', '.join(map(str, sorted(estimated)))} is the manifest's {results['seconds']:.0f} s pro rata")
     found.sort(key=lambda c: c.step)
     return found + [Checkpoint(variant, final_step, results.get("seconds"), adapter_dir, True)]

@@ -358,7 +358,7 @@ def markdown_table(table: Table) -> str:
                 for i in range(len(table.headers))]
     out = ["| " + " | ".join(_md_cell(h) for h in table.headers) + " |", "|" + "|".join(rule) + "|"]
     for row in table.rows:
-        cells = [_md_cell(str(c)) for c in row]
+        cells = [_md_cell(c) for c in row]
         if table.row_headers and cells and cells[0]:
             cells[0] = f"**{cells[0]}**"
         out.append("| " + " | ".join(cells) + " |")

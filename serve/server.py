@@ -276,11 +276,12 @@ def stop(name: str = "default", *, grace: float = 30.0, log: Callable[[str], Non
     if state is None:
         log(f"no server '{name}' recorded")
         return False
-    if _alive(state.pid) and not _alive(state.pid, state.pid_started):
+    running = _alive(state.pid)
+    if running and not _alive(state.pid, state.pid_started):
         _clear(name)
         log(f"server '{name}' had exited: pid {state.pid} is now another process, left alone")
         return False
-    if _alive(state.pid):
+    if running:
         try:
             os.killpg(state.pid, signal.SIGTERM)
         except ProcessLookupError:
