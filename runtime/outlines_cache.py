@@ -21,7 +21,9 @@ keeps vLLM's own. The fix belongs upstream.
 The same plugin makes opening the cache survive a race: vLLM's ``OutlinesDiskCache`` switches its SQLite file
 to WAL on every open, and two connections opening a fresh file at once can get "database is locked" at
 once, without SQLite's busy wait (measured here: 6 of 300 pairs of threads; it failed a CI run, the
-precompile's two threads on a cold cache). ``RetryingDiskCache`` opens it again after a short pause.
+precompile's two threads on a cold cache). ``RetryingDiskCache`` opens it again after a short pause, and
+shares one deserialized index among the requests of a schema instead of reading a copy per request (a v2
+index on Gemma's vocabulary is hundreds of megabytes: a copy per request ran the engine core out of memory).
 """
 from __future__ import annotations
 
@@ -66,16 +68,33 @@ def get_outlines_vocabulary(tokenizer):
 OPEN_ATTEMPTS = 8
 
 
+MEMO_INDEXES = 128  # as many as vLLM's own in-memory cache holds when the disk cache is off (LRUCache(maxsize=128))
+
+
 def retrying_disk_cache(stock: type) -> type:
     """vLLM's ``OutlinesDiskCache`` class, opened again (up to ``OPEN_ATTEMPTS`` times, 0.05 s doubling) when
-    SQLite answers "database is locked" while it opens: the WAL switch of a fresh file by two connections."""
+    SQLite answers "database is locked" while it opens (the WAL switch of a fresh file by two connections), and
+    handing every request of a schema the same index object.
+
+    The stock class deserializes the index from SQLite on every lookup, and vLLM's outlines backend looks it up
+    once per request: each request gets its own copy. That is harmless for a labels-only schema (kilobytes) and
+    fatal for one with free text: on Gemma 3's vocabulary a v2 index (a 40-character reason per element) is
+    257-532 MB serialized, and 147 requests of four such schemas took the engine core to 13.7 GB and the OOM
+    killer (measured here, 2026-12-03; the front end then waited for ever). Here the deserialized indexes of the
+    last ``MEMO_INDEXES`` keys are kept in memory and shared, as vLLM's own in-memory cache (disk cache off)
+    shares them: an index is read-only once built, each request's ``Guide`` keeps its own state."""
     if getattr(stock, "_patent_risk_retrying", False):
         return stock
+
+    import threading
+    from collections import OrderedDict
 
     class RetryingDiskCache(stock):
         _patent_risk_retrying = True
 
         def __init__(self, path: str):
+            self._memo: OrderedDict = OrderedDict()
+            self._memo_lock = threading.Lock()  # vLLM compiles grammars on a thread pool
             for attempt in range(OPEN_ATTEMPTS):
                 try:
                     super().__init__(path)
@@ -84,6 +103,38 @@ def retrying_disk_cache(stock: type) -> type:
                     if "locked" not in str(exc) or attempt == OPEN_ATTEMPTS - 1:
                         raise
                     time.sleep(0.05 * 2 ** attempt)
+
+        def _remember(self, key: str, value):
+            if not isinstance(value, str):
+                with self._memo_lock:
+                    self._memo[key] = value
+                    self._memo.move_to_end(key)
+                    while len(self._memo) > MEMO_INDEXES:
+                        self._memo.popitem(last=False)
+            return value
+
+        def _recall(self, key: str):
+            with self._memo_lock:
+                value = self._memo.get(key)
+                if value is not None:
+                    self._memo.move_to_end(key)
+                return value
+
+        def __contains__(self, key: str) -> bool:
+            return self._recall(key) is not None or super().__contains__(key)
+
+        def __getitem__(self, key: str):
+            value = self._recall(key)
+            return value if value is not None else self._remember(key, super().__getitem__(key))
+
+        def __setitem__(self, key: str, value) -> None:
+            super().__setitem__(key, value)
+            self._remember(key, value)
+
+        def clear(self) -> None:
+            with self._memo_lock:
+                self._memo.clear()
+            super().clear()
 
     RetryingDiskCache.__name__ = RetryingDiskCache.__qualname__ = stock.__name__
     return RetryingDiskCache

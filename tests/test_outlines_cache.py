@@ -110,3 +110,31 @@ def test_two_threads_opening_a_fresh_cache_at_once_both_succeed():
     retrying = outlines_cache.retrying_disk_cache(stock)
     assert retrying is not stock and outlines_cache.retrying_disk_cache(retrying) is retrying
     assert _open_fresh_caches_at_once(retrying, trials=400) == []
+
+
+def test_every_lookup_of_a_schema_shares_one_index(tmp_path, gemma_tokenizer):
+    """vLLM's outlines backend looks the index up once per request; the stock disk cache deserializes a copy
+    each time (a v2 index on Gemma's vocabulary is hundreds of megabytes: a copy per request ran the engine
+    core out of memory). The plugin's cache hands out one object per key, in another instance too after the
+    file is read once, keeps strings as they are, and forgets the oldest beyond MEMO_INDEXES."""
+    import outlines_core as oc
+    from vllm.v1.structured_output import utils
+
+    stock = utils.OutlinesDiskCache
+    while getattr(stock, "_patent_risk_retrying", False):
+        stock = stock.__mro__[1]
+    cache_class = outlines_cache.retrying_disk_cache(stock)
+    vocab = oc.Vocabulary(gemma_tokenizer.eos_token_id, utils._reduced_vocabulary(gemma_tokenizer))
+    index = oc.Index('"(높음|애매|낮음)"', vocab)
+    writer = cache_class(str(tmp_path))
+    writer["k"] = index
+    writer["__version__"] = "0.2.14"
+    assert writer["k"] is index and writer["__version__"] == "0.2.14"
+    reader = cache_class(str(tmp_path))  # another process's view: the file, then memory
+    first = reader["k"]
+    assert "k" in reader and reader["k"] is first and first is not index
+    assert stock(str(tmp_path))["k"] is not stock(str(tmp_path))["k"]  # the stock class: a copy per lookup
+    assert first.get_transitions() == index.get_transitions()
+    for i in range(outlines_cache.MEMO_INDEXES + 1):
+        reader._remember(f"x{i}", index)
+    assert "k" not in reader._memo and reader["k"] is not first  # forgotten, read again from the file
