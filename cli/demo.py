@@ -70,17 +70,18 @@ def _adapter_is_current(adapter_dir: Path) -> bool:
     return True
 
 
-def _clear_if_stale(out: Path, constrained: bool, adapter_dir: Path | None) -> None:
-    """The demo owns its run directories: one made with another adapter (retrained after an edit of the
-    demo config) or other settings is cleared, with a line saying why, so the report shows only runs of
-    the adapter as it is now. `evaluate batch` itself would refuse to mix them."""
+def clear_if_stale(out: Path, constrained: bool, adapter_dir: Path | None, *, data: str = EVAL_DATA,
+                   adapter_name: str = ADAPTER_NAME, schema_name: str = "v1", model: str | None = None) -> None:
+    """The demo (and the schema comparison) own their run directories: one made with another adapter
+    (retrained after an edit of the config) or other settings is cleared, with a line saying why, so the
+    report shows only runs of the adapter as it is now. `evaluate batch` itself would refuse to mix them."""
     import shutil
 
     from evaluate.batch import BatchConfig, stale_differences
     from runtime.engines import AdapterSpec
 
-    cfg = BatchConfig(data=str(project_root() / EVAL_DATA), out=str(out), constrained=constrained,
-                      adapter=None if adapter_dir is None else AdapterSpec(ADAPTER_NAME, str(adapter_dir)))
+    cfg = BatchConfig(data=str(project_root() / data), out=str(out), constrained=constrained, schema_name=schema_name,
+                      model=model, adapter=None if adapter_dir is None else AdapterSpec(adapter_name, str(adapter_dir)))
     diffs = stale_differences(cfg, log=lambda s: None)
     if diffs:
         print(f"\n{out}: made with other settings ({'; '.join(diffs)}); cleared for a fresh run", flush=True)
@@ -132,7 +133,7 @@ def main(verbose: bool) -> None:
         _run(["train", "qlora", "--config", DEMO_CONFIG], timings, "train")
     arms = {arm: Path(d) for arm, d in arm_dirs(str(runs / "demo")).items()}
     for arm, out in arms.items():
-        _clear_if_stale(out, arm == "constrained", adapter_dir)
+        clear_if_stale(out, arm == "constrained", adapter_dir)
     # Both arms on one engine (one start instead of two), all 147 records decoded as one chunk: on vLLM's CPU
     # build a chunk of 147 generated in 0.69x the time of 32-record chunks (measured; identical outputs), and
     # 1024 tokens hold the longest prompt and answer (323 + 218) with room, so the KV cache is half as large.
@@ -141,7 +142,7 @@ def main(verbose: bool) -> None:
           *(["--verbose"] if verbose else [])], timings, "evaluate_both_arms")
     # The untrained base, constrained: its run does not depend on the adapter, so a retrained adapter reuses it.
     base_run = runs / "demo-base"
-    _clear_if_stale(base_run, True, None)
+    clear_if_stale(base_run, True, None)
     _run(["evaluate", "batch", "--data", EVAL_DATA, "--constrained", "--out", str(base_run),
           "--chunk-size", str(DEMO_CHUNK), "--max-model-len", "1024", *(["--verbose"] if verbose else [])],
          timings, "evaluate_base")

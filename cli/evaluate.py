@@ -6,6 +6,8 @@ from pathlib import Path
 import click
 
 from cli.edge import ErrorReportingGroup
+from schemas.labels import SCHEMA_NAMES
+from schemas.risk_rules import RISK_RULES
 
 
 def _adapter(value: str | None):
@@ -55,7 +57,7 @@ def validate(file, skip_bad) -> None:
                    "an ordinary run directory.")
 @click.option("--model", default=None, help="Base model: HF id, local folder, or an embedded model's name (default: the embedded Gemma 3 270M, gemma-3-270m; also smollm2).")
 @click.option("--adapter", default=None, metavar="NAME=DIR", help="LoRA adapter served as a LoRA module (not merged).")
-@click.option("--schema", "schema_name", default="v1", show_default=True, type=click.Choice(["v1", "v2"]), help="Target output schema.")
+@click.option("--schema", "schema_name", default="v1", show_default=True, type=click.Choice(SCHEMA_NAMES), help="Target output schema.")
 @click.option("--backend", default="outlines", show_default=True, type=click.Choice(["outlines", "xgrammar", "guidance"]),
               help="vLLM structured-outputs backend (engine-wide; outlines = outlines-core).")
 @click.option("--server", default=None, metavar="URL", help="Use a running `vllm serve` (e.g. http://127.0.0.1:8000) instead of the offline engine.")
@@ -165,7 +167,7 @@ def batch(data, out, constrained, both, model, adapter, schema_name, backend, se
 @click.option("--hf-threads", type=int, default=None,
               help="hf, hf-outlines: torch threads (default: every core). On a busy machine fewer threads than cores "
                    "avoid OpenMP spin-waiting (measured here: 2 threads 10x slower than 1 while other jobs ran).")
-@click.option("--schema", "schema_name", default="v1", show_default=True, type=click.Choice(["v1", "v2"]), help="Target output schema.")
+@click.option("--schema", "schema_name", default="v1", show_default=True, type=click.Choice(SCHEMA_NAMES), help="Target output schema.")
 @click.option("--max-model-len", type=int, default=2048, show_default=True, help="vLLM configurations.")
 @click.option("--gpu-memory-utilization", type=float, default=None,
               help="vLLM: share of GPU memory vLLM may take. On the CPU build the default sizes the KV cache for "
@@ -238,7 +240,8 @@ def bench(data, adapter, model, configs, limit, hf_limit, batch_size, hf_threads
               help="The training split: the majority answer is learnt from it alone.")
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help="The records to answer (the eval split).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to write (must not hold a run).")
-@click.option("--schema", "schema_name", default="v1", show_default=True, type=click.Choice(["v1"]), help="Output schema.")
+@click.option("--schema", "schema_name", default="v1", show_default=True, type=click.Choice(["v1", "v3"]),
+              help="Output schema (one without reasons).")
 def baseline(train_path, data, out, schema_name) -> None:
     """Write the majority-class baseline as a run directory: the training split's most frequent risk_level and
     element match, answered for every record of --data. `evaluate report` pairs it with a model's run.
@@ -311,11 +314,24 @@ def curve(adapters, data, out, budget_s, base, every, final_only, model, chunk_s
 @click.option("--baseline", default=None, help="Reference run name for comparisons (default: the first run).")
 @click.option("--by", multiple=True, help="Slice every metric by a field: patent_id or meta.PATH; a numeric field into bins with "
               "meta.PATH:EDGE,EDGE,... (e.g. meta.boundary_distance:0.5,1,2). Repeatable.")
-def report(run_dirs, out, baseline, by) -> None:
-    """Score runs and compare them side by side (CONTRACT.md section 4)."""
+@click.option("--risk-rule", default=None, type=click.Choice(list(RISK_RULES)),
+              help="Score risk_consistent: does each valid output's own risk_level equal what its own matches imply "
+                   "under this rule? all-elements (the demo data's): every element 대응 -> 높음, any 미대응 -> 낮음, "
+                   "else 애매. The model's risk is always scored as it wrote it.")
+@click.option("--pairs", default="reference", show_default=True, type=click.Choice(["reference", "within-arm", "all"]),
+              help="Which runs are compared (McNemar, paired bootstrap): each against the reference run; every pair "
+                   "of runs of the same arm (constrained with constrained, unconstrained with unconstrained); or every pair.")
+def report(run_dirs, out, baseline, by, risk_rule, pairs) -> None:
+    """Score runs and compare them side by side (CONTRACT.md section 4).
+
+    \b
+    evaluate report artifacts/runs/demo-constrained artifacts/runs/demo-unconstrained --out artifacts/reports/demo
+    evaluate report RUN_V1 RUN_V2 RUN_V3 ... --risk-rule all-elements --pairs within-arm --out DIR   # schemas
+    """
     from evaluate.report import write_report
 
-    rep = write_report([Path(d) for d in run_dirs], Path(out), baseline=baseline, by=list(by))
+    rep = write_report([Path(d) for d in run_dirs], Path(out), baseline=baseline, by=list(by), risk_rule=risk_rule,
+                       pairs=pairs)
     for w in getattr(rep, "warnings", []) or []:
         click.echo(f"warning: {w}", err=True)
     click.echo(rep.summary_markdown)

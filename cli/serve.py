@@ -6,6 +6,7 @@ import json
 import click
 
 from cli.edge import ErrorReportingGroup
+from schemas.labels import SCHEMA_NAMES
 
 
 @click.group(cls=ErrorReportingGroup)
@@ -81,7 +82,7 @@ def status(name) -> None:
               help="A model name the server serves (the base's path or an adapter's name). Repeatable; the first is the reference.")
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="Dataset whose prompts are sent.")
 @click.option("--arms", type=click.Choice(["both", "constrained", "unconstrained"]), default="both", show_default=True)
-@click.option("--schema", "schema_name", default="v1", show_default=True, type=click.Choice(["v1", "v2"]))
+@click.option("--schema", "schema_name", default="v1", show_default=True, type=click.Choice(SCHEMA_NAMES))
 @click.option("--concurrency", default="1,4,16", show_default=True, help="Comma-separated concurrency levels.")
 @click.option("--num-requests", default=32, show_default=True, type=int, help="Requests per configuration.")
 @click.option("--model", default=None, help="Base model whose tokenizer sizes max_tokens (default: the embedded model).")

@@ -16,6 +16,7 @@ from .patents import (
     PatentSpec,
     judge,
     patent_by_id,
+    reason_for,
     risk_from_matches,
     signed_distance,
 )
@@ -115,7 +116,8 @@ def _make_record(rng: random.Random, patent: PatentSpec, cases: dict[str, str], 
         raise RuntimeError(f"{record_id}: could not render a fresh query whose amounts sum to 100% or less")
     exclude.add(query)
     rules = {el.id: judge(el, facts[el.id]) for el in patent.elements}
-    matches = [{"element_id": eid, "match": RULE_MATCH[rule]} for eid, rule in rules.items()]
+    matches = [{"element_id": eid, "match": RULE_MATCH[rule], "reason": reason_for(patent.element(eid), facts[eid], rule)}
+               for eid, rule in rules.items()]
     values = {eid: float(f["value"]) for eid, f in facts.items() if f["state"] == "value"}
     distances = [signed_distance(facts[eid]["value"], patent.element(eid).lo, patent.element(eid).hi)
                  for eid in values]

@@ -39,7 +39,11 @@ The generator never prints a value with 0.04 < |distance| < 0.065, so no label h
 third decimal.
 
 risk_level, from all the matches: every element 대응 -> 높음; any 미대응 -> 낮음; otherwise
-(some 판단불가, no 미대응) -> 애매.
+(some 판단불가, no 미대응) -> 애매 (schemas.risk_rules ``all-elements``).
+
+Reasons. Each ``label.matches[]`` carries a ``reason`` written from its rule (``reason_for``): the value
+and where it fell (``겔화제 12%, 8~50% 안``; ``pH 5.6, 경계 5.5의 ±5% 이내``), or what the query says of the
+element (``극성 오일 없음``, ``경도 미기재``, ``왁스 수치 없음(모호)``), at most 40 characters (v2's maxLength).
 
 Every record carries ``meta``: ``split``; ``novel`` (the query uses a template, and possibly
 ingredient names or units, that no train record uses) with ``novel_features``; ``template``;
@@ -57,6 +61,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Iterable
+
+from schemas.risk_rules import all_elements
 
 MARGIN = Fraction(5, 100)
 
@@ -312,13 +318,46 @@ def rule_for_value(element: ElementSpec, value: Fraction | float | str) -> str:
 
 
 def risk_from_matches(matches: Iterable[str]) -> str:
-    """The all-elements rule: all 대응 -> 높음; any 미대응 -> 낮음; otherwise 애매."""
-    matches = list(matches)
-    if "미대응" in matches:
-        return "낮음"
-    if all(m == "대응" for m in matches):
-        return "높음"
-    return "애매"
+    """The all-elements rule (schemas.risk_rules, `evaluate report --risk-rule all-elements`): all 대응 -> 높음;
+    any 미대응 -> 낮음; otherwise 애매."""
+    return all_elements(matches)
+
+
+_UNIT_SUFFIX = {"중량%": "%", "cps": "cps", "g": "g", "pH": "", "SPF": ""}
+
+
+def _num(x: Fraction) -> str:
+    return f"{float(x):,.2f}".rstrip("0").rstrip(".")
+
+
+def _range_text(el: ElementSpec) -> str:
+    u = _UNIT_SUFFIX[el.unit]
+    if el.lo is not None and el.hi is not None:
+        return f"{_num(el.lo)}~{_num(el.hi)}{u}"
+    return f"{_num(el.lo)}{u} 이상" if el.lo is not None else f"{_num(el.hi)}{u} 이하"
+
+
+def reason_for(el: ElementSpec, fact: dict, rule: str) -> str:
+    """The reason written for an element's label (``label.matches[].reason``, what schema v2 trains on): which
+    stated value fell where, or what the query says of the element, in at most 40 characters. E.g.
+    ``겔화제 12%, 8~50% 안`` (in_range), ``점도 41,000cps, 10,000~40,000cps 밖`` (out_of_range),
+    ``pH 5.6, 경계 5.5의 ±5% 이내`` (near_boundary), ``극성 오일 포함`` / ``극성 오일 없음`` (present / absent),
+    ``제형 일치`` / ``제형 불일치`` (the emulsion type), ``경도 미기재`` (missing), ``왁스 수치 없음(모호)`` (vague)."""
+    if rule in VALUE_RULES:
+        value = Fraction(str(fact["value"]))
+        u = _UNIT_SUFFIX[el.unit]
+        stated = f"{el.role} {_num(value)}{u}"
+        if rule == "near_boundary":
+            bounds = [b for b in (el.lo, el.hi) if b is not None]
+            b = min(bounds, key=lambda b: abs(value - b) / b)
+            return f"{stated}, 경계 {_num(b)}{u}의 ±{int(MARGIN * 100)}% 이내"
+        return f"{stated}, {_range_text(el)} {'안' if rule == 'in_range' else '밖'}"
+    return {
+        "ingredient_present": f"{el.role} {'일치' if el.kind == 'form' else '포함'}",
+        "ingredient_absent": f"{el.role} {'불일치' if el.kind == 'form' else '없음'}",
+        "missing": f"{el.role} 미기재",
+        "vague": f"{el.role} 수치 없음(모호)",
+    }[rule]
 
 
 def patent_by_id(patent_id: str) -> PatentSpec:

@@ -19,7 +19,7 @@ from runtime.artifacts import atomic_write_text, file_sha256
 from runtime.engines import GenResult
 from schemas.errors import UserError
 from schemas.labels import MATCH_LABELS, RISK_LEVELS
-from schemas.output import load_schema, schema_hash
+from schemas.output import has_reason, load_schema, output_object, render_compact, schema_hash
 from schemas.records import Record, load_dataset
 
 from .batch import RUN_FORMAT_VERSION, result_row, write_json
@@ -46,9 +46,10 @@ def majority_labels(train: list[Record]) -> dict[str, Any]:
 def write_majority_run(train_path: str, data_path: str, out: str, schema_name: str = "v1") -> dict[str, Any]:
     """Write OUT/results.jsonl and OUT/run.json: the training split's majority answer for every record of
     ``data_path``; returns run.json's content. Refuses an existing non-empty OUT (a baseline is rewritten
-    by deleting it) and the v2 schema (its per-element reasons are text no constant answer has)."""
-    if schema_name != "v1":
-        raise UserError(f"--schema {schema_name}: the majority baseline answers in v1 only (v2 asks a reason per element)")
+    by deleting it) and a schema with reasons, v2 (its per-element reasons are text no constant answer has)."""
+    if has_reason(schema_name):
+        raise UserError(f"--schema {schema_name}: the majority baseline answers in schemas without reasons only "
+                        f"(v1, v3): {schema_name} asks a reason per element")
     run_dir = Path(out)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise UserError(f"{run_dir}: not empty; delete it to write the baseline again")
@@ -64,9 +65,9 @@ def write_majority_run(train_path: str, data_path: str, out: str, schema_name: s
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     lines = []
     for rec in data:
-        answer = {"risk_level": maj["risk_level"],
-                  "matches": [{"element_id": e.id, "match": maj["match"]} for e in rec.elements]}
-        res = GenResult(record_id=rec.id, raw_output=json.dumps(answer, ensure_ascii=False, separators=(",", ":")),
+        answer = output_object(schema_name, maj["risk_level"],
+                               [{"element_id": e.id, "match": maj["match"]} for e in rec.elements])
+        res = GenResult(record_id=rec.id, raw_output=render_compact(answer),
                         finish_reason="stop", prompt_tokens=0, output_tokens=0, latency_s=None)
         lines.append(json.dumps(result_row(rec, res), ensure_ascii=False))
     atomic_write_text(run_dir / RESULTS, "".join(line + "\n" for line in lines))

@@ -188,6 +188,15 @@ def stale_differences(cfg: BatchConfig, log: Callable[[str], None] = print) -> l
     return differences(read_info(cfg.out) or {}, info)
 
 
+def adapter_schema(adapter_dir: str | Path) -> str | None:
+    """The output schema an adapter was trained to write, from the manifest `train qlora` writes (None: no
+    manifest, or it does not say)."""
+    from runtime.adapters import read_manifest
+
+    schema = (read_manifest(Path(adapter_dir)) or {}).get("schema")
+    return schema.get("name") if isinstance(schema, dict) and isinstance(schema.get("name"), str) else None
+
+
 def finished_ids(run_dir: Path) -> set[str]:
     """Ids already in results.jsonl, after repairing a torn last line."""
     results = run_dir / RESULTS
@@ -226,6 +235,10 @@ def _run_locked(cfg: BatchConfig, records: list[Record], run_dir: Path, make_eng
         from runtime.adapters import check_adapter_dir
 
         check_adapter_dir(cfg.adapter.path)  # what vLLM would refuse is refused before any engine starts
+        trained = adapter_schema(cfg.adapter.path)
+        if trained is not None and trained != cfg.schema_name:
+            log(f"warning: {cfg.adapter.path} was trained to write schema {trained} (its manifest.json), and this run "
+                f"decodes and scores schema {cfg.schema_name}; pass --schema {trained} to evaluate what it learnt")
     model_path = resolve_model(cfg.model, log)
     info, old_info = check_resumable(cfg, model_path, len(records))
     todo = [r for r in records if r.id not in done]
@@ -261,9 +274,14 @@ def _run_engine(cfg: BatchConfig, records: list[Record], todo: list[Record], run
         todo_ids = {r.id for r in todo}
         requests = [r for r in requests if r.record_id in todo_ids]
         by_id = {r.id: r for r in todo}
+        compiled_before = float((getattr(engine, "precompiled", None) or {}).get("seconds", 0.0))
         summary = _generate_into(run_dir / RESULTS, requests, by_id, engine, cfg.chunk_size, progress)
         info["finished_at"] = _now()
         info["generation_s"] = round(summary[0] + float(old_info.get("generation_s", 0.0) if old_info else 0.0), 3)
+        # of which: compiling this run's new outlines schemas before their chunk was submitted (once per schema;
+        # a later run finds them in the disk cache). Engines that compile nothing here record 0.
+        compiled = float((getattr(engine, "precompiled", None) or {}).get("seconds", 0.0)) - compiled_before
+        info["precompile_s"] = round(compiled + float(old_info.get("precompile_s", 0.0) if old_info else 0.0), 3)
         info["counts"] = {"samples": len(records), "finish_reasons": _count_finish(run_dir)}
         write_json(info_path, info)
     finally:

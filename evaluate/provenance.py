@@ -10,7 +10,7 @@ Identity (each compared as written here):
 - ``adapter``: the adapter folder's content hash (None without one); a moved folder keeps its identity
 - ``adapter_mode``: ``lora`` or ``merged``
 - ``dataset``: the dataset file's sha256
-- ``schema``: the target schema's name and hash
+- ``schema``: the target schema's name and hash (a legacy sorted-key hash read as the current one)
 - ``constrained``; ``backend`` and ``structured_outputs`` (the options of every constrained request);
   ``structured_outputs_config`` (the engine-level config the offline engine was built with: vLLM 0.32's
   xgrammar and guidance backends take their whitespace rule from it, not from the request; None through
@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import json
 from typing import Any
+
+from schemas.output import current_schema_hash
 
 # Offline runs written before structured-outputs options were recorded used exactly these; server runs none.
 _LEGACY_OFFLINE_OPTIONS = {"disable_any_whitespace": True}
@@ -61,7 +63,9 @@ def identity(info: dict[str, Any]) -> dict[str, Any]:
         "adapter": _content(info.get("adapter")),
         "adapter_mode": adapter_mode,
         "dataset": _content(info.get("dataset")),
-        "schema": {"name": _get(schema, "name"), "hash": _get(schema, "hash")} if isinstance(schema, dict) else schema,
+        # a hash recorded before property order counted is read as today's hash of the same committed schema
+        "schema": ({"name": _get(schema, "name"), "hash": current_schema_hash(_get(schema, "name"), _get(schema, "hash"))}
+                   if isinstance(schema, dict) else schema),
         "constrained": constrained,
         "backend": info.get("backend") if constrained else None,
         "structured_outputs": options if constrained else None,

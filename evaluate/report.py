@@ -3,7 +3,8 @@
 
 Layout of metrics.json (``format_version`` 1):
 
-- ``format_version``, ``generated_at``, ``reference`` (the reference run), ``by`` (slice fields),
+- ``format_version``, ``generated_at``, ``reference`` (the reference run), ``pairs`` (which runs are
+  compared: ``reference``, ``within-arm`` or ``all``), ``risk_rule`` (or null), ``by`` (slice fields),
   ``bootstrap`` {resamples, seed}, ``warnings``, ``run_list`` [{name, path, schema {name, hash},
   constrained, adapter_hash, dataset_hash, results_sha256}]
 - ``runs``: {RUN: the contract's ``n``, ``json_valid``, ``risk_accuracy``, ``match_accuracy``
@@ -12,11 +13,15 @@ Layout of metrics.json (``format_version`` 1):
   ``invalid``; columns: gold labels); and ``schema``, ``constrained``, ``provenance``, ``path``,
   ``results_sha256``, ``samples_without_gold``, ``parse_failures``, ``schema_failures``,
   ``finish_length``, ``finish_reasons``, ``unknown_element_ids``, ``repeated_element_ids``,
-  ``missing_elements``, ``risk_per_class``/``match_per_class`` {label: {support, predicted, correct,
+  ``missing_elements``, ``risk_rule`` and ``risk_consistent`` ({count, total, rate}: valid outputs whose own
+  risk_level is what their own matches imply under the rule; null without ``--risk-rule``), ``speed``
+  {generation_s, output_tokens, output_tokens_per_sample, samples_per_s, output_tokens_per_s},
+  ``risk_per_class``/``match_per_class`` {label: {support, predicted, correct,
   precision, recall, f1}}, ``risk_macro_f1``, ``match_macro_f1``, ``majority_baseline`` {risk, match},
   ``per_patent``, ``slices`` {FIELD: {value: headline + both matrices}}, ``error_patterns``,
   ``error_cases``, ``invalid_outputs``, ``warnings``}
-- ``comparisons``: one entry per run against the reference (see ``report_compare``), each with
+- ``comparisons``: one entry per compared pair (by default each run against the reference; see
+  ``report_compare``), each with
   ``differs`` (what differs between the two runs' run.json: ``field: reference -> run`` lines; None when
   one has no run.json) and ``differs_unknown`` (the runs without run.json).
 """
@@ -30,10 +35,11 @@ from typing import Any, Sequence
 
 import polars as pl
 
+from schemas import risk_rules
 from schemas.errors import DataError, UserError
 
 from .provenance import comparison_differences
-from .report_compare import compare_runs
+from .report_compare import compare_runs, run_pairs
 from .report_doc import build_document, comparison_sentence, differs_words, markdown_table, render_markdown, summary_table
 from .report_html import render_html
 from .report_metrics import run_metrics
@@ -44,6 +50,7 @@ FORMAT_VERSION = 1
 METRICS_FILE = "metrics.json"
 MARKDOWN_FILE = "report.md"
 HTML_FILE = "report.html"
+PAIR_MODES = ("reference", "within-arm", "all")
 
 
 @dataclass
@@ -127,12 +134,17 @@ def _state_differences(comparisons: list[dict[str, Any]], infos: dict[str, dict[
 
 
 def build_report(run_dirs: Sequence[str | Path], baseline: str | None = None, by: Sequence[str] = (),
-                 bootstrap: int = 1000, seed: int = 0) -> Report:
+                 bootstrap: int = 1000, seed: int = 0, risk_rule: str | None = None, pairs: str = "reference") -> Report:
     """Score run directories and build the report (nothing is written).
 
     ``baseline`` names the reference run (default: the first); ``by`` lists slice fields
-    (``patent_id`` or ``meta.*`` paths); ``bootstrap`` resamples (0: no bootstrap intervals) with ``seed``.
+    (``patent_id`` or ``meta.*`` paths); ``bootstrap`` resamples (0: no bootstrap intervals) with ``seed``;
+    ``risk_rule`` names the rule (schemas.risk_rules) each run's ``risk_consistent`` is scored with;
+    ``pairs`` which runs are compared (``reference``, ``within-arm``, ``all``: report_compare.run_pairs).
     """
+    rule = None if risk_rule is None else risk_rules.risk_rule(risk_rule)
+    if pairs not in PAIR_MODES:
+        raise UserError(f"pairs: {pairs!r} is not one of {', '.join(PAIR_MODES)}")
     if not run_dirs:
         raise UserError("no run directories given; name at least one directory written by `evaluate batch`")
     if bootstrap < 0:
@@ -143,17 +155,21 @@ def build_report(run_dirs: Sequence[str | Path], baseline: str | None = None, by
         runs = _read_runs(run_dirs)
         _unique_names(runs)
         reference = _reference(runs, baseline)
-        scored = score_runs(runs, by)
+        scored = score_runs(runs, by, risk_rule=rule)
         _check_fields(by, scored.samples)
         warnings = [w for r in runs for w in r.warnings]
-        runs_m = run_metrics(runs, scored, by, warnings)
-        comparisons = compare_runs(scored, [r.name for r in runs], reference, bootstrap, seed)
+        runs_m = run_metrics(runs, scored, by, warnings, risk_rule)
+        names = [r.name for r in runs]
+        pair_list = run_pairs(names, reference, pairs, {n: runs_m[n]["constrained"] for n in names})
+        comparisons = compare_runs(scored, names, reference, bootstrap, seed, pairs=pair_list)
         _state_differences(comparisons, {r.name: r.info for r in runs})
     warnings += [f"{c['run']} vs {c['reference']}: {c['note']}" for c in comparisons if c["note"]]
     metrics: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "reference": reference,
+        "pairs": pairs,
+        "risk_rule": risk_rule,
         "by": by,
         "bootstrap": {"resamples": bootstrap, "seed": seed},
         "warnings": warnings,
@@ -173,9 +189,11 @@ def build_report(run_dirs: Sequence[str | Path], baseline: str | None = None, by
 
 
 def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, baseline: str | None = None,
-                 by: Sequence[str] = (), bootstrap: int = 1000, seed: int = 0) -> Report:
+                 by: Sequence[str] = (), bootstrap: int = 1000, seed: int = 0, risk_rule: str | None = None,
+                 pairs: str = "reference") -> Report:
     """``build_report``, then write ``out_dir``/metrics.json, report.md and report.html (``out_dir`` is created)."""
-    report = build_report(run_dirs, baseline=baseline, by=by, bootstrap=bootstrap, seed=seed)
+    report = build_report(run_dirs, baseline=baseline, by=by, bootstrap=bootstrap, seed=seed, risk_rule=risk_rule,
+                          pairs=pairs)
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)

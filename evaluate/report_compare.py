@@ -97,12 +97,30 @@ def _bootstrap_group(pairs: list[tuple[dict[str, Any], pl.DataFrame]], n_resampl
             entry["match_accuracy"]["ci95"] = _interval(match)
 
 
-def compare_runs(scored: Scored, names: Sequence[str], reference: str, n_resamples: int = 1000,
-                 seed: int = 0) -> list[dict[str, Any]]:
-    """One comparison entry per run other than ``reference``, in the order of ``names``.
+def run_pairs(names: Sequence[str], reference: str, mode: str, arms: dict[str, Any] | None = None) -> list[tuple[str, str]]:
+    """The (reference, run) pairs a report compares. ``reference``: each run against the reference run;
+    ``all``: every pair, in the order given (the earlier run is the pair's reference); ``within-arm``: every
+    pair of runs of the same arm (``arms``: run -> its ``constrained`` value; None is an arm of its own), e.g.
+    the schemas of a comparison against each other, constrained with constrained."""
+    if mode == "reference":
+        return [(reference, n) for n in names if n != reference]
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    if mode == "all":
+        return pairs
+    if mode == "within-arm":
+        arms = arms or {}
+        return [(a, b) for a, b in pairs if arms.get(a) == arms.get(b)]
+    raise ValueError(f"pairs: unknown mode {mode!r} (reference, within-arm, all)")
 
-    Comparisons over the same sample set share one bootstrap (the same resamples), which is what makes
-    nine comparisons of 10,000 samples cheap; each interval is still its own pair's paired interval.
+
+def compare_runs(scored: Scored, names: Sequence[str], reference: str, n_resamples: int = 1000,
+                 seed: int = 0, pairs: Sequence[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+    """One comparison entry per pair: by default each run other than ``reference`` against it, in the order of
+    ``names``; ``pairs`` ((reference, run) each, see ``run_pairs``) lists them instead.
+
+    Comparisons with the same reference over the same sample set share one bootstrap (the same resamples),
+    which is what makes nine comparisons of 10,000 samples cheap; each interval is still its own pair's
+    paired interval.
     """
     by_run = {run: part.select(_SAMPLE_COLUMNS)
               for (run,), part in scored.samples.partition_by("run", as_dict=True).items()}
@@ -110,16 +128,16 @@ def compare_runs(scored: Scored, names: Sequence[str], reference: str, n_resampl
                  for (run,), part in scored.elements.partition_by("run", as_dict=True).items()}
     empty_el = scored.elements.select("id", "element_id", "gold_match").clear()
     entries = []
-    groups: dict[bytes, list[tuple[dict[str, Any], pl.DataFrame]]] = {}
-    for name in names:
-        if name == reference:
-            continue
-        entry, comparable = _compare_one(by_run[reference], by_run[name], el_by_run.get(reference, empty_el),
-                                         el_by_run.get(name, empty_el), reference, name)
+    groups: dict[tuple[str, bytes], list[tuple[dict[str, Any], pl.DataFrame]]] = {}
+    if pairs is None:
+        pairs = [(reference, n) for n in names if n != reference]
+    for ref, name in pairs:
+        entry, comparable = _compare_one(by_run[ref], by_run[name], el_by_run.get(ref, empty_el),
+                                         el_by_run.get(name, empty_el), ref, name)
         entry["bootstrap"] = {"resamples": n_resamples, "seed": seed, "unit": "sample"}
         entries.append(entry)
         if comparable.height:
-            groups.setdefault(comparable["row"].to_numpy().tobytes(), []).append((entry, comparable))
-    for pairs in groups.values():
-        _bootstrap_group(pairs, n_resamples, seed)
+            groups.setdefault((ref, comparable["row"].to_numpy().tobytes()), []).append((entry, comparable))
+    for group in groups.values():
+        _bootstrap_group(group, n_resamples, seed)
     return entries

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence, Union
 
 from schemas.labels import INVALID, MATCH_LABELS, RISK_LEVELS
+from schemas.output import SCHEMA_SUMMARIES
 
 from .scoring import NO_VALUE, bin_labels, split_bins
 
@@ -89,12 +90,29 @@ def _yes_no(value: Any) -> str:
     return "?" if value is None else ("yes" if value else "no")
 
 
+HARDEST_RISK = "애매"  # the seed report's hardest class, often called 낮음: its recall is a column of its own
+
+
+def recall_of(r: dict[str, Any], label: str = HARDEST_RISK) -> str:
+    c = (r.get("risk_per_class") or {}).get(label)
+    return "—" if not c or c["recall"] is None else f"{pct(c['recall'])} ({c['correct']}/{c['support']})"
+
+
+def speed_of(r: dict[str, Any], key: str) -> str:
+    value = (r.get("speed") or {}).get(key)
+    return "—" if value is None else (f"{value:.1f}" if key == "output_tokens_per_sample" else f"{value:.3g}")
+
+
 def summary_table(metrics: dict[str, Any]) -> Table:
-    """Runs side by side (a row each) with the majority-class baseline over the same samples."""
+    """Runs side by side (a row each) with the majority-class baseline over the same samples: validity,
+    accuracy, 애매 recall, risk_consistent (with a risk rule), output tokens per sample and samples/s."""
     rows = []
+    consistent = bool(metrics.get("risk_rule"))
     for name, r in metrics["runs"].items():
         rows.append([run_label(name, r), str(r["n"]), fmt_block(r["json_valid"]), fmt_block(r.get("record_valid")),
-                     fmt_block(r["risk_accuracy"], True), fmt_block(r["match_accuracy"], True), str(r["finish_length"])])
+                     fmt_block(r["risk_accuracy"], True), fmt_block(r["match_accuracy"], True), recall_of(r),
+                     *([fmt_block(r.get("risk_consistent"))] if consistent else []),
+                     speed_of(r, "output_tokens_per_sample"), speed_of(r, "samples_per_s"), str(r["finish_length"])])
     baselines: dict[tuple, list[str]] = {}
     for name, r in metrics["runs"].items():
         mb = r.get("majority_baseline", {})
@@ -105,10 +123,30 @@ def summary_table(metrics: dict[str, Any]) -> Table:
         mb = r.get("majority_baseline", {})
         labels = " / ".join(mb[k]["label"] for k in ("risk", "match") if k in mb) or "no gold"
         scope = "" if len(baselines) == 1 else f", samples of {', '.join(names)}"
+        majority_recall = "—"
+        if mb.get("risk"):
+            support = ((r.get("risk_per_class") or {}).get(HARDEST_RISK) or {}).get("support")
+            if support:
+                hit = support if mb["risk"]["label"] == HARDEST_RISK else 0
+                majority_recall = f"{pct(hit / support)} ({hit}/{support})"
         rows.append([f"majority-class baseline (always {labels}{scope})", str(r["n"]), "—", "—",
-                     fmt_block(mb.get("risk")), fmt_block(mb.get("match")), "—"])
+                     fmt_block(mb.get("risk")), fmt_block(mb.get("match")), majority_recall,
+                     *(["—"] if consistent else []), "—", "—", "—"])
+    rule = metrics.get("risk_rule")
     return Table(["run", "n", "json_valid", "record_valid", "risk accuracy [95% CI]", "match accuracy [95% CI]",
-                  "finish_reason=length"], rows, row_headers=True)
+                  f"{HARDEST_RISK} recall", *([f"risk_consistent ({rule})"] if consistent else []),
+                  "output tokens / sample", "samples/s", "finish_reason=length"], rows, row_headers=True)
+
+
+def schemas_table(metrics: dict[str, Any]) -> Table | None:
+    """The runs' target schemas (name, hash, what each asks for), when the runs use more than one."""
+    seen: dict[tuple[str, str], list[str]] = {}
+    for name, r in metrics["runs"].items():
+        seen.setdefault((r["schema"]["name"], r["schema"]["hash"]), []).append(name)
+    if len(seen) < 2:
+        return None
+    rows = [[schema, f"#{h[:8]}", SCHEMA_SUMMARIES.get(schema, "?"), ", ".join(names)] for (schema, h), names in seen.items()]
+    return Table(["schema", "hash", "asks for", "runs"], rows, row_headers=True)
 
 
 def _overview(metrics: dict[str, Any]) -> Table:
@@ -141,6 +179,14 @@ def _side_by_side(metrics: dict[str, Any]) -> Table:
         ("finish_reason=length", lambda r: str(r["finish_length"])),
         ("risk accuracy", lambda r: fmt_block(r["risk_accuracy"], True)),
         ("match accuracy", lambda r: fmt_block(r["match_accuracy"], True)),
+        (f"{HARDEST_RISK} recall", recall_of),
+        *([(f"risk_consistent (own risk = {metrics['risk_rule']}(own matches))", lambda r: fmt_block(r.get("risk_consistent")))]
+          if metrics.get("risk_rule") else []),
+        ("output tokens / sample", lambda r: speed_of(r, "output_tokens_per_sample")),
+        ("samples/s (generation wall time)", lambda r: speed_of(r, "samples_per_s")),
+        ("output tokens/s", lambda r: speed_of(r, "output_tokens_per_s")),
+        ("generation s (of which compiling new schemas)", lambda r: "—" if (r.get("speed") or {}).get("generation_s") is None
+         else f"{r['speed']['generation_s']:.1f} ({speed_of(r, 'precompile_s')})"),
         ("risk macro-F1", lambda r: fmt_num(r["risk_macro_f1"])),
         ("match macro-F1", lambda r: fmt_num(r["match_macro_f1"])),
         ("unknown element ids", lambda r: str(r["unknown_element_ids"])),
@@ -218,19 +264,26 @@ def _comparisons(metrics: dict[str, Any]) -> list[Block]:
     if not comps:
         return []
     runs = metrics["runs"]
-    blocks: list[Block] = [Heading(2, f"Comparisons against {metrics['reference']}"),
+    mode = metrics.get("pairs", "reference")
+    title = {"reference": f"Comparisons against {metrics['reference']}",
+             "within-arm": "Paired comparisons within each arm (constrained with constrained, unconstrained with unconstrained)",
+             "all": "Paired comparisons, every pair"}[mode]
+    blocks: list[Block] = [Heading(2, title),
                            Text("Paired, on the samples both runs have. McNemar b: right in the reference only, "
                                 "c: right in the run only. Intervals: paired bootstrap over samples "
                                 f"({comps[0]['bootstrap']['resamples']} resamples, seed {comps[0]['bootstrap']['seed']}); "
-                                "differences are run minus reference.")]
+                                "differences are run minus reference"
+                                + ("." if mode == "reference" else " (in a pair A vs B, B is the run and A the reference)."))]
     rows = []
     for c in comps:
         mc = c["risk_accuracy"]["mcnemar"]
-        rows.append([run_label(c["run"], runs[c["run"]]), f"{c['samples']['common']} ({c['samples']['compared']} with the same gold)",
+        first = (run_label(c["run"], runs[c["run"]]) if mode == "reference"
+                 else f"{run_label(c['run'], runs[c['run']])} vs {run_label(c['reference'], runs[c['reference']])}")
+        rows.append([first, f"{c['samples']['common']} ({c['samples']['compared']} with the same gold)",
                      fmt_pp(c["json_valid"]["difference"]), fmt_pp(c["risk_accuracy"]["difference"], c["risk_accuracy"]["ci95"]),
                      f"{mc['b']} / {mc['c']}", fmt_p(mc["p_value"]),
                      fmt_pp(c["match_accuracy"]["difference"], c["match_accuracy"]["ci95"]), str(len(c["flipped"]))])
-    blocks.append(Table(["run vs " + metrics["reference"], "common samples", "json_valid gain", "risk accuracy Δ [95% CI]",
+    blocks.append(Table(["run vs " + metrics["reference"] if mode == "reference" else "run vs reference", "common samples", "json_valid gain", "risk accuracy Δ [95% CI]",
                          "McNemar b / c", "p (exact)", "match accuracy Δ [95% CI]", "flipped"], rows, row_headers=True))
     blocks.append(Bullets([comparison_sentence(c) for c in comps]))
     blocks.append(Heading(3, "What differs between the compared runs"))
@@ -309,8 +362,17 @@ def build_document(metrics: dict[str, Any]) -> list[Block]:
     ]
     if metrics["warnings"]:
         blocks += [Heading(2, "Warnings"), Bullets(metrics["warnings"])]
-    blocks += [Heading(2, "Summary"), summary_table(metrics),
-               Heading(2, "Runs"), _overview(metrics),
+    blocks += [Heading(2, "Summary"), summary_table(metrics)]
+    if metrics.get("risk_rule"):
+        blocks.append(Text(f"risk_consistent: valid outputs whose own risk_level is what their own matches imply under "
+                           f"the {metrics['risk_rule']} rule (schemas/risk_rules.py); the risk scored is always the "
+                           "model's own. Output tokens per sample from results.jsonl; samples/s over run.json's "
+                           "generation_s (generation wall time, no engine start; it includes compiling the run's new "
+                           "schemas, shown in Side by side, once per schema)."))
+    schemas = schemas_table(metrics)
+    if schemas is not None:
+        blocks += [Heading(2, "Schemas"), schemas]
+    blocks += [Heading(2, "Runs"), _overview(metrics),
                Heading(2, "Side by side"), _side_by_side(metrics)]
     blocks += _comparisons(metrics)
     blocks.append(Heading(2, "Confusion matrices"))

@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 
 from schemas.labels import INVALID, MATCH_LABELS, RISK_LEVELS
-from schemas.output import load_schema, schema_hash
+from schemas.output import current_schema_hash, load_schema, schema_hash
 
 from .rundir import Run
 from .scoring import (NO_VALUE, PARSE_FAILURE, SCHEMA_FAILURE, SLICE_PREFIX, Scored, empty_matrix, match_confusion,
@@ -72,7 +72,7 @@ def schema_info(run: Run, warnings: list[str]) -> dict[str, Any]:
     """The run's target schema: name and hash (run.json's, else the committed file's)."""
     committed = schema_hash(load_schema(run.schema_name))
     recorded = run.info.get("schema") if run.info else None
-    recorded_hash = recorded.get("hash") if isinstance(recorded, dict) else None
+    recorded_hash = current_schema_hash(run.schema_name, recorded.get("hash")) if isinstance(recorded, dict) else None
     if recorded_hash and recorded_hash != committed:
         warnings.append(f"{run.name}: run.json records schema {run.schema_name} #{recorded_hash}, but the committed "
                         f"{run.schema_name} is #{committed}; outputs are scored against the committed schema")
@@ -182,9 +182,30 @@ def _slice_metrics(samples: pl.DataFrame, elements: pl.DataFrame, column: str, w
     return out
 
 
-def run_metrics(runs: Sequence[Run], scored: Scored, by: Sequence[str], warnings: list[str]) -> dict[str, dict[str, Any]]:
-    """The ``runs`` section of metrics.json: one entry per run, in the order given."""
+def _speed(info: dict[str, Any] | None, n: int, tokens: int, token_rows: int) -> dict[str, Any]:
+    """Output tokens per sample (from the rows) and samples/s over run.json's ``generation_s``: the wall time
+    of generation (no engine start; with outlines, the compile of the run's new schemas before their chunk,
+    ``precompile_s``, is part of it: once per schema, a later run finds them cached), summed over a resumed
+    run's invocations. Nulls where the run does not tell."""
+    gen = info.get("generation_s") if info else None
+    gen = float(gen) if isinstance(gen, (int, float)) and not isinstance(gen, bool) and gen > 0 else None
+    compile_s = info.get("precompile_s") if info else None
+    compile_s = float(compile_s) if isinstance(compile_s, (int, float)) and not isinstance(compile_s, bool) else None
+    per_sample = round(tokens / token_rows, 1) if token_rows else None
+    return {"generation_s": gen, "precompile_s": compile_s,
+            "output_tokens": tokens if token_rows else None, "output_tokens_per_sample": per_sample,
+            "samples_per_s": round(n / gen, 3) if gen and n else None,
+            "output_tokens_per_s": round(tokens / gen, 1) if gen and token_rows == n else None}
+
+
+def run_metrics(runs: Sequence[Run], scored: Scored, by: Sequence[str], warnings: list[str],
+                risk_rule: str | None = None) -> dict[str, dict[str, Any]]:
+    """The ``runs`` section of metrics.json: one entry per run, in the order given. ``risk_rule``: the name
+    of the rule ``risk_consistent`` was scored with (None: not scored)."""
     samples, elements = scored.samples, scored.elements
+    extra = {rec["run"]: rec for rec in samples.group_by("run").agg(
+        consistent=pl.col("risk_consistent").sum(), judged=pl.col("risk_consistent").is_not_null().sum(),
+        tokens=pl.col("output_tokens").sum(), token_rows=pl.col("output_tokens").is_not_null().sum()).iter_rows(named=True)}
     heads = {rec["run"]: rec for rec in headline_table(samples, ["run"]).iter_rows(named=True)}
     risk_m = risk_confusion(samples, "run")
     match_m = match_confusion(elements, "run")
@@ -214,7 +235,11 @@ def run_metrics(runs: Sequence[Run], scored: Scored, by: Sequence[str], warnings
         entry["match_confusion"] = match_m.get(run.name) or empty_matrix(MATCH_LABELS)
         risk_pc = per_class(entry["risk_confusion"], RISK_LEVELS)
         match_pc = per_class(entry["match_confusion"], MATCH_LABELS)
+        ex = extra[run.name]
         entry.update({
+            "risk_rule": risk_rule,
+            "risk_consistent": count_block(ex["consistent"] or 0, ex["judged"]) if risk_rule else None,
+            "speed": _speed(run.info, int(rec["n"]), int(ex["tokens"] or 0), int(ex["token_rows"])),
             "schema": schema_info(run, warnings),
             "constrained": run.info.get("constrained") if run.info else None,
             "provenance": provenance(run.info),

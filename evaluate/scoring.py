@@ -16,7 +16,7 @@ import bisect
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 import polars as pl
 
@@ -136,7 +136,9 @@ class Scored:
     ``raw_output`` (kept for invalid outputs only), ``record_valid`` (valid with exactly the record's
     element ids in order; null when the row tells no ids), ``has_gold``, ``gold_risk``, ``pred_risk`` (a label
     or ``invalid``), ``risk_correct`` (null without gold), ``match_total``, ``match_correct``,
-    ``missing_elements``, ``unknown_ids``, ``repeated_ids``, and one ``by:FIELD`` column per slice field.
+    ``missing_elements``, ``unknown_ids``, ``repeated_ids``, ``risk_consistent`` (the output's own risk_level
+    is what its own matches imply under the report's risk rule; null for an invalid output or without a
+    rule), ``output_tokens`` (as the row recorded it, else null), and one ``by:FIELD`` column per slice field.
     ``elements``: one row per gold element: ``sid``, ``run``, ``id``, ``element_id``, ``gold_match``,
     ``pred_match`` (a label or ``invalid``), ``correct``, ``missing`` (valid output without that element).
     """
@@ -145,9 +147,11 @@ class Scored:
     elements: pl.DataFrame
 
 
-def score_runs(runs: Sequence[Run], slice_fields: Sequence[str] = (), parser: OutputParser | None = None) -> Scored:
-    """Score every row of every run; ``slice_fields`` are dotted paths copied into ``by:FIELD`` columns."""
-    builder = _TableBuilder(slice_fields, parser or OutputParser())
+def score_runs(runs: Sequence[Run], slice_fields: Sequence[str] = (), parser: OutputParser | None = None,
+               risk_rule: Callable[[Iterable[str]], str] | None = None) -> Scored:
+    """Score every row of every run; ``slice_fields`` are dotted paths copied into ``by:FIELD`` columns;
+    ``risk_rule`` (schemas.risk_rules) fills ``risk_consistent``."""
+    builder = _TableBuilder(slice_fields, parser or OutputParser(), risk_rule)
     with gc_paused():
         for run in runs:
             builder.add_run(run)
@@ -156,14 +160,17 @@ def score_runs(runs: Sequence[Run], slice_fields: Sequence[str] = (), parser: Ou
 
 _SAMPLE_COLUMNS = {"sid": pl.UInt32, "run": pl.Utf8, "row": pl.UInt32, "id": pl.Utf8, "patent_id": pl.Utf8,
                    "query": pl.Utf8, "finish_reason": pl.Utf8, "status": pl.Utf8, "error": pl.Utf8, "raw_output": pl.Utf8,
-                   "gold_risk": pl.Utf8, "pred_risk": pl.Utf8, "ids_known": pl.Boolean, "record_valid": pl.Boolean}
+                   "gold_risk": pl.Utf8, "pred_risk": pl.Utf8, "ids_known": pl.Boolean, "record_valid": pl.Boolean,
+                   "risk_consistent": pl.Boolean, "output_tokens": pl.Int64}
 
 
 class _TableBuilder:
     """Column lists filled row by row (the only per-row Python of scoring), then turned into tables."""
 
-    def __init__(self, slice_fields: Sequence[str], parse: OutputParser) -> None:
+    def __init__(self, slice_fields: Sequence[str], parse: OutputParser,
+                 risk_rule: Callable[[Iterable[str]], str] | None = None) -> None:
         self.parse = parse
+        self.risk_rule = risk_rule
         self.cols: dict[str, list[Any]] = {k: [] for k in _SAMPLE_COLUMNS}
         self.slices: dict[str, list[str]] = {f: [] for f in slice_fields}
         self.gold_el: dict[str, list[Any]] = {"sid": [], "element_id": [], "gold_match": []}
@@ -206,6 +213,10 @@ class _TableBuilder:
         self.record_el["element_id"].extend([m["element_id"] for _, ms in from_gold for m in ms])
         c["ids_known"].extend([es is not None or g is not None for es, g in zip(elements, golds)])
         c["record_valid"].extend([_record_valid(o, es, g) for o, es, g in zip(objs, elements, golds)])
+        rule = self.risk_rule
+        c["risk_consistent"].extend([None if rule is None or o is None else
+                                     rule(m["match"] for m in o["matches"]) == o["risk_level"] for o in objs])
+        c["output_tokens"].extend([_count(r.get("output_tokens")) for r in rows])
 
     def tables(self) -> Scored:
         return _build_tables(self.cols, self.slices, self.gold_el, self.pred_el, self.record_el)
@@ -226,6 +237,10 @@ def _add_elements(target: dict[str, list[Any]], matches: list[tuple[int, list[di
     target["sid"].extend([sid for sid, ms in matches for _ in ms])
     target["element_id"].extend([m["element_id"] for _, ms in matches for m in ms])
     target[label_column].extend([m["match"] for _, ms in matches for m in ms])
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _text(value: Any) -> str | None:

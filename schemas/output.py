@@ -13,7 +13,7 @@ from typing import Any, Callable
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import UserError
-from .labels import MATCH_LABELS, RISK_LEVELS, MatchLabel, RiskLevel
+from .labels import MATCH_LABELS, RISK_LEVELS, SCHEMA_NAMES, MatchLabel, RiskLevel
 
 SCHEMA_DIR = Path(__file__).parent / "json"
 REASON_MAX_LENGTH = 40
@@ -48,7 +48,23 @@ class OutputV2(BaseModel):
     matches: list[MatchV2] = Field(description="One entry per claim element, in the claim's order.")
 
 
-OUTPUT_MODELS: dict[str, type[BaseModel]] = {"v1": OutputV1, "v2": OutputV2}
+class OutputV3(BaseModel):
+    """v3: element-first: the element judgements, then the overall risk they imply (labels only)."""
+
+    model_config = ConfigDict(extra="forbid", title="patent-risk-output-v3")
+    matches: list[MatchV1] = Field(description="One entry per claim element, in the claim's order.")
+    risk_level: RiskLevel = Field(description="Overall infringement risk, judged after the elements.")
+
+
+OUTPUT_MODELS: dict[str, type[BaseModel]] = {"v1": OutputV1, "v2": OutputV2, "v3": OutputV3}
+assert tuple(OUTPUT_MODELS) == SCHEMA_NAMES, "schemas.labels.SCHEMA_NAMES names the same schemas, in order"
+
+# What each schema asks of the model, in a few words (reports and --help show it).
+SCHEMA_SUMMARIES = {
+    "v1": "labels only: risk_level, then matches",
+    "v2": "a short reason before each match: risk_level, then matches with reasons",
+    "v3": "element-first: matches, then risk_level (labels only)",
+}
 
 
 def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
@@ -88,12 +104,31 @@ def schema_path(name: str) -> Path:
 
 
 def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    """Compact JSON that keeps key order: a schema's property order is part of what it asks for (v1 and
+    v3 have the same properties in a different order, and a constrained decoder writes them in that order)."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
 def schema_hash(schema: dict[str, Any]) -> str:
-    """sha256 of the canonical JSON of a schema (first 16 hex digits)."""
+    """sha256 of the order-keeping compact JSON of a schema (first 16 hex digits)."""
     return hashlib.sha256(canonical_json(schema).encode("utf-8")).hexdigest()[:16]
+
+
+def legacy_schema_hash(schema: dict[str, Any]) -> str:
+    """The hash runs and adapters recorded before property order counted (sorted-key JSON): read, never written."""
+    text = json.dumps(schema, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def current_schema_hash(name: Any, recorded: Any) -> Any:
+    """A recorded schema hash as this version writes it: the legacy (sorted-key) hash of the committed schema
+    ``name`` becomes its current hash, so that runs and adapters recorded before the change still resume and
+    compare as the same schema; any other value is returned as it is."""
+    if isinstance(name, str) and name in OUTPUT_MODELS and isinstance(recorded, str):
+        committed = load_schema(name)
+        if recorded == legacy_schema_hash(committed):
+            return schema_hash(committed)
+    return recorded
 
 
 def schema_names() -> list[str]:
@@ -138,25 +173,38 @@ def specialize(schema: dict[str, Any], element_ids: list[str]) -> dict[str, Any]
     return out
 
 
+@lru_cache(maxsize=None)
+def _key_orders(schema_name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The committed schema's property order: top-level keys, and the keys of each match."""
+    schema = load_schema(schema_name)
+    return tuple(schema["properties"]), tuple(schema["properties"]["matches"]["items"]["properties"])
+
+
+def has_reason(schema_name: str) -> bool:
+    """Whether each match of ``schema_name`` carries a ``reason``."""
+    return "reason" in _key_orders(schema_name)[1]
+
+
+def output_object(schema_name: str, risk_level: str, matches: list[dict[str, Any]]) -> dict[str, Any]:
+    """An output object with its keys in ``schema_name``'s order (risk_level first, or matches first), each
+    match's keys in the schema's order too (element_id, reason when the schema has one, match)."""
+    top, item_keys = _key_orders(schema_name)
+    values = {"risk_level": risk_level, "matches": [{k: m[k] for k in item_keys} for m in matches]}
+    return {k: values[k] for k in top}
+
+
 def longest_instance(schema_name: str, element_ids: list[str], filler: str = "가") -> dict[str, Any]:
-    """The valid output with the longest labels (and, in v2, reasons at their maximum length)."""
-    longest_risk = max(RISK_LEVELS, key=len)
+    """The valid output with the longest labels (and, with reasons, reasons at their maximum length)."""
     longest_match = max(MATCH_LABELS, key=len)
-    matches = []
-    for eid in element_ids:
-        m: dict[str, Any] = {"element_id": eid}
-        if schema_name == "v2":
-            m["reason"] = filler * REASON_MAX_LENGTH
-        m["match"] = longest_match
-        matches.append(m)
-    return {"risk_level": longest_risk, "matches": matches}
+    matches = [{"element_id": eid, "reason": filler * REASON_MAX_LENGTH, "match": longest_match} for eid in element_ids]
+    return output_object(schema_name, max(RISK_LEVELS, key=len), matches)
 
 
 def max_tokens_budget(schema_name: str, element_ids: list[str], count_tokens: Callable[[str], int]) -> int:
     """A max_tokens that fits the longest valid answer, compact or indented (xgrammar indents), plus the
     end-of-turn token and a margin. Labels are tried one by one, since token counts need not follow length."""
     worst = 0
-    fillers = ["가", "뷁", "a"] if schema_name == "v2" else ["가"]
+    fillers = ["가", "뷁", "a"] if has_reason(schema_name) else ["가"]
     for risk in RISK_LEVELS:
         for match in MATCH_LABELS:
             for filler in fillers:

@@ -8,7 +8,7 @@ from typing import Any
 
 from .errors import UserError
 from .labels import MATCH_LABELS, RISK_LEVELS
-from .output import render_compact
+from .output import has_reason, output_object, render_compact
 from .records import Label, Record
 
 PROMPT_VERSION = "p1"
@@ -17,10 +17,12 @@ SYSTEM = "You judge patent infringement risk. Answer with JSON only."
 
 MATCH_GLOSS = {"대응": "met", "판단불가": "cannot tell", "미대응": "not met"}
 
-_FORMAT = {
-    "v1": '{{"risk_level":"…","matches":[{{"element_id":"{first}","match":"…"}},…]}}',
-    "v2": '{{"risk_level":"…","matches":[{{"element_id":"{first}","reason":"…","match":"…"}},…]}}',
-}
+
+def answer_format(schema_name: str, first_element_id: str) -> str:
+    """The answer's shape as the prompt shows it, in the schema's key order, e.g.
+    ``{"risk_level":"…","matches":[{"element_id":"E1","match":"…"},…]}`` for v1."""
+    shape = output_object(schema_name, "…", [{"element_id": first_element_id, "reason": "…", "match": "…"}])
+    return render_compact(shape).replace("}]", "},…]", 1)
 
 
 def render_messages(record: Record, schema_name: str = "v1") -> list[dict[str, str]]:
@@ -32,26 +34,28 @@ def render_messages(record: Record, schema_name: str = "v1") -> list[dict[str, s
         f"Claim elements:\n{elements}\nProduct:\n{record.query}\n"
         f"For each element ({ids}) give match: {', '.join(f'{m} ({MATCH_GLOSS[m]})' for m in MATCH_LABELS)}; "
         f"and risk_level: {', '.join(RISK_LEVELS)}.\n"
-        f"Format: {_FORMAT[schema_name].format(first=record.element_ids[0])}"
+        f"Format: {answer_format(schema_name, record.element_ids[0])}"
     )
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
 
-def label_to_output(label: Label, reasons: dict[str, str] | None = None) -> dict[str, Any]:
-    """The output object a record's gold label corresponds to (v2 when reasons are given)."""
-    matches = []
-    for m in label.matches:
-        item: dict[str, Any] = {"element_id": m.element_id}
-        if reasons is not None:
-            item["reason"] = reasons.get(m.element_id, "")
-        item["match"] = m.match
-        matches.append(item)
-    return {"risk_level": label.risk_level, "matches": matches}
+def label_to_output(label: Label, schema_name: str = "v1") -> dict[str, Any]:
+    """The output object in ``schema_name`` that a record's gold label corresponds to, keys in the schema's
+    order. A schema with a ``reason`` per match takes each element's ``label.matches[].reason``; one missing
+    is a UserError naming the element (an answer is never written with an empty or made-up reason)."""
+    if has_reason(schema_name):
+        missing = [m.element_id for m in label.matches if not m.reason]
+        if missing:
+            raise UserError(f"schema {schema_name} writes a reason before each match, and label.matches has none "
+                            f"for element(s) {', '.join(missing)}; give each label.matches[] a \"reason\" "
+                            f"(the demo data has them: python -m cli.datagen), or train schema v1 or v3")
+    matches = [{"element_id": m.element_id, "reason": m.reason, "match": m.match} for m in label.matches]
+    return output_object(schema_name, label.risk_level, matches)
 
 
-def render_answer(label: Label, reasons: dict[str, str] | None = None) -> str:
-    """The assistant turn a model is trained to produce for a label: compact JSON."""
-    return render_compact(label_to_output(label, reasons))
+def render_answer(label: Label, schema_name: str = "v1") -> str:
+    """The assistant turn a model is trained to produce for a label in ``schema_name``: compact JSON."""
+    return render_compact(label_to_output(label, schema_name))
 
 
 def prompt_fingerprint(schema_name: str) -> str:

@@ -26,6 +26,7 @@ class ElementMatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
     element_id: str = Field(min_length=1)
     match: MatchLabel
+    reason: str | None = Field(None, description="Optional: why, in a few words (what a schema with reasons, v2, is trained to write).")
 
 
 class Label(BaseModel):

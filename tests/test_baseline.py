@@ -57,7 +57,7 @@ def test_majority_ties_follow_the_vocabulary_order():
 def test_refusals_name_the_problem(tmp_path):
     with pytest.raises(UserError, match="share"):
         write_majority_run(str(EVAL), str(EVAL), str(tmp_path / "a"))
-    with pytest.raises(UserError, match="v1 only"):
+    with pytest.raises(UserError, match="without reasons only"):
         write_majority_run(str(TRAIN), str(EVAL), str(tmp_path / "b"), "v2")
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "results.jsonl").write_text("x\n")

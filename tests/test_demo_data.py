@@ -254,3 +254,33 @@ def test_boundary_cases_for_chosen_patents():
     sunscreen = "KR10-2021-0097456"
     cases = demo_data.generate_boundary_cases(12, seed=5, patents=[sunscreen], exclude_queries=())
     assert {c["patent_id"] for c in cases} == {sunscreen}
+
+
+@pytest.mark.parametrize("name", ["train", "eval"])
+def test_every_match_has_a_reason_from_its_rule(split, name):
+    """Issue 18: v2 trains on the data's reasons. Each is at most v2's maxLength, and says what its rule
+    saw: the value and where it fell (the value as the rule judged it, and the claim's range or the boundary
+    it is near), or the element's state; the gold v2 answer is v2-valid."""
+    from schemas.output import REASON_MAX_LENGTH, schema_errors
+    from schemas.prompt import label_to_output
+
+    words = {"ingredient_present": ("포함", "일치"), "ingredient_absent": ("없음", "불일치"), "missing": ("미기재",),
+             "vague": ("수치 없음(모호)",), "in_range": (" 안",), "out_of_range": (" 밖",), "near_boundary": ("±5% 이내",)}
+    for rec in split[name]:
+        for m in rec.label.matches:
+            rule = rec.meta["rules"][m.element_id]
+            assert m.reason and len(m.reason) <= REASON_MAX_LENGTH, (rec.id, m)
+            assert m.reason.endswith(words[rule]), (rec.id, rule, m.reason)
+            if rule in patents.VALUE_RULES:
+                value = Fraction(str(rec.meta["values"][m.element_id]))
+                stated = Fraction(re.search(NUM, m.reason).group(1).replace(",", ""))
+                assert stated == value, (rec.id, m.reason)
+        assert schema_errors(label_to_output(rec.label, "v2"), "v2") == []
+
+
+def test_the_demo_rule_is_the_reports_risk_rule():
+    from schemas.risk_rules import RISK_RULES, risk_rule
+
+    assert risk_rule("all-elements") is RISK_RULES["all-elements"]
+    for matches in (["대응"] * 3, ["대응", "판단불가"], ["판단불가", "미대응"], ["미대응"], ["판단불가"] * 2):
+        assert patents.risk_from_matches(matches) == RISK_RULES["all-elements"](matches)

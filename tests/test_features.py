@@ -129,3 +129,39 @@ def test_language_modeling_collator_unmasks_gemmas_prompt(gemma_tokenizer, eval_
     n_prompt = feats[0]["labels"].count(IGNORE_INDEX)
     assert (theirs["labels"][0, :n_prompt] != IGNORE_INDEX).all()
     assert (make_collator(tokenizer)(feats)["labels"][0, :n_prompt] == IGNORE_INDEX).all()
+
+
+@pytest.mark.parametrize("name", ["v2", "v3"])
+def test_each_schema_trains_its_own_answer(gemma_tokenizer, eval_records, name):
+    """Issue 18: v2 trains on each element's reason from the data (it used to get none and trained answers
+    that were not v2-valid), v3 on matches before risk_level; the prompt's format line follows the schema."""
+    import json
+
+    from schemas.output import schema_errors
+
+    tokenizer = gemma_tokenizer
+    rec = eval_records[0]
+    f = build_features(tokenizer, rec, name)
+    p_ids = prompt_ids(tokenizer, rec, name)
+    answer = tokenizer.decode(f.input_ids[len(p_ids):-1])
+    assert f.labels[len(p_ids):] == f.input_ids[len(p_ids):] and f.input_ids[-1] == END_OF_TURN
+    obj = json.loads(answer)
+    assert schema_errors(obj, name) == [] and answer == render_answer(rec.label, name)
+    if name == "v2":
+        assert [m["reason"] for m in obj["matches"]] == [m.reason for m in rec.label.matches]
+        assert all(m.reason for m in rec.label.matches)
+    else:
+        assert list(obj) == ["matches", "risk_level"]
+
+
+def test_v2_refuses_a_record_without_reasons(gemma_tokenizer, eval_records):
+    from schemas.errors import UserError
+    from schemas.records import Record
+
+    data = eval_records[0].to_json()
+    for m in data["label"]["matches"]:
+        m.pop("reason")
+    rec = Record.model_validate(data)
+    with pytest.raises(UserError, match=rf"record '{rec.id}'.*E1, E2"):
+        build_features(gemma_tokenizer, rec, "v2")
+    assert build_features(gemma_tokenizer, rec, "v1").labels

@@ -208,7 +208,7 @@ def test_unknown_schema_one_clear_message(tmp_path):
     run = write_run(tmp_path / "r", [simple("a", "높음", "높음")], {**info(True), "schema": {"name": "v9", "hash": "x"}})
     with pytest.raises(UserError) as e:
         build_report([run])
-    assert str(e.value) == f"{run / 'run.json'}: schema.name: unknown schema 'v9'; known schemas: v1, v2"
+    assert str(e.value) == f"{run / 'run.json'}: schema.name: unknown schema 'v9'; known schemas: v1, v2, v3"
 
 
 def test_not_a_run_directory(tmp_path):
@@ -352,3 +352,95 @@ def test_slices_by_numeric_bins(tmp_path):
     for bad in ["meta.boundary_distance:", "meta.boundary_distance:2,1", "meta.boundary_distance:x"]:
         with pytest.raises(UserError, match="bin edges"):
             build_report([run], by=[bad])
+
+
+# --- schema comparison (issue 18): risk_consistent, speed, pairs within an arm ----------------------------------
+
+def _schema_row(rid: str, schema: str, gold: tuple[str, list[str]], pred: tuple[str, list[str]] | None, tokens: int) -> dict:
+    from schemas.output import output_object, render_compact
+
+    ids = [f"E{j + 1}" for j in range(len(gold[1]))]
+    text = "{\"matches\": [" if pred is None else render_compact(output_object(
+        schema, pred[0], [{"element_id": e, "reason": "이유", "match": m} for e, m in zip(ids, pred[1])]))
+    return row(rid, gold[0], list(zip(ids, gold[1])), text, output_tokens=tokens)
+
+
+GOLDS = [("높음", ["대응", "대응"]), ("애매", ["대응", "판단불가"]), ("낮음", ["미대응", "대응"]), ("애매", ["판단불가", "대응"])] * 3
+
+
+def _schema_runs(tmp_path) -> list:
+    """Six runs over the same 12 samples: v1, v2, v3, each constrained and not. Every run gets each sample's
+    matches right; its risk_level is right, except where it is given otherwise below, and then inconsistent
+    with its own matches (the all-elements rule) unless the matches change with it."""
+    runs = []
+    for schema in ("v1", "v2", "v3"):
+        for constrained in (True, False):
+            rows = []
+            for i, (risk, matches) in enumerate(GOLDS):
+                pred: tuple[str, list[str]] | None = (risk, matches)
+                if schema == "v1" and risk == "애매" and i < 8:  # 4 애매 called 낮음 with their own matches: inconsistent
+                    pred = ("낮음", matches)
+                if schema == "v3" and i == 2:  # 낮음 called 높음, and its matches say 높음 too: consistent, wrong
+                    pred = ("높음", ["대응", "대응"])
+                if not constrained and i == 11:
+                    pred = None  # one truncated output in each unconstrained run
+                rows.append(_schema_row(f"s{i}", schema, GOLDS[i], pred, tokens=10 * (1 + (schema == "v2")) + i % 2))
+            arm = "constrained" if constrained else "unconstrained"
+            runs.append(write_run(tmp_path / f"{schema}-{arm}", rows,
+                                  {**info(constrained, schema), "generation_s": 4.0 if schema == "v2" else 2.0}))
+    return runs
+
+
+def test_schema_comparison_report(tmp_path):
+    """What the comparison command's report shows: 애매 recall, risk_consistent under the all-elements rule,
+    output tokens per sample and samples/s from run.json's generation_s, each schema's name and hash, and
+    the paired statistics between schemas within each arm (no constrained run paired with an unconstrained one)."""
+    runs = _schema_runs(tmp_path)
+    report = write_report(runs, tmp_path / "out", bootstrap=200, risk_rule="all-elements", pairs="within-arm")
+    m = report.metrics
+    assert m["pairs"] == "within-arm" and m["risk_rule"] == "all-elements"
+    pairs = [(c["reference"], c["run"]) for c in m["comparisons"]]
+    assert pairs == [("v1-constrained", "v2-constrained"), ("v1-constrained", "v3-constrained"),
+                     ("v1-unconstrained", "v2-unconstrained"), ("v1-unconstrained", "v3-unconstrained"),
+                     ("v2-constrained", "v3-constrained"), ("v2-unconstrained", "v3-unconstrained")]
+    r = m["runs"]
+    assert r["v1-constrained"]["risk_consistent"] == {"count": 8, "total": 12, "rate": 0.6667}
+    assert r["v1-unconstrained"]["risk_consistent"] == {"count": 7, "total": 11, "rate": 0.6364}  # the invalid one is left out
+    assert r["v3-constrained"]["risk_consistent"]["count"] == 12 and r["v3-constrained"]["risk_accuracy"]["count"] == 11
+    assert r["v1-constrained"]["risk_per_class"]["애매"]["recall"] == round(2 / 6, 4)
+    assert r["v2-constrained"]["speed"] == {"generation_s": 4.0, "precompile_s": None, "output_tokens": 246, "output_tokens_per_sample": 20.5,
+                                             "samples_per_s": 3.0, "output_tokens_per_s": 61.5}
+    assert r["v1-constrained"]["speed"]["samples_per_s"] == 6.0
+    v1_v2 = m["comparisons"][0]
+    assert v1_v2["risk_accuracy"]["mcnemar"] == {"b": 0, "c": 4, "p_value": 0.125}
+    assert v1_v2["risk_accuracy"]["ci95"] is not None and v1_v2["match_accuracy"]["difference"] == 0.0
+    assert any("schema.name" in d for d in v1_v2["differs"])
+    md = report.markdown
+    hashes = {n: schema_hash(load_schema(n))[:8] for n in ("v1", "v2", "v3")}
+    assert "## Schemas" in md and all(f"#{h}" in md for h in hashes.values())
+    assert "element-first: matches, then risk_level" in md
+    assert "| 애매 recall | risk_consistent (all-elements) | output tokens / sample | samples/s |" in md
+    assert f"| **v2-constrained (v2 #{hashes['v2']}) vs v1-constrained (v1 #{hashes['v1']})** |" in md
+    assert "Paired comparisons within each arm" in md
+    done = check_contract("metrics", report.metrics_path)
+    assert done.returncode == 0, done.stdout
+
+
+def test_without_a_risk_rule_risk_consistent_is_not_scored(tmp_path):
+    runs = _schema_runs(tmp_path)[:2]
+    report = build_report(runs, bootstrap=0)
+    assert report.metrics["runs"]["v1-constrained"]["risk_consistent"] is None
+    assert "risk_consistent (" not in report.markdown
+    assert [(c["reference"], c["run"]) for c in report.metrics["comparisons"]] == [("v1-constrained", "v1-unconstrained")]
+    with pytest.raises(UserError, match="unknown risk rule 'majority'; known rules: all-elements"):
+        build_report(runs, bootstrap=0, risk_rule="majority")
+
+
+def test_a_legacy_schema_hash_is_no_warning(tmp_path):
+    """run.json written before the hash kept property order: the same committed schema, no warning."""
+    from schemas.output import legacy_schema_hash
+
+    legacy = legacy_schema_hash(load_schema("v1"))
+    run = write_run(tmp_path / "r", [simple("s", "높음", "높음")], {**info(True), "schema": {"name": "v1", "hash": legacy}})
+    report = build_report([run], bootstrap=0)
+    assert report.warnings == [] and report.metrics["runs"]["r"]["schema"]["hash"] == schema_hash(load_schema("v1"))

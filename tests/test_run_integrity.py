@@ -129,9 +129,9 @@ def test_demo_clears_runs_of_another_adapter(engine, trained_adapter, tmp_path, 
     out = tmp_path / "demo-constrained"
     cfg = BatchConfig(data=str(EVAL), out=str(out), constrained=True, adapter=engine.adapter, limit=2, chunk_size=2)
     run_batch(cfg, lambda m: Borrowed(engine), log=lambda s: None, progress=False)
-    demo._clear_if_stale(out, True, trained_adapter)
+    demo.clear_if_stale(out, True, trained_adapter)
     assert (out / "results.jsonl").exists()
-    demo._clear_if_stale(out, True, _changed_adapter(trained_adapter, tmp_path))
+    demo.clear_if_stale(out, True, _changed_adapter(trained_adapter, tmp_path))
     assert not out.exists()
     said = capsys.readouterr().out
     assert "made with other settings (adapter: " in said and "cleared for a fresh run" in said

@@ -4,16 +4,19 @@ import json
 import jsonschema
 import pytest
 
-from schemas.labels import MATCH_LABELS, RISK_LEVELS
-from schemas.output import (generate_schema, load_schema, longest_instance, max_tokens_budget, render_compact,
-                            schema_errors, schema_hash, schema_names, schema_path, specialize)
+from schemas.errors import UserError
+from schemas.labels import MATCH_LABELS, RISK_LEVELS, SCHEMA_NAMES
+from schemas.output import (SCHEMA_SUMMARIES, current_schema_hash, generate_schema, legacy_schema_hash, load_schema,
+                            longest_instance, max_tokens_budget, render_compact, schema_errors, schema_hash,
+                            schema_names, schema_path, specialize)
 from schemas.prompt import label_to_output, render_answer, render_messages
 from schemas.records import Record
 
 
-def _record(n=3, **kw):
+def _record(n=3, reasons=True, **kw):
     els = [{"id": f"E{i}", "text": f"성분 {i} 1 내지 {i + 5}중량%"} for i in range(1, n + 1)]
-    label = {"risk_level": "애매", "matches": [{"element_id": e["id"], "match": "판단불가"} for e in els]}
+    label = {"risk_level": "애매", "matches": [{"element_id": e["id"], "match": "판단불가", **({"reason": f"성분 {i} 미기재"} if reasons else {})}
+                                             for i, e in enumerate(els, 1)]}
     return Record.model_validate({"id": "r1", "patent_id": "P1", "claim": "청구항", "elements": els,
                                   "query": "제품: 성분 1 3중량%", "label": label, **kw})
 
@@ -43,7 +46,32 @@ def test_schemas_keep_contract_names_and_values(name):
 
 def test_schema_hash_is_stable_and_distinguishes():
     assert schema_hash(load_schema("v1")) == schema_hash(json.loads(json.dumps(load_schema("v1"))))
-    assert schema_hash(load_schema("v1")) != schema_hash(load_schema("v2"))
+    assert len({schema_hash(load_schema(n)) for n in schema_names()}) == len(schema_names())
+
+
+def test_schema_hash_keeps_property_order():
+    """v1 with its properties in the other order asks the decoder for matches first: equal as a dict, and
+    for the sorted-key hash (the legacy one), but not for the hash."""
+    v1 = load_schema("v1")
+    reordered = dict(v1, properties={k: v1["properties"][k] for k in ("matches", "risk_level")})
+    assert reordered == v1 and list(reordered["properties"]) != list(v1["properties"])
+    assert legacy_schema_hash(reordered) == legacy_schema_hash(v1)
+    assert schema_hash(reordered) != schema_hash(v1)
+
+
+def test_a_legacy_hash_reads_as_the_current_hash_of_the_same_schema():
+    """Runs and adapters recorded before the hash kept property order still resume and compare as the
+    same schema; a hash of another schema, or of another name, stays what it is."""
+    for name in schema_names():
+        schema = load_schema(name)
+        assert current_schema_hash(name, legacy_schema_hash(schema)) == schema_hash(schema)
+        assert current_schema_hash(name, schema_hash(schema)) == schema_hash(schema)
+    assert current_schema_hash("v1", legacy_schema_hash(load_schema("v2"))) == legacy_schema_hash(load_schema("v2"))
+    assert current_schema_hash("v9", "abc") == "abc" and current_schema_hash("v1", None) is None
+
+
+def test_schema_names_agree():
+    assert tuple(schema_names()) == SCHEMA_NAMES and set(SCHEMA_SUMMARIES) == set(SCHEMA_NAMES)
 
 
 @pytest.mark.parametrize("name", schema_names())
@@ -84,9 +112,10 @@ def test_budget_with_real_tokenizer_fits_longest_answer(tokenizer, eval_records)
     def count(t):
         return len(tokenizer(t, add_special_tokens=False)["input_ids"])
 
-    for rec in eval_records[:20]:
-        budget = max_tokens_budget("v1", rec.element_ids, count)
-        assert count(render_answer(rec.label)) + 1 <= budget
+    for name in schema_names():  # the demo records carry reasons, so v2's trained answer is measured too
+        for rec in eval_records[:20]:
+            budget = max_tokens_budget(name, rec.element_ids, count)
+            assert count(render_answer(rec.label, name)) + 1 <= budget
 
 
 def test_prompt_states_ids_and_allowed_values():
@@ -105,5 +134,30 @@ def test_answer_is_compact_valid_json():
     answer = render_answer(rec.label)
     assert answer == render_compact(label_to_output(rec.label))
     assert " " not in answer and not schema_errors(json.loads(answer), "v1")
-    v2 = label_to_output(rec.label, {"E1": "범위 안"})
+    v2 = label_to_output(rec.label, "v2")
     assert not schema_errors(v2, "v2")
+    assert [m["reason"] for m in v2["matches"]] == ["성분 1 미기재", "성분 2 미기재"]
+    assert render_answer(rec.label, "v2") == render_compact(v2)
+
+
+def test_v3_is_element_first_everywhere():
+    """v3 asks for the element judgements before the risk they imply: its schema, the trained answer, the
+    prompt's format line and the longest instance all put matches first; v1 and v2 put risk_level first."""
+    assert list(load_schema("v3")["properties"]) == ["matches", "risk_level"]
+    assert list(load_schema("v1")["properties"]) == list(load_schema("v2")["properties"]) == ["risk_level", "matches"]
+    rec = _record(2)
+    assert render_answer(rec.label, "v3").startswith('{"matches":[{"element_id":"E1","match":"판단불가"}')
+    assert render_answer(rec.label, "v3").endswith('],"risk_level":"애매"}')
+    assert list(longest_instance("v3", ["E1"])) == ["matches", "risk_level"]
+    assert 'Format: {"matches":[{"element_id":"E1","match":"…"},…],"risk_level":"…"}' in render_messages(rec, "v3")[1]["content"]
+    assert 'Format: {"risk_level":"…","matches":[{"element_id":"E1","match":"…"},…]}' in render_messages(rec, "v1")[1]["content"]
+    assert not schema_errors(label_to_output(rec.label, "v3"), "v3")
+
+
+def test_a_schema_with_reasons_refuses_a_label_without_them():
+    """v2 is never trained on empty or made-up reasons: a label without them is a UserError naming the
+    elements; v1 and v3 do not need them."""
+    rec = _record(2, reasons=False)
+    with pytest.raises(UserError, match=r"E1, E2.*reason"):
+        render_answer(rec.label, "v2")
+    assert render_answer(rec.label, "v1") and render_answer(rec.label, "v3")

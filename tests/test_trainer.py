@@ -77,6 +77,28 @@ def test_vllm_refusal_rules(change, needle):
     assert adapter_problems({**base, "modules_to_save": ["score"]}) == []
 
 
+def test_v2_training_refuses_records_without_reasons_before_loading_a_model(tmp_path, embedded_model):
+    """A v2 answer needs each element's reason: records without one are named by file and line up front,
+    never trained with empty reasons."""
+    from train.trainer import train
+
+    lines = TRAIN.read_text(encoding="utf-8").splitlines()[:6]
+    bare = []
+    for i, line in enumerate(lines):
+        rec = json.loads(line)
+        if i in (1, 4):
+            for m in rec["label"]["matches"]:
+                m.pop("reason")
+        bare.append(json.dumps(rec, ensure_ascii=False))
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(bare) + "\n", encoding="utf-8")
+    cfg = load_config(None, [f"base_model={embedded_model}", f"train_data={data}", "dev_size=0", "schema_name=v2",
+                             f"output_dir={tmp_path / 'a'}"])
+    with pytest.raises(UserError, match=r"schema v2 trains on a reason.*2 record\(s\).*line 2 \(train-0002\), line 5 \(train-0005\)"):
+        train(cfg, log=lambda s: None)
+    assert not (tmp_path / "a").exists()
+
+
 def test_pickled_weights_are_refused(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 16, "peft_type": "LORA"}))
     (tmp_path / "adapter_model.bin").write_bytes(b"\0")

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from runtime.adapters import VLLM_LORA_RANKS
 from schemas.errors import UserError
+from schemas.labels import SchemaName
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "demo.yaml"
@@ -30,7 +31,7 @@ class TrainConfig(BaseModel):
                                          "does not move the dev split).")
     limit: int | None = Field(None, ge=1, description="Use only the first N training records (after the dev split and the held-out slice).")
     eval_fraction: float = Field(0.05, ge=0.0, lt=0.5, description="Share of training records held out for eval loss.")
-    schema_name: Literal["v1", "v2"] = Field("v1", description="Output schema the answers are written in.")
+    schema_name: SchemaName = Field("v1", description="Output schema the answers are written in (v2 needs label.matches[].reason).")
     output_name: str = Field("adapter", description="Adapter name; written to artifacts/adapters/NAME.")
     output_dir: str | None = Field(None, description="Write the adapter here instead of artifacts/adapters/NAME.")
 

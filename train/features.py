@@ -42,12 +42,17 @@ def prompt_ids(tokenizer, record: Record, schema_name: str = "v1") -> list[int]:
     return ids
 
 
-def build_features(tokenizer, record: Record, schema_name: str = "v1", reasons: dict[str, str] | None = None) -> Features:
+def build_features(tokenizer, record: Record, schema_name: str = "v1") -> Features:
+    """The record's prompt (masked) and its label written in ``schema_name`` (trained): for a schema with
+    reasons (v2), each element's ``label.matches[].reason``."""
     if record.label is None:
         raise UserError(f"record {record.id!r}: no label; training needs labelled records")
+    try:
+        answer = render_answer(record.label, schema_name)
+    except UserError as e:
+        raise UserError(f"record {record.id!r}: {e}") from None
     messages = messages_for(tokenizer, render_messages(record, schema_name))
     prompt_text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    answer = render_answer(record.label, reasons if schema_name == "v2" else None)
     full_text = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": answer}], tokenize=False)
     if not full_text.startswith(prompt_text):
         raise UserError("the chat template renders the prompt differently with and without the answer; cannot mask the prompt")

@@ -16,7 +16,7 @@ from runtime.adapters import adapter_problems
 from runtime.artifacts import describe_path, file_sha256, subdir
 from runtime.embedded import default_model_label, resolve_model
 from schemas.errors import UserError
-from schemas.output import load_schema, schema_hash
+from schemas.output import has_reason, load_schema, schema_hash
 from schemas.prompt import PROMPT_VERSION, prompt_fingerprint
 from schemas.records import load_dataset
 
@@ -116,6 +116,20 @@ def _progress_callback(log: Callable[[str], None]):
     return Progress()
 
 
+def _check_reasons(cfg: TrainConfig, data, records) -> None:
+    """A schema with a reason per match (v2) trains on each element's label.matches[].reason: records without
+    them are refused up front, by file and line, before any model is loaded (never trained with empty reasons)."""
+    if not has_reason(cfg.schema_name):
+        return
+    lines = dict(zip((r.id for r in data.records), data.line_numbers))
+    lacking = [r for r in records if r.label is not None and any(not m.reason for m in r.label.matches)]
+    if lacking:
+        where = ", ".join(f"line {lines[r.id]} ({r.id})" if r.id in lines else r.id for r in lacking[:5])
+        raise UserError(f"{cfg.train_data}: schema {cfg.schema_name} trains on a reason before each match, and "
+                        f"{len(lacking)} record(s) have a label.matches[] without a \"reason\": {where}"
+                        f"{' ...' if len(lacking) > 5 else ''}; add them (the demo data has them), or train v1 or v3")
+
+
 def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] = print) -> TrainResult:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import PrinterCallback, TrainingArguments, set_seed
@@ -138,6 +152,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
             + (f" + {data_mix['augment_boundary']} generated boundary records" if data_mix["augment_boundary"] else "")
             + f" = {data_mix['train_examples']} training examples; risk levels {data_mix['train_risk_levels']}")
 
+    _check_reasons(cfg, data, train_recs + eval_recs)
     model, tokenizer = load_base(model_path, plan, cfg)
     too_long = []
     train_feats, eval_feats = [], []
