@@ -188,6 +188,11 @@ def stale_differences(cfg: BatchConfig, log: Callable[[str], None] = print) -> l
     return differences(read_info(cfg.out) or {}, info)
 
 
+def _compiled_seconds(engine: Engine) -> float:
+    """Seconds the engine has spent compiling outlines schemas ahead of generation (0 for engines that do not)."""
+    return float((getattr(engine, "precompiled", None) or {}).get("seconds", 0.0))
+
+
 def adapter_schema(adapter_dir: str | Path) -> str | None:
     """The output schema an adapter was trained to write, from the manifest `train qlora` writes (None: no
     manifest, or it does not say)."""
@@ -274,13 +279,13 @@ def _run_engine(cfg: BatchConfig, records: list[Record], todo: list[Record], run
         todo_ids = {r.id for r in todo}
         requests = [r for r in requests if r.record_id in todo_ids]
         by_id = {r.id: r for r in todo}
-        compiled_before = float((getattr(engine, "precompiled", None) or {}).get("seconds", 0.0))
+        compiled_before = _compiled_seconds(engine)
         summary = _generate_into(run_dir / RESULTS, requests, by_id, engine, cfg.chunk_size, progress)
         info["finished_at"] = _now()
         info["generation_s"] = round(summary[0] + float(old_info.get("generation_s", 0.0) if old_info else 0.0), 3)
         # of which: compiling this run's new outlines schemas before their chunk was submitted (once per schema;
         # a later run finds them in the disk cache). Engines that compile nothing here record 0.
-        compiled = float((getattr(engine, "precompiled", None) or {}).get("seconds", 0.0)) - compiled_before
+        compiled = _compiled_seconds(engine) - compiled_before
         info["precompile_s"] = round(compiled + float(old_info.get("precompile_s", 0.0) if old_info else 0.0), 3)
         info["counts"] = {"samples": len(records), "finish_reasons": _count_finish(run_dir)}
         write_json(info_path, info)

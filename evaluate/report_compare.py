@@ -129,9 +129,7 @@ def compare_runs(scored: Scored, names: Sequence[str], reference: str, n_resampl
     empty_el = scored.elements.select("id", "element_id", "gold_match").clear()
     entries = []
     groups: dict[tuple[str, bytes], list[tuple[dict[str, Any], pl.DataFrame]]] = {}
-    if pairs is None:
-        pairs = [(reference, n) for n in names if n != reference]
-    for ref, name in pairs:
+    for ref, name in run_pairs(names, reference, "reference") if pairs is None else pairs:
         entry, comparable = _compare_one(by_run[ref], by_run[name], el_by_run.get(ref, empty_el),
                                          el_by_run.get(name, empty_el), ref, name)
         entry["bootstrap"] = {"resamples": n_resamples, "seed": seed, "unit": "sample"}
