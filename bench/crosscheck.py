@@ -1,4 +1,4 @@
-"""Cross-check `serve bench` against vLLM's own serving benchmark (`vllm.benchmarks.serve`, the code
+"""Cross-check `patent-risk serve bench` against vLLM's own serving benchmark (`vllm.benchmarks.serve`, the code
 behind `vllm bench serve`, whose console script is broken on the CPU build) on one configuration.
 
 Both benchmarks send the same requests to the same running server: the dataset's prompts rendered
@@ -101,7 +101,7 @@ def to_markdown(doc: dict[str, Any]) -> str:
         for p in ("p50", "p99"):
             rows.append((f"{name} {p} ms", a[key][p], b[key][p], q[f"{key}_{p}"]))
     rows.append(("errors", a["errors"], b["errors"], ""))
-    from evaluate.report_doc import md_table
+    from patent_risk.evaluate.report_doc import md_table
 
     return (f"{doc['served_model']}, unconstrained, concurrency {doc['concurrency']}, {doc['num_requests']} requests\n\n"
             + md_table(["metric", "serve bench", "vllm bench serve", "ratio"], rows, align="lrrr") + "\n")

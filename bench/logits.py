@@ -1,6 +1,6 @@
-"""`train bench-logits`: the same training run twice, full logits against labelled positions only.
+"""`patent-risk train bench-logits`: the same training run twice, full logits against labelled positions only.
 
-Each arm is `train qlora` in its own process (so that its peak RSS is its own), one after the other,
+Each arm is `patent-risk train qlora` in its own process (so that its peak RSS is its own), one after the other,
 with the same config, data, seed and steps; only ``labelled_logits`` differs. Reported per arm: tokens/s
 and seconds of the training loop, the process's peak RSS, the logged train losses and the final eval
 loss; between the arms, the largest difference of the losses logged at the same step.
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from schemas.errors import UserError
+from patent_risk.schemas.errors import UserError
 
 ARMS = (("full", False), ("labelled", True))
 
@@ -23,7 +23,7 @@ ARMS = (("full", False), ("labelled", True))
 def _arm(name: str, labelled: bool, config: str | None, overrides: tuple[str, ...], steps: int, out: Path,
          log: Callable[[str], None]) -> dict[str, Any]:
     adapter = out / f"adapter-{name}"
-    argv = [sys.executable, "-m", "cli.train", "qlora", *(["--config", config] if config else []), *sum((["-s", o] for o in overrides), []),
+    argv = [sys.executable, "-m", "patent_risk.cli.train", "qlora", *(["--config", config] if config else []), *sum((["-s", o] for o in overrides), []),
             "-s", f"max_steps={steps}", "-s", f"save_steps={steps + 1}", "-s", f"labelled_logits={str(labelled).lower()}",
             "-s", f"output_dir={adapter}"]
     log(f"[bench-logits] {name}: {' '.join(argv[1:])}")
@@ -80,7 +80,7 @@ def run(config: str | None, overrides: tuple[str, ...], steps: int, out: str, lo
 
 
 def to_markdown(doc: dict[str, Any]) -> str:
-    from evaluate.report_doc import md_table
+    from patent_risk.evaluate.report_doc import md_table
 
     table = md_table(["arm", "tokens/s", "train s", "peak RSS MB", "train loss", "eval loss"],
                      [(r["arm"], r["tokens_per_second"], r["train_seconds"], f"{r['peak_rss_mb']:.0f}", f"{r['train_loss']:.6f}",

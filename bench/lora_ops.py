@@ -1,9 +1,9 @@
 """Benchmark vLLM's stock CPU LoRA ops against runtime/cpu_lora.py's grouped ones.
 
-    python -m bench.lora_ops                  # stock, exact, matmul: 32 x 120 tokens
-    python -m bench.lora_ops --modes stock,exact
-    python -m bench.lora_ops --profile        # + torch.profiler of the fast runs
-    python -m bench.lora_ops --plugin-check   # + the plugin path, multiprocess
+    patent-risk bench lora-ops                  # stock, exact, matmul: 32 x 120 tokens
+    patent-risk bench lora-ops --modes stock,exact
+    patent-risk bench lora-ops --profile        # + torch.profiler of the fast runs
+    patent-risk bench lora-ops --plugin-check   # + the plugin path, multiprocess
 
 Each mode runs in its own subprocess (its own engine, in-process:
 ``VLLM_ENABLE_V1_MULTIPROCESSING=0``), greedy, ``ignore_eos=True``; the parent
@@ -107,8 +107,7 @@ def _spawn(args, mode: str, adapter: Path, out: Path, extra: list[str], env_extr
         env["PATENT_RISK_LORA_OPS_MODE"] = mode
     cmd = [
         sys.executable,
-        "-m",
-        "bench.lora_ops",
+        "-m", "patent_risk.bench.lora_ops",
         "--child",
         "--mode",
         mode,

@@ -1,4 +1,4 @@
-"""One measured run of `python -m bench.lora_ops`, in its own process (`--child`): an offline vLLM engine with the
+"""One measured run of `patent-risk bench lora-ops`, in its own process (`--child`): an offline vLLM engine with the
 LoRA ops of one mode (stock, exact, matmul), a warm-up, the timed generation with contention indicators, and
 optionally torch.profiler's table of the fast ops.
 """
@@ -16,7 +16,7 @@ def _worker_has_fast_ops(worker) -> dict:
     """Runs inside the engine's worker (collective_rpc)."""
     import os as _os
 
-    from runtime import cpu_lora as _cpu_lora
+    from patent_risk.runtime import cpu_lora as _cpu_lora
 
     return {"pid": _os.getpid(), "installed": _cpu_lora.is_installed()}
 
@@ -35,7 +35,7 @@ def _profile_run(llm, prompts, sampling, lora, top: int) -> dict:
     from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
     from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 
-    from runtime import cpu_lora
+    from patent_risk.runtime import cpu_lora
 
     n_prompts = len(prompts)
 
@@ -114,7 +114,7 @@ def run_child(args) -> None:
     else:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
-    from runtime import cpu_lora
+    from patent_risk.runtime import cpu_lora
 
     if args.mode != "stock" and not args.plugin_check:
         # In-process engine: installing here suffices (the plugin does it too).
@@ -168,7 +168,7 @@ def run_child(args) -> None:
         use_tqdm=False,
     )
     load_before = os.getloadavg()[0]
-    from runtime.procs import machine_busy_seconds
+    from patent_risk.runtime.procs import machine_busy_seconds
 
     busy0 = machine_busy_seconds()
     cpu0 = time.process_time()

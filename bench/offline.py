@@ -9,10 +9,10 @@ Configurations (``bench.offline_configs.CONFIGS``):
 - ``vllm``: vLLM offline, the adapter as a LoRA module, unconstrained;
 - ``vllm-outlines`` / ``vllm-xgrammar`` / ``vllm-guidance``: the same, constrained, with that
   structured-outputs backend;
-- ``merged`` / ``merged-outlines``: the adapter merged into the base (``train merge``, once, into a
+- ``merged`` / ``merged-outlines``: the adapter merged into the base (``patent-risk train merge``, once, into a
   temporary folder), served by vLLM without LoRA, unconstrained / constrained (outlines).
 
-Every configuration runs as ``python -m bench.worker --config NAME --spec spec.json --out
+Every configuration runs as ``python -m patent_risk.bench.worker --config NAME --spec spec.json --out
 result.json``; the parent samples the PSS of the worker's process tree (vLLM's engine core is a
 child process) every 0.2 s (runtime.procs, psutil). The parent never imports torch or vLLM.
 
@@ -32,8 +32,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from runtime.procs import TreeMemorySampler
-from schemas.errors import UserError
+from patent_risk.runtime.procs import TreeMemorySampler
+from patent_risk.schemas.errors import UserError
 
 from .offline_configs import COMPILE_WHAT, CONFIGS, PREPARE, BenchOptions, phase_file, samples_for
 from .offline_summary import identical_outputs, progress_line, ratios, summarize_run, write_bench
@@ -50,7 +50,7 @@ def _run_worker(config: str, spec_path: Path, workdir: Path) -> dict[str, Any]:
     log_path = workdir / f"{config}.log"
     for p in (out, phase):
         p.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "bench.worker", "--config", config, "--spec", str(spec_path), "--out", str(out)]
+    cmd = [sys.executable, "-m", "patent_risk.bench.worker", "--config", config, "--spec", str(spec_path), "--out", str(out)]
     t0 = time.perf_counter()
     with open(log_path, "w", encoding="utf-8") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent)
@@ -71,15 +71,15 @@ def _run_worker(config: str, spec_path: Path, workdir: Path) -> dict[str, Any]:
 
 def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every configuration of ``opts`` and write bench.json, bench.md and bench.png into ``opts.out``."""
-    from runtime.embedded import resolve_model
-    from schemas.records import load_dataset
+    from patent_risk.runtime.embedded import resolve_model
+    from patent_risk.schemas.records import load_dataset
 
     if (opts.limit < 1 or opts.hf_limit < 1 or opts.batch_size < 1 or (opts.hf_threads is not None and opts.hf_threads < 1)
             or (opts.compile_sample is not None and opts.compile_sample < 1)):
         raise UserError("--limit, --hf-limit, --batch-size, --hf-threads and --compile-sample must be at least 1")
     if not Path(opts.adapter_path).is_dir():
         raise UserError(f"{opts.adapter_path}: no such adapter folder")
-    from runtime.adapters import check_adapter_dir
+    from patent_risk.runtime.adapters import check_adapter_dir
 
     check_adapter_dir(opts.adapter_path)
     n_records = len(load_dataset(opts.data, limit=opts.limit).records)

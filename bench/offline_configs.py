@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from schemas.errors import UserError
+from patent_risk.schemas.errors import UserError
 
 PREPARE = "prepare"
 

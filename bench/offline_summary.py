@@ -37,7 +37,7 @@ def _mean(values: list[float] | None) -> float | None:
 
 def summarize_run(raw: dict[str, Any], requests: list[dict[str, Any]] | None = None, schema_name: str = "v1") -> dict[str, Any]:
     """A worker's result as one row of the benchmark: throughput, validity, finish reasons, hash."""
-    from evaluate.scoring import OutputParser
+    from patent_risk.evaluate.scoring import OutputParser
 
     name = raw["config"]
     cfg = CONFIGS[name]
@@ -181,7 +181,7 @@ def to_markdown(doc: dict[str, Any]) -> str:
              f"--batch-size {doc.get('batch_size')} (hf)" + (", --own-ids (a schema per record)" if doc.get("own_ids") else ""),
              "",
              ""]
-    from evaluate.report_doc import md_table
+    from patent_risk.evaluate.report_doc import md_table
 
     headers = ["config", "engine", "adapter", "constraint", "samples", "distinct schemas", "output tokens", "load s", "gen s cold",
                "samples/s cold", "gen s warm", "samples/s warm", "output tok/s cold (warm)", "compile s per schema cold (warm)",
@@ -215,7 +215,7 @@ def to_markdown(doc: dict[str, Any]) -> str:
                                [(f"{q['a']} vs {q['b']}", q["compared"], q["identical"], _fmt(q["share"]))
                                 for q in doc["identical_outputs"]], align="lrrr")]
     if doc.get("merge"):
-        lines += ["", f"Merged model: made once by `train merge` in {_fmt(doc['merge'].get('merge_s'))} s "
+        lines += ["", f"Merged model: made once by `patent-risk train merge` in {_fmt(doc['merge'].get('merge_s'))} s "
                       f"({doc['merge'].get('path')})."]
     if doc.get("compile_what"):
         lines += ["", "compile s:"] + [f"- {k}: {v}" for k, v in doc["compile_what"].items()]

@@ -1,6 +1,6 @@
 """Benchmark of `evaluate report`: synthetic run directories, then ``write_report`` timed.
 
-    python -m bench.report_speed [--runs 10] [--samples 10000] [--resamples 1000] [--keep DIR]
+    patent-risk bench report-speed [--runs 10] [--samples 10000] [--resamples 1000] [--keep DIR]
 
 The synthetic runs look like real ones: 50 patents, 3 to 6 elements per record, a skewed gold
 distribution, compact and indented outputs, fenced ones, truncated ones (finish_reason=length) and
@@ -17,8 +17,8 @@ from typing import Any
 
 import click
 
-from evaluate.rundir import write_run
-from schemas.labels import MATCH_LABELS, RISK_LEVELS
+from patent_risk.evaluate.rundir import write_run
+from patent_risk.schemas.labels import MATCH_LABELS, RISK_LEVELS
 
 
 def output_text(risk: str, matches: list[tuple[str, str]], style: str = "compact") -> str:
@@ -89,7 +89,7 @@ def make_runs(root: str | Path, runs: int = 10, samples: int = 10_000, seed: int
 @click.option("--keep", default=None, help="Write the runs and the report here instead of a temporary folder.")
 def main(runs: int, samples: int, resamples: int, by: tuple[str, ...], keep: str | None) -> None:
     """Generate the runs, time ``write_report`` on them and print the seconds."""
-    from evaluate.report import write_report
+    from patent_risk.evaluate.report import write_report
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(keep or tmp)

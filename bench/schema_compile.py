@@ -7,7 +7,7 @@ outlines backend: ``build_regex_from_schema``, then ``outlines_core.Index`` over
 vocabulary (vLLM's own ``_reduced_vocabulary``), timed cold (no cache). One process, one thread, nothing else
 running: compare schemas as ratios on one machine.
 
-    python -m bench.schema_compile --data data/demo/eval.jsonl --out artifacts/bench/schema-compile
+    patent-risk bench schema-compile --data data/demo/eval.jsonl --out artifacts/bench/schema-compile
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from schemas.output import load_schema, schema_hash, schema_names, specialize
+from patent_risk.schemas.output import load_schema, schema_hash, schema_names, specialize
 
 
 def measure(model_path: str, id_lists: list[list[str]], names: list[str], repeats: int = 1) -> list[dict]:
@@ -59,9 +59,9 @@ def measure(model_path: str, id_lists: list[list[str]], names: list[str], repeat
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Writes compile.json and compile.md here.")
 def main(data: str, model: str | None, names: tuple[str, ...], repeats: int, out: str) -> None:
     """Time outlines' compile of each schema's per-record form on a model's vocabulary (cold, one thread)."""
-    from evaluate.report_doc import md_table
-    from runtime.embedded import resolve_model
-    from schemas.records import load_dataset
+    from patent_risk.evaluate.report_doc import md_table
+    from patent_risk.runtime.embedded import resolve_model
+    from patent_risk.schemas.records import load_dataset
 
     model_path = resolve_model(model, log=print)
     id_lists = list({tuple(r.element_ids): None for r in load_dataset(data).records})

@@ -1,4 +1,4 @@
-"""`serve bench`: real prompts from a dataset through a running server's OpenAI-compatible API, with
+"""`patent-risk serve bench`: real prompts from a dataset through a running server's OpenAI-compatible API, with
 bounded concurrency, streaming so that time to first token and inter-token latency are measured.
 
 One call runs the matrix: served model (base or adapter names on one LoRA-enabled server) x arm
@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from schemas.errors import UserError
+from patent_risk.schemas.errors import UserError
 
 PERCENTILES = (50, 90, 99)
 
@@ -100,9 +100,9 @@ def prompt_requests(data: str, num_requests: int, tokenizer_model: str, schema_n
     through the file when it has fewer)."""
     from transformers import AutoTokenizer
 
-    from runtime.requests import build_requests
-    from schemas.prompt import messages_for
-    from schemas.records import load_dataset
+    from patent_risk.runtime.requests import build_requests
+    from patent_risk.schemas.prompt import messages_for
+    from patent_risk.schemas.records import load_dataset
 
     records = load_dataset(data).records
     if not records:
@@ -154,7 +154,7 @@ def ratios(results: list[dict[str, Any]], served_models: list[str]) -> list[dict
 
 
 def to_markdown(doc: dict[str, Any]) -> str:
-    from evaluate.report_doc import md_table
+    from patent_risk.evaluate.report_doc import md_table
 
     rows = [(r["served_model"], "constrained" if r["constrained"] else "unconstrained", r["concurrency"], r["request_throughput"],
              r["output_tok_s"], f"{r['ttft_ms']['p50']} / {r['ttft_ms']['p99']}", f"{r['tpot_ms']['p50']} / {r['tpot_ms']['p99']}",

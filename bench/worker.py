@@ -1,6 +1,6 @@
 """One configuration of `evaluate bench`, in its own process (started by bench.offline, one at a time):
 
-    python -m bench.worker --config NAME --spec spec.json --out result.json
+    python -m patent_risk.bench.worker --config NAME --spec spec.json --out result.json
 
 ``--config prepare`` builds the requests once for every configuration (runtime.requests.build_requests:
 prompts, per-record schemas, max_tokens; plus the HF prompt token ids) and, when a merged configuration
@@ -25,8 +25,8 @@ from typing import Any
 
 import click
 
-from runtime.artifacts import atomic_write_text
-from runtime.procs import CpuWindow
+from patent_risk.runtime.artifacts import atomic_write_text
+from patent_risk.runtime.procs import CpuWindow
 
 from .offline_configs import COMPILE_WHAT, CONFIGS, PREPARE, phase_file
 
@@ -56,13 +56,13 @@ def _distinct(schemas: list[dict[str, Any]]) -> list[str]:
 def prepare(spec: dict[str, Any], out: Path) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
-    from runtime.requests import build_requests
-    from schemas.records import load_dataset
-    from train.features import prompt_ids
+    from patent_risk.runtime.requests import build_requests
+    from patent_risk.schemas.records import load_dataset
+    from patent_risk.train.features import prompt_ids
 
     records = load_dataset(spec["data"], limit=spec["limit"]).records
     if spec.get("own_ids"):
-        from schemas.records import with_own_element_ids
+        from patent_risk.schemas.records import with_own_element_ids
 
         records = [with_own_element_ids(r) for r in records]
     tok = AutoTokenizer.from_pretrained(spec["model"])
@@ -73,7 +73,7 @@ def prepare(spec: dict[str, Any], out: Path) -> dict[str, Any]:
     _write_json(Path(spec["requests"]), rows)
     result: dict[str, Any] = {"config": PREPARE, "requests": len(rows)}
     if spec.get("merged"):
-        from train.merge import merge
+        from patent_risk.train.merge import merge
 
         t0 = time.perf_counter()
         merge(spec["adapter"]["path"], spec["merged"], base=spec["model"], log=print)
@@ -90,8 +90,8 @@ def run_hf(name: str, spec: dict[str, Any], rows: list[dict[str, Any]], out: Pat
     import torch
     from transformers import LogitsProcessorList
 
-    from runtime.cpu_env import default_dtype
-    from runtime.hf_engine import HfPeft, finish
+    from patent_risk.runtime.cpu_env import default_dtype
+    from patent_risk.runtime.hf_engine import HfPeft, finish
 
     cfg = CONFIGS[name]
     dtype = default_dtype()
@@ -242,8 +242,8 @@ def measure_outlines_warm(llm, schemas: list[str]) -> list[float]:
 
 
 def run_vllm(name: str, spec: dict[str, Any], rows: list[dict[str, Any]], out: Path) -> dict[str, Any]:
-    from runtime.engines import AdapterSpec, VllmOffline
-    from runtime.requests import GenRequest
+    from patent_risk.runtime.engines import AdapterSpec, VllmOffline
+    from patent_risk.runtime.requests import GenRequest
 
     cfg = CONFIGS[name]
     if cfg.adapter_mode == "merged":

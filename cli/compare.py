@@ -19,12 +19,12 @@ from pathlib import Path
 
 import click
 
-from cli.demo import DEMO_CHUNK, DEMO_CONFIG, EVAL_DATA, clear_if_stale, run_cli
-from cli.edge import ErrorReportingCommand
-from cli.recipe import _overrides, _trained_as_planned
-from runtime.artifacts import project_root, subdir
-from schemas.labels import SCHEMA_NAMES
-from schemas.risk_rules import RISK_RULES
+from patent_risk.cli.demo import DEMO_CHUNK, DEMO_CONFIG, EVAL_DATA, clear_if_stale, run_cli
+from patent_risk.cli.edge import ErrorReportingCommand
+from patent_risk.cli.recipe import _overrides, _trained_as_planned
+from patent_risk.runtime.artifacts import project_root, subdir
+from patent_risk.schemas.labels import SCHEMA_NAMES
+from patent_risk.schemas.risk_rules import RISK_RULES
 
 TIMINGS_FILE = "compare_timings.json"
 
@@ -47,7 +47,7 @@ def _parse_sets(sets: tuple[str, ...]) -> dict[str, str]:
     return fields
 
 
-@click.command(cls=ErrorReportingCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=ErrorReportingCommand)
 @click.option("--config", default=DEMO_CONFIG, show_default=True,
               help="Training config (relative to the project root or absolute); every schema is trained with it.")
 @click.option("-s", "--set", "sets", multiple=True, metavar="KEY=VALUE",
@@ -70,14 +70,14 @@ def main(config: str, sets: tuple[str, ...], data: str, schemas: tuple[str, ...]
 
     \b
     make compare                                   # the demo: Gemma 3 270M, train/configs/demo.yaml, v1 v2 v3
-    python -m cli.compare --schema v1 --schema v3  # two schemas
-    python -m cli.compare --config train/configs/seed.yaml -s train_data=my/train.jsonl --data my/eval.jsonl \\
+    patent-risk compare --schema v1 --schema v3  # two schemas
+    patent-risk compare --config train/configs/seed.yaml -s train_data=my/train.jsonl --data my/eval.jsonl \\
         --out artifacts/compare-4b                 # google/gemma-3-4b-it, QLoRA, on a GPU
 
     v2 trains on each element's label.matches[].reason (the demo data has them); training refuses records
     without one. The report is OUT/report/report.html; OUT/report/compare_timings.json has each step's time.
     """
-    from train.config import load_config
+    from patent_risk.train.config import load_config
 
     fields = _parse_sets(sets)
     names = list(dict.fromkeys(schemas)) or list(SCHEMA_NAMES)

@@ -1,14 +1,14 @@
-"""`python -m cli.datagen OUT_DIR`: write the demo dataset's split (train.jsonl, eval.jsonl), as committed in
+"""`patent-risk datagen OUT_DIR`: write the demo dataset's split (train.jsonl, eval.jsonl), as committed in
 data/demo/ (the default seed reproduces those files byte for byte)."""
 from __future__ import annotations
 
 import click
 
-from cli.edge import ErrorReportingCommand
-from datagen.demo import DEFAULT_SEED, write_split
+from patent_risk.cli.edge import ErrorReportingCommand
+from patent_risk.datagen.demo import DEFAULT_SEED, write_split
 
 
-@click.command(cls=ErrorReportingCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=ErrorReportingCommand)
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True, help="Random seed of the generator.")
 def main(out_dir: str, seed: int) -> None:
@@ -16,8 +16,8 @@ def main(out_dir: str, seed: int) -> None:
     record labelled by the rules in datagen/patents.py (README, "Demo data").
 
     \b
-    python -m cli.datagen data/demo            # the committed files, byte for byte
-    python -m cli.datagen /tmp/other --seed 7  # another draw by the same rules
+    patent-risk datagen data/demo            # the committed files, byte for byte
+    patent-risk datagen /tmp/other --seed 7  # another draw by the same rules
     """
     for split, path in write_split(out_dir, seed).items():
         n = path.read_bytes().count(b"\n")

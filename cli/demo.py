@@ -19,9 +19,9 @@ from pathlib import Path
 
 import click
 
-from cli.edge import ErrorReportingCommand
-from evaluate.batch import arm_dirs
-from runtime.artifacts import project_root, subdir
+from patent_risk.cli.edge import ErrorReportingCommand
+from patent_risk.evaluate.batch import arm_dirs
+from patent_risk.runtime.artifacts import project_root, subdir
 
 EVAL_DATA = "data/demo/eval.jsonl"
 TRAIN_DATA = "data/demo/train.jsonl"
@@ -40,9 +40,9 @@ def _adapter_is_current(adapter_dir: Path) -> bool:
     """
     from pydantic import ValidationError
 
-    from runtime.adapters import read_manifest
-    from runtime.artifacts import file_sha256
-    from train.config import TrainConfig, load_config
+    from patent_risk.runtime.adapters import read_manifest
+    from patent_risk.runtime.artifacts import file_sha256
+    from patent_risk.train.config import TrainConfig, load_config
 
     manifest = read_manifest(adapter_dir) if adapter_dir.is_dir() else None
     if manifest is None:
@@ -55,15 +55,15 @@ def _adapter_is_current(adapter_dir: Path) -> bool:
     data_path = project_root() / cfg.train_data
     if trained != cfg.model_dump(mode="json") or manifest.get("data", {}).get("sha256") != file_sha256(data_path):
         return False
-    from runtime.artifacts import describe_path
-    from runtime.embedded import resolve_model
+    from patent_risk.runtime.artifacts import describe_path
+    from patent_risk.runtime.embedded import resolve_model
 
     base = resolve_model(cfg.base_model, log=lambda s: None)
     if (manifest.get("base_model") or {}).get("sha256") != describe_path(base)["sha256"]:
         return False  # trained on another base model (e.g. the earlier default)
     if cfg.augment_boundary:
-        from schemas.records import load_dataset
-        from train.data_mix import training_data
+        from patent_risk.schemas.records import load_dataset
+        from patent_risk.train.data_mix import training_data
 
         _, _, mix = training_data(cfg, load_dataset(data_path).records)
         return (manifest.get("data_mix") or {}).get("train_records_sha256") == mix["train_records_sha256"]
@@ -77,8 +77,8 @@ def clear_if_stale(out: Path, constrained: bool, adapter_dir: Path | None, *, da
     report shows only runs of the adapter as it is now. `evaluate batch` itself would refuse to mix them."""
     import shutil
 
-    from evaluate.batch import BatchConfig, stale_differences
-    from runtime.engines import AdapterSpec
+    from patent_risk.evaluate.batch import BatchConfig, stale_differences
+    from patent_risk.runtime.engines import AdapterSpec
 
     cfg = BatchConfig(data=str(project_root() / data), out=str(out), constrained=constrained, schema_name=schema_name,
                       model=model, adapter=None if adapter_dir is None else AdapterSpec(adapter_name, str(adapter_dir)))
@@ -89,12 +89,12 @@ def clear_if_stale(out: Path, constrained: bool, adapter_dir: Path | None, *, da
 
 
 def run_cli(argv: list[str], who: str, capture: bool = False) -> str:
-    """Run a `train ...` or `evaluate ...` command line in its own process, printed first as a user would type
-    it; exit naming ``who`` and the command when it fails. ``capture``: its output is shown and also returned."""
-    shown = " ".join(shlex.quote(a) for a in argv)
+    """Run a `patent-risk ...` subcommand line (``argv`` without the program name) in its own process, printed
+    first as a user would type it; exit naming ``who`` and the command when it fails. ``capture``: its output is
+    shown and also returned."""
+    shown = " ".join(shlex.quote(a) for a in ["patent-risk", *argv])
     print(f"\n$ {shown}", flush=True)
-    module = {"train": "cli.train", "evaluate": "cli.evaluate"}[argv[0]]
-    done = subprocess.run([sys.executable, "-m", module, *argv[1:]], cwd=project_root(),
+    done = subprocess.run([sys.executable, "-m", "patent_risk", *argv], cwd=project_root(),
                           stdout=subprocess.PIPE if capture else None, text=True)
     if capture:
         print(done.stdout, end="", flush=True)
@@ -109,7 +109,7 @@ def _run(argv: list[str], timings: dict[str, float], step: str) -> None:
     timings[step] = round(time.time() - t0, 1)
 
 
-@click.command(cls=ErrorReportingCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=ErrorReportingCommand)
 @click.option("--verbose", "-v", is_flag=True, help="vLLM's own log on the terminal too (default: each run directory's engine.log).")
 def main(verbose: bool) -> None:
     """`make demo`: validate the eval split, provision the embedded model, train the demo adapter (reused while
@@ -122,7 +122,7 @@ def main(verbose: bool) -> None:
     report_dir = subdir("reports") / "demo"
 
     _run(["evaluate", "validate", EVAL_DATA], timings, "validate")
-    from runtime.embedded import ensure_embedded_model
+    from patent_risk.runtime.embedded import ensure_embedded_model
 
     t0 = time.time()
     print(f"\nbase model: {ensure_embedded_model()}", flush=True)

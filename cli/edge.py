@@ -1,6 +1,6 @@
-"""The CLI edge shared by every command (`train`, `serve`, `evaluate`, `make demo`, `make recipe`, the demo
-data generator): the library's own error types become one-line messages and exit codes, never a traceback.
-click is imported by the commands here and by the benchmarks' own entry points (python -m bench.NAME); no
+"""The CLI edge shared by every command (`patent-risk` and its subcommands, `evaluate`): the library's own error
+types become one-line messages and exit codes, never a traceback, and every command takes -h as well as --help.
+click is imported by the commands here and by the benchmarks' own entry points (`patent-risk bench ...`); no
 stage, runtime, datagen or schemas module imports it."""
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import sys
 
 import click
 
-from schemas.errors import DataError, UserError
+from patent_risk import __version__
+from patent_risk.schemas.errors import DataError, UserError
 
 # bitsandbytes logs a warning at import that it could not fetch an optional CPU kernel from a model hub
 # ("Failed to load CPU gemm_4bit_forward from kernels-community"); its own fallback runs, so users
@@ -17,8 +18,19 @@ from schemas.errors import DataError, UserError
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
+# --version (-V) on `patent-risk` and on `evaluate`
+version_option = click.version_option(__version__, "--version", "-V", package_name="patent-risk-eval",
+                                      message="%(prog)s %(version)s (patent_risk)")
+
+
 class _ErrorEdge:
-    """DataError: every problem on its own line, exit 1. Other UserErrors: `error: ...`, exit 2."""
+    """DataError: every problem on its own line, exit 1. Other UserErrors: `error: ...`, exit 2. -h is --help
+    (subcommands inherit it from their group's context)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["context_settings"] = {**HELP_OPTIONS, **(kwargs.get("context_settings") or {})}
+        super().__init__(*args, **kwargs)
 
     def invoke(self, ctx):
         try:
@@ -35,8 +47,8 @@ class _ErrorEdge:
 
 
 class ErrorReportingGroup(_ErrorEdge, click.Group):
-    """A command group (`train`, `evaluate`, `serve`) with the error edge."""
+    """A command group (`patent-risk`, `train`, `evaluate`, `serve`, `bench`) with the error edge."""
 
 
 class ErrorReportingCommand(_ErrorEdge, click.Command):
-    """A single command (`python -m cli.demo`, `python -m cli.recipe`, `python -m cli.datagen`) with the error edge."""
+    """A single command (`patent-risk demo`, `recipe`, `compare`, `datagen`) with the error edge."""

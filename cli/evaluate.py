@@ -1,19 +1,19 @@
-"""`evaluate`: validate datasets, run batch evaluations, write reports (a thin layer over the library)."""
+"""`evaluate` (also `patent-risk evaluate`): validate datasets, run batch evaluations, write reports (a thin layer over the library)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
 
-from cli.edge import ErrorReportingGroup
-from schemas.labels import SCHEMA_NAMES
-from schemas.risk_rules import RISK_RULES
+from patent_risk.cli.edge import ErrorReportingGroup, version_option
+from patent_risk.schemas.labels import SCHEMA_NAMES
+from patent_risk.schemas.risk_rules import RISK_RULES
 
 
 def _adapter(value: str | None):
     if not value:
         return None
-    from runtime.engines import AdapterSpec
+    from patent_risk.runtime.engines import AdapterSpec
 
     name, sep, path = value.partition("=")
     if not sep or not name or not path:
@@ -22,6 +22,7 @@ def _adapter(value: str | None):
 
 
 @click.group(cls=ErrorReportingGroup)
+@version_option
 def main() -> None:
     """Evaluate a patent-risk model: constrained against unconstrained decoding, scored per CONTRACT.md.
 
@@ -37,7 +38,7 @@ def main() -> None:
 @click.option("--skip-bad", is_flag=True, help="Report bad lines but accept the rest (exit 0 if any record is good).")
 def validate(file, skip_bad) -> None:
     """Check a dataset against CONTRACT.md section 1; print every problem as file:line: field: problem."""
-    from schemas.records import load_dataset
+    from patent_risk.schemas.records import load_dataset
 
     data = load_dataset(file, skip_bad=skip_bad)
     for p in data.skipped:
@@ -106,8 +107,8 @@ def batch(data, out, constrained, both, model, adapter, schema_name, backend, se
     log goes to OUT/engine.log (--verbose: to the terminal). If the engine fails, its log's last lines are
     shown with the error.
     """
-    from evaluate.batch import BatchConfig, run_batch, run_both_arms
-    from runtime.engines import VllmOffline, VllmServer
+    from patent_risk.evaluate.batch import BatchConfig, run_batch, run_both_arms
+    from patent_risk.runtime.engines import VllmOffline, VllmServer
 
     if both == (constrained is not None):
         raise click.UsageError("give one of --constrained, --unconstrained or --both")
@@ -118,7 +119,7 @@ def batch(data, out, constrained, both, model, adapter, schema_name, backend, se
     if merged and server:
         raise click.UsageError("--merge is for the offline engine; a server serves what it was started with")
     if server:
-        from serve.server import served_backend
+        from patent_risk.serve.server import served_backend
 
         cfg.backend = served_backend(server) or "set at server start (unknown)"
 
@@ -131,7 +132,7 @@ def batch(data, out, constrained, both, model, adapter, schema_name, backend, se
             raise click.UsageError("--merge needs --adapter NAME=DIR")
 
         def make_engine(model_path):
-            from train.merge import merged_for
+            from patent_risk.train.merge import merged_for
 
             engine = VllmOffline(str(merged_for(spec.path, model_path, log=click.echo)), None, backend=backend,
                                  max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
@@ -142,7 +143,7 @@ def batch(data, out, constrained, both, model, adapter, schema_name, backend, se
         def make_engine(model_path):
             return VllmOffline(model_path, spec, backend=backend, max_model_len=max_model_len,
                                gpu_memory_utilization=gpu_memory_utilization, max_batch=chunk_size)
-    from runtime.engine_log import ENGINE_LOG
+    from patent_risk.runtime.engine_log import ENGINE_LOG
 
     run = run_both_arms if both else run_batch
     summaries = run(cfg, make_engine, log=click.echo, progress=not no_progress, quiet=not verbose)
@@ -197,7 +198,7 @@ def bench(data, adapter, model, configs, limit, hf_limit, batch_size, hf_threads
       vllm-outlines    the same, constrained (per-record schema), outlines backend
       vllm-xgrammar    ... xgrammar backend
       vllm-guidance    ... guidance (llguidance) backend
-      merged           vLLM offline, adapter merged into the base (train merge, once, temporary), no LoRA
+      merged           vLLM offline, adapter merged into the base (patent-risk train merge, once, temporary), no LoRA
       merged-outlines  the same, constrained, outlines backend
       merged-eager     merged, unconstrained, torch.compile off (as vLLM's CPU build runs LoRA engines)
 
@@ -217,8 +218,8 @@ def bench(data, adapter, model, configs, limit, hf_limit, batch_size, hf_threads
     A full run (default limits, all configurations) takes several minutes on a 2-core CPU; figures taken
     while other processes compete for the CPU are not comparable (see others' CPU/wall in the table).
     """
-    from bench.offline import run_bench
-    from bench.offline_configs import BenchOptions, parse_configs
+    from patent_risk.bench.offline import run_bench
+    from patent_risk.bench.offline_configs import BenchOptions, parse_configs
 
     spec = _adapter(adapter)
     opts = BenchOptions(data=data, adapter_name=spec.name, adapter_path=spec.path, model=model,
@@ -229,7 +230,7 @@ def bench(data, adapter, model, configs, limit, hf_limit, batch_size, hf_threads
     click.echo(f"\n{Path(out) / 'bench.md'}\n{Path(out) / 'bench.json'}\n{Path(out) / 'bench.png'}")
     failed = [r["config"] for r in doc["runs"] if r.get("status") != "ok"]
     if failed:
-        from schemas.errors import UserError
+        from patent_risk.schemas.errors import UserError
 
         raise UserError(f"configuration(s) failed: {', '.join(failed)} (logs under {Path(out) / 'workers'}); "
                         "the others are reported")
@@ -249,7 +250,7 @@ def baseline(train_path, data, out, schema_name) -> None:
     \b
     evaluate baseline --train data/demo/train.jsonl --data data/demo/eval.jsonl --out artifacts/runs/majority
     """
-    from evaluate.baseline import write_majority_run
+    from patent_risk.evaluate.baseline import write_majority_run
 
     info = write_majority_run(train_path, data, out, schema_name)
     ans = info["engine"]["answer"]
@@ -260,7 +261,7 @@ def baseline(train_path, data, out, schema_name) -> None:
 @main.command()
 @click.argument("adapters", nargs=-1, required=True, metavar="NAME=ADAPTER_DIR...")
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="The dev split (`train dev-split` writes it): never the eval split.")
+              help="The dev split (`patent-risk train dev-split` writes it): never the eval split.")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Writes curve.json, curve.md, curve.png and one run directory per point under OUT/runs.")
 @click.option("--budget-s", type=float, default=None, help="Choose only among points trained in at most this many seconds.")
@@ -279,12 +280,12 @@ def curve(adapters, data, out, budget_s, base, every, final_only, model, chunk_s
     declared choice rule: the highest mean of dev risk and match accuracy within --budget-s (ties: less training).
 
     \b
-    train dev-split --config train/configs/demo.yaml -s dev_size=120 --out artifacts/dev.jsonl
-    train qlora -s dev_size=120 -s save_steps=40 -s save_total_limit=100 -s output_dir=artifacts/sweeps/a
+    patent-risk train dev-split --config train/configs/demo.yaml -s dev_size=120 --out artifacts/dev.jsonl
+    patent-risk train qlora -s dev_size=120 -s save_steps=40 -s save_total_limit=100 -s output_dir=artifacts/sweeps/a
     evaluate curve a=artifacts/sweeps/a --data artifacts/dev.jsonl --out artifacts/curves/demo --budget-s 600
     """
-    from evaluate.curve import Checkpoint, check_same_base, checkpoints, evaluate_points, write_curve
-    from runtime.engines import VllmOffline
+    from patent_risk.evaluate.curve import Checkpoint, check_same_base, checkpoints, evaluate_points, write_curve
+    from patent_risk.runtime.engines import VllmOffline
 
     points, dirs = [], []
     for spec in map(_adapter, adapters):
@@ -328,7 +329,7 @@ def report(run_dirs, out, baseline, by, risk_rule, pairs) -> None:
     evaluate report artifacts/runs/demo-constrained artifacts/runs/demo-unconstrained --out artifacts/reports/demo
     evaluate report RUN_V1 RUN_V2 RUN_V3 ... --risk-rule all-elements --pairs within-arm --out DIR   # schemas
     """
-    from evaluate.report import write_report
+    from patent_risk.evaluate.report import write_report
 
     rep = write_report([Path(d) for d in run_dirs], Path(out), baseline=baseline, by=list(by), risk_rule=risk_rule,
                        pairs=pairs)

@@ -17,9 +17,9 @@ from pathlib import Path
 import click
 import yaml
 
-from cli.demo import run_cli
-from cli.edge import ErrorReportingCommand
-from runtime.artifacts import project_root, subdir
+from patent_risk.cli.demo import run_cli
+from patent_risk.cli.edge import ErrorReportingCommand
+from patent_risk.runtime.artifacts import project_root, subdir
 
 PLAN = "train/configs/recipe_search.yaml"
 
@@ -36,8 +36,8 @@ def _run(argv: list[str], capture: bool = False) -> str:
 
 
 def _trained_as_planned(adapter_dir: Path, config: str, overrides: list[str]) -> bool:
-    from runtime.adapters import read_manifest
-    from train.config import TrainConfig, load_config
+    from patent_risk.runtime.adapters import read_manifest
+    from patent_risk.train.config import TrainConfig, load_config
 
     manifest = read_manifest(adapter_dir) if adapter_dir.is_dir() else None
     if manifest is None:
@@ -71,16 +71,16 @@ def read_plan(path: Path) -> dict:
     return plan
 
 
-@click.command(cls=ErrorReportingCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=ErrorReportingCommand)
 @click.option("--plan", "plan_path", default=PLAN, show_default=True, help="The search plan (YAML), relative to the project root.")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Default: artifacts/sweeps/<plan name>.")
 def main(plan_path: str, out: str | None) -> None:
     """Train the variants of a recipe plan and score them on its dev split: `make recipe`, or a study.
 
     \b
-    python -m cli.recipe                                          # train/configs/recipe_search.yaml
-    python -m cli.recipe --plan train/configs/augment_study.yaml  # boundary augmentation, same steps
-    python -m cli.recipe --plan train/configs/nf4_study.yaml      # NF4 against plain LoRA
+    patent-risk recipe                                          # train/configs/recipe_search.yaml
+    patent-risk recipe --plan train/configs/augment_study.yaml  # boundary augmentation, same steps
+    patent-risk recipe --plan train/configs/nf4_study.yaml      # NF4 against plain LoRA
     """
     plan = read_plan(project_root() / plan_path)
     out = Path(out) if out else subdir("sweeps") / Path(plan_path).stem
@@ -108,7 +108,7 @@ def main(plan_path: str, out: str | None) -> None:
     # In the plan's order (the curve's points): the report's reference is the first variant
     points = json.loads((curve / "curve.json").read_text(encoding="utf-8"))["points"]
     runs = [p["run_dir"] for p in points] if plan.get("report") else []
-    for name in plan.get("on_trained_base", []):  # `train nf4-base` prints the folder last (it refuses plain LoRA)
+    for name in plan.get("on_trained_base", []):  # `patent-risk train nf4-base` prints the folder last (it refuses plain LoRA)
         rounded = _run(["train", "nf4-base", str(adapters[name])], capture=True).strip().splitlines()[-1]
         run = curve / "runs" / f"{name}-on-nf4-base"
         _run(["evaluate", "batch", "--data", str(dev), "--model", rounded, "--adapter", f"{name}={adapters[name]}",

@@ -1,12 +1,12 @@
-"""`serve`: vLLM's OpenAI-compatible server with LoRA modules (a thin layer over serve.server)."""
+"""`patent-risk serve`: vLLM's OpenAI-compatible server with LoRA modules (a thin layer over serve.server)."""
 from __future__ import annotations
 
 import json
 
 import click
 
-from cli.edge import ErrorReportingGroup
-from schemas.labels import SCHEMA_NAMES
+from patent_risk.cli.edge import ErrorReportingGroup
+from patent_risk.schemas.labels import SCHEMA_NAMES
 
 
 @click.group(cls=ErrorReportingGroup)
@@ -14,9 +14,9 @@ def main() -> None:
     """Serve a base model with LoRA adapters through vLLM's OpenAI-compatible server.
 
     \b
-    serve start --adapter demo=artifacts/adapters/demo
-    serve status
-    serve stop
+    patent-risk serve start --adapter demo=artifacts/adapters/demo
+    patent-risk serve status
+    patent-risk serve stop
     """
 
 
@@ -49,8 +49,8 @@ def _adapters(values):
 def start(model, adapters, host, port, api_key, backend, max_lora_rank, max_model_len, name, timeout, extra) -> None:
     """Start `vllm serve --enable-lora` and wait until it answers. Arguments after `--` go to vLLM unchanged
     (e.g. `-- --tensor-parallel-size 2`)."""
-    from serve.server import ServerConfig
-    from serve.server import start as start_server
+    from patent_risk.serve.server import ServerConfig
+    from patent_risk.serve.server import start as start_server
 
     cfg = ServerConfig(model=model, adapters=_adapters(adapters), host=host, port=port, api_key=api_key, backend=backend,
                        max_lora_rank=max_lora_rank, max_model_len=max_model_len, extra_args=list(extra), name=name)
@@ -61,8 +61,8 @@ def start(model, adapters, host, port, api_key, backend, max_lora_rank, max_mode
 @main.command()
 @click.option("--name", default="default", show_default=True)
 def stop(name) -> None:
-    """Stop the server `serve start` started (its whole process group, nothing else)."""
-    from serve.server import stop as stop_server
+    """Stop the server `patent-risk serve start` started (its whole process group, nothing else)."""
+    from patent_risk.serve.server import stop as stop_server
 
     stop_server(name, log=click.echo)
 
@@ -71,7 +71,7 @@ def stop(name) -> None:
 @click.option("--name", default="default", show_default=True)
 def status(name) -> None:
     """Print the recorded server's state and whether it answers /health."""
-    from serve.server import status as server_status
+    from patent_risk.serve.server import status as server_status
 
     click.echo(json.dumps(server_status(name), indent=2))
 
@@ -94,8 +94,8 @@ def bench(url, served_models, data, arms, schema_name, concurrency, num_requests
     served model x arm x concurrency."""
     from pathlib import Path
 
-    from bench.serving import run_bench, to_markdown, write_bench
-    from runtime.embedded import resolve_model
+    from patent_risk.bench.serving import run_bench, to_markdown, write_bench
+    from patent_risk.runtime.embedded import resolve_model
 
     levels = [int(c) for c in concurrency.split(",") if c.strip()]
     arm_list = {"both": [False, True], "constrained": [True], "unconstrained": [False]}[arms]
@@ -117,13 +117,13 @@ def bench(url, served_models, data, arms, schema_name, concurrency, num_requests
               help="The server's bearer key (visible to `ps` when typed here; prefer PATENT_RISK_API_KEY).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSON file; a .md table is written beside it.")
 def crosscheck(url, served_model, data, concurrency, num_requests, model, api_key, out) -> None:
-    """Run one unconstrained configuration through both `serve bench` and vLLM's own serving benchmark
+    """Run one unconstrained configuration through both `patent-risk serve bench` and vLLM's own serving benchmark
     (`vllm bench serve`, in-process) against the same server and compare their figures side by side."""
     from pathlib import Path
 
-    from bench.crosscheck import crosscheck as run
-    from bench.crosscheck import to_markdown
-    from runtime.embedded import resolve_model
+    from patent_risk.bench.crosscheck import crosscheck as run
+    from patent_risk.bench.crosscheck import to_markdown
+    from patent_risk.runtime.embedded import resolve_model
 
     doc = run(url.rstrip("/"), served_model, data, concurrency, num_requests, resolve_model(model, click.echo),
               api_key=api_key, log=click.echo)

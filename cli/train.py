@@ -1,9 +1,9 @@
-"""`train`: QLoRA fine-tuning and adapter export (a thin layer over train.trainer)."""
+"""`patent-risk train`: QLoRA fine-tuning and adapter export (a thin layer over train.trainer)."""
 from __future__ import annotations
 
 import click
 
-from cli.edge import ErrorReportingGroup
+from patent_risk.cli.edge import ErrorReportingGroup
 
 
 @click.group(cls=ErrorReportingGroup)
@@ -11,16 +11,17 @@ def main() -> None:
     """Fine-tune a base model with QLoRA on a patent-risk dataset and export a vLLM-ready adapter.
 
     \b
-    train qlora                          demo recipe on the embedded Gemma 3 270M
-    train qlora --config train/configs/seed.yaml   the users' Gemma 3 4B recipe (GPU)
-    train qlora -s limit=50 -s learning_rate=5e-4  override any config field
-    train qlora -s augment_boundary=80             add 80 generated boundary cases (demo patents)
-    train qlora -s oversample_where=meta.near_boundary -s oversample_factor=3
-                                         repeat the near-boundary records 3x
-    train qlora --print-config           every field, data-mix ones included
-    train bench-logits --steps 20        full logits against labelled positions only (speed, memory, loss)
-    train dev-split -s dev_size=120 --out artifacts/dev.jsonl
-                                         the records a recipe is chosen on (never trained on)
+    patent-risk train qlora                                 demo recipe on the embedded Gemma 3 270M
+    patent-risk train qlora --config train/configs/seed.yaml -s train_data=my/train.jsonl
+                                                            the users' Gemma 3 4B recipe (GPU)
+    patent-risk train qlora -s limit=50 -s learning_rate=5e-4  override any config field
+    patent-risk train qlora -s augment_boundary=80          add 80 generated boundary cases (demo patents)
+    patent-risk train qlora -s oversample_where=meta.near_boundary -s oversample_factor=3
+                                                            repeat the near-boundary records 3x
+    patent-risk train qlora --print-config                  every field, data-mix ones included
+    patent-risk train bench-logits --steps 20               full logits against labelled positions only
+    patent-risk train dev-split -s dev_size=120 --out artifacts/dev.jsonl
+                                                            the records a recipe is chosen on (never trained on)
     """
 
 
@@ -33,7 +34,7 @@ def main() -> None:
 @click.option("--print-config", is_flag=True, help="Print the resolved config and exit.")
 def train_qlora(config_path, overrides, resume, print_config) -> None:
     """Train a LoRA adapter (4-bit NF4 base where bitsandbytes runs on the device)."""
-    from train.config import load_config
+    from patent_risk.train.config import load_config
 
     cfg = load_config(config_path, overrides)
     if print_config:
@@ -41,7 +42,7 @@ def train_qlora(config_path, overrides, resume, print_config) -> None:
 
         click.echo(yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True, sort_keys=False))
         return
-    from train.trainer import train
+    from patent_risk.train.trainer import train
 
     result = train(cfg, resume=resume, log=click.echo)
     click.echo(str(result.adapter_dir))
@@ -53,20 +54,20 @@ def train_qlora(config_path, overrides, resume, print_config) -> None:
 @click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config field. Repeatable.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSONL file to write the dev records to.")
 def dev_split_cmd(config_path, overrides, out) -> None:
-    """Write the config's dev split (dev_size records of train_data, chosen by dev_seed): the records `train qlora`
+    """Write the config's dev split (dev_size records of train_data, chosen by dev_seed): the records `patent-risk train qlora`
     never trains on with that config, for `evaluate curve` to choose a recipe on.
 
     \b
-    train dev-split -s dev_size=120 --out artifacts/dev.jsonl
+    patent-risk train dev-split -s dev_size=120 --out artifacts/dev.jsonl
     """
     import json
     from pathlib import Path
 
-    from runtime.artifacts import atomic_write_text
-    from schemas.errors import UserError
-    from schemas.records import load_dataset
-    from train.config import load_config
-    from train.data_mix import dev_split
+    from patent_risk.runtime.artifacts import atomic_write_text
+    from patent_risk.schemas.errors import UserError
+    from patent_risk.schemas.records import load_dataset
+    from patent_risk.train.config import load_config
+    from patent_risk.train.data_mix import dev_split
 
     cfg = load_config(config_path, overrides)
     if cfg.dev_size == 0:
@@ -82,7 +83,7 @@ def dev_split_cmd(config_path, overrides, out) -> None:
 @click.option("--max-lora-rank", default=16, show_default=True, help="The serving --max-lora-rank.")
 def check_adapter(adapter_dir, max_lora_rank) -> None:
     """Say whether vLLM would load ADAPTER_DIR, and why not."""
-    from runtime.adapters import check_adapter_dir
+    from patent_risk.runtime.adapters import check_adapter_dir
 
     cfg = check_adapter_dir(adapter_dir, max_lora_rank)
     click.echo(f"ok: rank {cfg.get('r')}, alpha {cfg.get('lora_alpha')}, targets {cfg.get('target_modules')}")
@@ -96,10 +97,10 @@ def check_adapter(adapter_dir, max_lora_rank) -> None:
               help="Default: the base model's own dtype (its config.json); never float16 for Gemma 3.")
 @click.option("--onto", default="trained", show_default=True, type=click.Choice(["trained", "unquantized"]),
               help="trained: a QLoRA adapter is merged into the NF4-rounded base it was trained against "
-                   "(`train nf4-base`); unquantized: into the original weights.")
+                   "(`patent-risk train nf4-base`); unquantized: into the original weights.")
 def merge_cmd(adapter_dir, out, base, dtype, onto) -> None:
     """Fold ADAPTER_DIR into a full copy of its base model (served without LoRA)."""
-    from train.merge import merge
+    from patent_risk.train.merge import merge
 
     merge(adapter_dir, out, base=base, dtype=dtype, log=click.echo, onto=onto)
 
@@ -112,15 +113,15 @@ def nf4_base_cmd(adapter_dir, base) -> None:
     serve the adapter on it instead of the unquantized base.
 
     \b
-    evaluate batch --model "$(train nf4-base artifacts/adapters/x | tail -n 1)" --adapter x=artifacts/adapters/x ...
+    evaluate batch --model "$(patent-risk train nf4-base artifacts/adapters/x | tail -n 1)" --adapter x=artifacts/adapters/x ...
     vllm serve <that folder> --enable-lora --lora-modules x=artifacts/adapters/x
     """
     from pathlib import Path
 
-    from runtime.embedded import resolve_model
-    from schemas.errors import UserError
-    from train.merge import base_of
-    from train.nf4_base import nf4_base, trained_quantization
+    from patent_risk.runtime.embedded import resolve_model
+    from patent_risk.schemas.errors import UserError
+    from patent_risk.train.merge import base_of
+    from patent_risk.train.nf4_base import nf4_base, trained_quantization
 
     quant = trained_quantization(adapter_dir)
     if quant is None:
@@ -142,10 +143,10 @@ def bench_logits(config_path, overrides, steps, out) -> None:
     tokens/s, peak RSS and the loss difference.
 
     \b
-    Each arm runs `train qlora` in its own process, one after the other: run it on a quiet machine.
-    train bench-logits --steps 20                 the demo recipe, 20 steps an arm
+    Each arm runs `patent-risk train qlora` in its own process, one after the other: run it on a quiet machine.
+    patent-risk train bench-logits --steps 20                 the demo recipe, 20 steps an arm
     """
-    from bench.logits import run
+    from patent_risk.bench.logits import run
 
     doc = run(config_path, tuple(overrides), steps, out, log=click.echo)
     q = doc["labelled_over_full"]

@@ -1,5 +1,5 @@
 """A seeded generator of the Korean demo dataset (CONTRACT.md section 1), its committed split
-(data/demo/, `python -m cli.datagen`), and the boundary cases `train` can augment with
+(data/demo/, `patent-risk datagen`), and the boundary cases `train` can augment with
 (augment_boundary). The patents and labelling rules: datagen.patents; query rendering: datagen.render.
 """
 from __future__ import annotations

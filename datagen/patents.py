@@ -62,7 +62,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Iterable
 
-from schemas.risk_rules import all_elements
+from patent_risk.schemas.risk_rules import all_elements
 
 MARGIN = Fraction(5, 100)
 

@@ -15,12 +15,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from runtime.artifacts import atomic_write_text, file_sha256
-from runtime.engines import GenResult
-from schemas.errors import UserError
-from schemas.labels import MATCH_LABELS, RISK_LEVELS
-from schemas.output import has_reason, load_schema, output_object, render_compact, schema_hash
-from schemas.records import Record, load_dataset
+from patent_risk.runtime.artifacts import atomic_write_text, file_sha256
+from patent_risk.runtime.engines import GenResult
+from patent_risk.schemas.errors import UserError
+from patent_risk.schemas.labels import MATCH_LABELS, RISK_LEVELS
+from patent_risk.schemas.output import has_reason, load_schema, output_object, render_compact, schema_hash
+from patent_risk.schemas.records import Record, load_dataset
 
 from .batch import RUN_FORMAT_VERSION, result_row, write_json
 from .rundir import RESULTS, RUN_JSON

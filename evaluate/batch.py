@@ -15,15 +15,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from runtime.artifacts import atomic_write_text, describe_path, file_sha256
-from runtime.embedded import default_model_label, resolve_model
-from runtime.engine_log import ENGINE_LOG, engine_output
-from runtime.engines import AdapterSpec, Engine, EngineFailure, GenResult
-from runtime.requests import build_requests, max_tokens_summary, sampling_summary
-from schemas.errors import UserError
-from schemas.output import load_schema, schema_hash
-from schemas.prompt import PROMPT_VERSION, prompt_fingerprint
-from schemas.records import Record, load_dataset
+from patent_risk.runtime.artifacts import atomic_write_text, describe_path, file_sha256
+from patent_risk.runtime.embedded import default_model_label, resolve_model
+from patent_risk.runtime.engine_log import ENGINE_LOG, engine_output
+from patent_risk.runtime.engines import AdapterSpec, Engine, EngineFailure, GenResult
+from patent_risk.runtime.requests import build_requests, max_tokens_summary, sampling_summary
+from patent_risk.schemas.errors import UserError
+from patent_risk.schemas.output import load_schema, schema_hash
+from patent_risk.schemas.prompt import PROMPT_VERSION, prompt_fingerprint
+from patent_risk.schemas.records import Record, load_dataset
 
 from .provenance import differences
 from .rundir import RESULTS, RUN_JSON, read_info, read_results, repair_torn_tail
@@ -87,7 +87,7 @@ def result_row(rec: Record, res: GenResult) -> dict[str, Any]:
 def engine_identity(cfg: BatchConfig) -> dict[str, Any]:
     """The engine part of a run's identity, known without starting one: vLLM's installed version offline,
     the server's own /version through a server."""
-    from runtime.engines import server_version, vllm_version
+    from patent_risk.runtime.engines import server_version, vllm_version
 
     if cfg.server:
         version = server_version(cfg.server)
@@ -98,7 +98,7 @@ def engine_identity(cfg: BatchConfig) -> dict[str, Any]:
             try:
                 urllib.request.urlopen(f"{cfg.server.rstrip('/')}/health", timeout=10).close()
             except (urllib.error.URLError, OSError) as e:
-                raise UserError(f"no vLLM server answers at {cfg.server} ({e}); start one with `serve start`") from None
+                raise UserError(f"no vLLM server answers at {cfg.server} ({e}); start one with `patent-risk serve start`") from None
         return {"name": "vllm", "version": version, "mode": "server"}
     return {"name": "vllm", "version": vllm_version(), "mode": "offline"}
 
@@ -106,8 +106,8 @@ def engine_identity(cfg: BatchConfig) -> dict[str, Any]:
 def provenance(cfg: BatchConfig, model_path: str, engine_desc: dict[str, Any], n_records: int) -> dict[str, Any]:
     """run.json's content before generation: every identity field (evaluate.provenance) and what describes
     this invocation. ``engine_desc`` holds at least the engine's name, version and mode."""
-    from runtime import cpu_env
-    from runtime.requests import STRUCTURED_OUTPUT_OPTIONS
+    from patent_risk.runtime import cpu_env
+    from patent_risk.runtime.requests import STRUCTURED_OUTPUT_OPTIONS
 
     model_info: dict[str, Any] = {"name": default_model_label(cfg.model)}
     if Path(model_path).exists():
@@ -194,9 +194,9 @@ def _compiled_seconds(engine: Engine) -> float:
 
 
 def adapter_schema(adapter_dir: str | Path) -> str | None:
-    """The output schema an adapter was trained to write, from the manifest `train qlora` writes (None: no
+    """The output schema an adapter was trained to write, from the manifest `patent-risk train qlora` writes (None: no
     manifest, or it does not say)."""
-    from runtime.adapters import read_manifest
+    from patent_risk.runtime.adapters import read_manifest
 
     schema = (read_manifest(Path(adapter_dir)) or {}).get("schema")
     return schema.get("name") if isinstance(schema, dict) and isinstance(schema.get("name"), str) else None
@@ -237,7 +237,7 @@ def _run_locked(cfg: BatchConfig, records: list[Record], run_dir: Path, make_eng
         raise UserError(f"{run_dir / RESULTS}: holds {len(unknown)} id(s) not in {cfg.data} (e.g. {sorted(unknown)[0]!r}); "
                         "this run directory belongs to another dataset: choose another --out")
     if cfg.adapter is not None:
-        from runtime.adapters import check_adapter_dir
+        from patent_risk.runtime.adapters import check_adapter_dir
 
         check_adapter_dir(cfg.adapter.path)  # what vLLM would refuse is refused before any engine starts
         trained = adapter_schema(cfg.adapter.path)

@@ -1,7 +1,7 @@
 """Learning curves on a dev split, and the declared rule that picks a recipe from them (issue 16).
 
 A recipe (records, steps, learning rate, LoRA targets) is chosen by its accuracy on a dev split carved
-from the training file (train config ``dev_size``), never on the eval split. ``train qlora`` keeps a
+from the training file (train config ``dev_size``), never on the eval split. ``patent-risk train qlora`` keeps a
 checkpoint every ``save_steps``; each checkpoint and the final adapter is a point of the curve: its
 training time so far (the trainer's ``elapsed_s``) and its constrained accuracy on the dev split, decoded by
 one vLLM engine for all points (each adapter a LoRA request of its own). The untrained base model is the
@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from runtime.artifacts import atomic_write_text
-from runtime.engines import AdapterSpec, Engine
-from schemas.errors import UserError
-from schemas.labels import RISK_LEVELS
+from patent_risk.runtime.artifacts import atomic_write_text
+from patent_risk.runtime.engines import AdapterSpec, Engine
+from patent_risk.schemas.errors import UserError
+from patent_risk.schemas.labels import RISK_LEVELS
 
 from .batch import BatchConfig, Borrowed, run_batch
 
@@ -67,12 +67,12 @@ def checkpoints(variant: str, adapter_dir: str | Path, every: int | None = None,
     """The points of one training run: each kept checkpoint (ADAPTER.checkpoints/checkpoint-N) before the last
     step (only steps that are multiples of ``every`` when given), then the final adapter. Training time comes
     from the trainer's log (``elapsed_s``), the final one from the manifest."""
-    from runtime.adapters import read_manifest
+    from patent_risk.runtime.adapters import read_manifest
 
     adapter_dir = Path(adapter_dir)
     manifest = read_manifest(adapter_dir)
     if manifest is None:
-        raise UserError(f"{adapter_dir}: no manifest.json (not an adapter written by `train qlora`)")
+        raise UserError(f"{adapter_dir}: no manifest.json (not an adapter written by `patent-risk train qlora`)")
     results = manifest.get("results") or {}
     final_step = int(results.get("steps") or 0)
     found, estimated = [], []
@@ -103,7 +103,7 @@ def checkpoints(variant: str, adapter_dir: str | Path, every: int | None = None,
 
 def check_same_base(adapter_dirs: Sequence[Path]) -> None:
     """A curve compares recipes on one base model: the adapters' manifests must name the same one (by hash)."""
-    from runtime.adapters import read_manifest
+    from patent_risk.runtime.adapters import read_manifest
 
     bases = {}
     for d in adapter_dirs:
@@ -168,7 +168,7 @@ def evaluate_points(points: Sequence[Checkpoint], data: str, out: Path,
                 f"{AMBIGUOUS} recall {_pct(m['ambiguous_recall'])}")
     finally:
         if engine is not None:
-            from runtime.engine_log import ENGINE_LOG, engine_output
+            from patent_risk.runtime.engine_log import ENGINE_LOG, engine_output
 
             with engine_output(started_in / ENGINE_LOG if quiet and started_in is not None else None):
                 engine.close()

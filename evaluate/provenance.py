@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from schemas.output import current_schema_hash
+from patent_risk.schemas.output import current_schema_hash
 
 # Offline runs written before structured-outputs options were recorded used exactly these; server runs none.
 _LEGACY_OFFLINE_OPTIONS = {"disable_any_whitespace": True}

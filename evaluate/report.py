@@ -35,8 +35,8 @@ from typing import Any, Sequence
 
 import polars as pl
 
-from schemas import risk_rules
-from schemas.errors import DataError, UserError
+from patent_risk.schemas import risk_rules
+from patent_risk.schemas.errors import DataError, UserError
 
 from .provenance import comparison_differences
 from .report_compare import compare_runs, run_pairs

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence, Union
 
-from schemas.labels import INVALID, MATCH_LABELS, RISK_LEVELS
-from schemas.output import SCHEMA_SUMMARIES
+from patent_risk.schemas.labels import INVALID, MATCH_LABELS, RISK_LEVELS
+from patent_risk.schemas.output import SCHEMA_SUMMARIES
 
 from .scoring import NO_VALUE, bin_labels, split_bins
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from schemas.labels import INVALID
+from patent_risk.schemas.labels import INVALID
 
 from .report_doc import Block, Bullets, Figure, Heading, Table, Text
 

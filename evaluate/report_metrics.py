@@ -10,8 +10,8 @@ from typing import Any, Sequence
 import numpy as np
 import polars as pl
 
-from schemas.labels import INVALID, MATCH_LABELS, RISK_LEVELS
-from schemas.output import current_schema_hash, load_schema, schema_hash
+from patent_risk.schemas.labels import INVALID, MATCH_LABELS, RISK_LEVELS
+from patent_risk.schemas.output import current_schema_hash, load_schema, schema_hash
 
 from .rundir import Run
 from .scoring import (NO_VALUE, PARSE_FAILURE, SCHEMA_FAILURE, SLICE_PREFIX, Scored, empty_matrix, match_confusion,

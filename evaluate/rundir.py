@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from schemas.errors import DataError, Problem, UserError
-from schemas.jsonl import BOM, decode_line, read_bytes
-from schemas.labels import MATCH_LABELS, RISK_LEVELS
-from schemas.output import schema_names
+from patent_risk.schemas.errors import DataError, Problem, UserError
+from patent_risk.schemas.jsonl import BOM, decode_line, read_bytes
+from patent_risk.schemas.labels import MATCH_LABELS, RISK_LEVELS
+from patent_risk.schemas.output import schema_names
 
 RESULTS = "results.jsonl"
 RUN_JSON = "run.json"

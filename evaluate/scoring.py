@@ -20,9 +20,9 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 
 import polars as pl
 
-from schemas.jsonl import MISSING, dig
-from schemas.labels import INVALID, MATCH_LABELS, RISK_LEVELS
-from schemas.output import schema_errors
+from patent_risk.schemas.jsonl import MISSING, dig
+from patent_risk.schemas.labels import INVALID, MATCH_LABELS, RISK_LEVELS
+from patent_risk.schemas.output import schema_errors
 
 from .rundir import Run, gc_paused
 

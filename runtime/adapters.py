@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from schemas.errors import UserError
+from patent_risk.schemas.errors import UserError
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the LoRA ranks vLLM serves
 ALLOWED_MODULES_TO_SAVE = {"classifier", "score"}

@@ -138,7 +138,7 @@ COMPACT_BY_CONFIG = ("xgrammar", "guidance")
 
 
 def structured_outputs_config(backend: str) -> dict[str, object]:
-    """vLLM's engine-level structured-outputs config for ``backend``, offline and `serve start` alike: the
+    """vLLM's engine-level structured-outputs config for ``backend``, offline and `patent-risk serve start` alike: the
     backend and, for xgrammar and guidance, no whitespace between JSON tokens (without it they let the
     model write newlines and indentation, which an untrained model did until max_tokens)."""
     config: dict[str, object] = {"backend": backend}
@@ -155,11 +155,11 @@ def structured_outputs_env(model_path: str | None = None, env: dict[str, str] | 
       model's vocabulary, one second per thousand tokens and at least 60 s.
     - ``VLLM_V1_USE_OUTLINES_CACHE`` and ``OUTLINES_CACHE_DIR``: outlines' compiled indexes kept on disk in
       artifacts/cache/outlines, so that a resumed run, a re-run, another adapter on the same base and
-      `serve start` reuse what was compiled.
+      `patent-risk serve start` reuse what was compiled.
 
     Values already in the environment (``env``, default os.environ) win: a user's own choice. The offline
-    engine and `serve start` both take theirs from here."""
-    from runtime.artifacts import subdir
+    engine and `patent-risk serve start` both take theirs from here."""
+    from patent_risk.runtime.artifacts import subdir
 
     vocab = None
     if model_path:

@@ -33,7 +33,7 @@ installation must happen in every process: :func:`register` is the entry point
 of the ``vllm.general_plugins`` group, which vLLM runs in each process::
 
     [project.entry-points."vllm.general_plugins"]
-    patent_risk_cpu_lora = "runtime.cpu_lora:register"
+    patent_risk_cpu_lora = "patent_risk.runtime.cpu_lora:register"
 
 Set ``PATENT_RISK_STOCK_LORA_OPS=1`` to keep vLLM's stock ops.
 
@@ -47,8 +47,8 @@ import logging
 import os
 from typing import Any
 
-from runtime import cpu_lora_ops
-from runtime.cpu_lora_ops import (  # noqa: F401 - the ops and their modes, re-exported as the plugin's API
+from patent_risk.runtime import cpu_lora_ops
+from patent_risk.runtime.cpu_lora_ops import (  # noqa: F401 - the ops and their modes, re-exported as the plugin's API
     _FAST_MARK,
     _STOCK,
     _TARGET_MODULES,

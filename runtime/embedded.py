@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from schemas.errors import UserError
+from patent_risk.schemas.errors import UserError
 
 from .artifacts import file_sha256, subdir
 

@@ -8,8 +8,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from schemas.errors import UserError
-from schemas.prompt import chat_format, fold_system
+from patent_risk.schemas.errors import UserError
+from patent_risk.schemas.prompt import chat_format, fold_system
 
 from .requests import GenRequest
 
@@ -177,7 +177,7 @@ class VllmOffline:
                  enforce_eager: bool = False):
         if backend not in BACKENDS:
             raise UserError(f"unknown structured-outputs backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        from runtime import cpu_env
+        from patent_risk.runtime import cpu_env
 
         cpu_env.configure(offline=True)
         structured_env = cpu_env.structured_outputs_env(model)
@@ -287,7 +287,7 @@ class VllmOffline:
         (runtime/outlines_cache.precompile); the totals accumulate in ``self.precompiled``."""
         if not schemas:
             return
-        from runtime import outlines_cache
+        from patent_risk.runtime import outlines_cache
 
         try:
             stats = outlines_cache.precompile(self.llm, schemas)
@@ -334,7 +334,7 @@ class VllmServer:
         try:
             models = [m.id for m in self.client.models.list().data]
         except openai.APIConnectionError as e:
-            raise UserError(f"no vLLM server answers at {self.url} ({e}); start one with `serve start`") from None
+            raise UserError(f"no vLLM server answers at {self.url} ({e}); start one with `patent-risk serve start`") from None
         except openai.AuthenticationError:
             raise UserError(f"{self.url} refused the API key; pass --api-key") from None
         if served_model not in models:

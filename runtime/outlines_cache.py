@@ -6,7 +6,7 @@ vLLM 0.32 keys the outlines backend's index cache (``VLLM_V1_USE_OUTLINES_CACHE`
 seeded at random in every process: measured here, two processes with Gemma 3's tokenizer got two
 different keys, and one bench worker's cache file held every schema twice, once per process. So the
 on-disk cache never answered another process: a resumed run, a re-run, another adapter on the same base
-and `serve start` compiled every schema again (2-9 s each on Gemma's 262,144-token vocabulary).
+and `patent-risk serve start` compiled every schema again (2-9 s each on Gemma's 262,144-token vocabulary).
 
 Here ``get_outlines_vocabulary`` builds the same vocabulary from the same reduced token map as vLLM does,
 and keys it by the sha256 of its content in sorted order (the eos id, then each token's bytes and ids):

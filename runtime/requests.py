@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from schemas.output import load_schema, max_tokens_budget, specialize
-from schemas.prompt import render_messages
-from schemas.records import Record
+from patent_risk.schemas.output import load_schema, max_tokens_budget, specialize
+from patent_risk.schemas.prompt import render_messages
+from patent_risk.schemas.records import Record
 
 # The structured-outputs options of every constrained request, offline and through a server alike
 # (vLLM's StructuredOutputsParams fields besides the schema itself); recorded in run.json.

@@ -48,7 +48,7 @@ def label_to_output(label: Label, schema_name: str = "v1") -> dict[str, Any]:
         if missing:
             raise UserError(f"schema {schema_name} writes a reason before each match, and label.matches has none "
                             f"for element(s) {', '.join(missing)}; give each label.matches[] a \"reason\" "
-                            f"(the demo data has them: python -m cli.datagen), or train schema v1 or v3")
+                            f"(the demo data has them: patent-risk datagen), or train schema v1 or v3")
     matches = [{"element_id": m.element_id, "reason": m.reason, "match": m.match} for m in label.matches]
     return output_object(schema_name, label.risk_level, matches)
 

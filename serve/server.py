@@ -23,11 +23,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
-from runtime import cpu_env
-from runtime.artifacts import subdir
-from runtime.embedded import resolve_model
-from runtime.procs import create_time, same_process
-from schemas.errors import UserError
+from patent_risk.runtime import cpu_env
+from patent_risk.runtime.artifacts import subdir
+from patent_risk.runtime.embedded import resolve_model
+from patent_risk.runtime.procs import create_time, same_process
+from patent_risk.schemas.errors import UserError
 
 
 @dataclass
@@ -61,7 +61,7 @@ class ServerState:
     log: str
     started_at: float
     api_key_set: bool = False  # whether the server requires a key; the key itself is never recorded
-    # When the process started (psutil's create_time): `serve stop` signals the pid only while it is still this
+    # When the process started (psutil's create_time): `patent-risk serve stop` signals the pid only while it is still this
     # process, not another that was given the same pid after the server exited. None in older state files.
     pid_started: float | None = None
 
@@ -216,7 +216,7 @@ def start(cfg: ServerConfig, *, timeout: float = 600.0, log: Callable[[str], Non
     """Start the server in its own session, wait until /health answers, record its state."""
     existing = read_state(cfg.name)
     if existing and _alive(existing.pid, existing.pid_started):
-        raise UserError(f"server '{cfg.name}' is already running (pid {existing.pid}, {existing.url}); `serve stop` first")
+        raise UserError(f"server '{cfg.name}' is already running (pid {existing.pid}, {existing.url}); `patent-risk serve stop` first")
     model_path = resolve_model(cfg.model, log)
     env = server_env(cfg, model_path=model_path)
     key_set = bool(env.get(API_KEY_ENV))
@@ -227,7 +227,7 @@ def start(cfg: ServerConfig, *, timeout: float = 600.0, log: Callable[[str], Non
             "(`ps`); pass it as PATENT_RISK_API_KEY instead")
     if not _port_free(cfg.host if cfg.host != "0.0.0.0" else "127.0.0.1", cfg.port):
         raise UserError(f"port {cfg.port} on {cfg.host} is in use; pass --port")
-    from runtime.adapters import check_adapter_dir
+    from patent_risk.runtime.adapters import check_adapter_dir
 
     for name, path in cfg.adapters:
         check_adapter_dir(path, cfg.max_lora_rank)
@@ -317,7 +317,7 @@ def status(name: str = "default") -> dict:
 
 
 def served_backend(url: str) -> str | None:
-    """The structured-outputs backend of a server `serve start` recorded at this URL, if any."""
+    """The structured-outputs backend of a server `patent-risk serve start` recorded at this URL, if any."""
     root = subdir("serve")
     for path in root.glob("*/state.json"):
         state = _state_from_json(path.read_text())

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluate.batch import Borrowed  # noqa: F401 - lends the shared engine to run_batch; the tests import it from here
+from patent_risk.evaluate.batch import Borrowed  # noqa: F401 - lends the shared engine to run_batch; the tests import it from here
 
 ROOT = Path(__file__).resolve().parent.parent
 EVAL = ROOT / "data" / "demo" / "eval.jsonl"
@@ -30,7 +30,7 @@ def live_group_members(pgid: int, wait: float = 30.0) -> list[int]:
     holds no memory, port or CPU, so only live members count as left behind."""
     import time
 
-    from runtime.procs import group_members
+    from patent_risk.runtime.procs import group_members
 
     deadline = time.monotonic() + wait
     while True:
@@ -52,7 +52,7 @@ def check_contract(kind: str, path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="session")
 def embedded_model() -> Path:
-    from runtime.embedded import ensure_embedded_model
+    from patent_risk.runtime.embedded import ensure_embedded_model
 
     return ensure_embedded_model()
 
@@ -67,7 +67,7 @@ def tokenizer(embedded_model):
 @pytest.fixture(scope="session")
 def gemma_model() -> Path:
     """Gemma 3 270M by name (the default today; tests of Gemma's own traps say so)."""
-    from runtime.embedded import GEMMA3_270M, ensure_embedded_model
+    from patent_risk.runtime.embedded import GEMMA3_270M, ensure_embedded_model
 
     return ensure_embedded_model(model=GEMMA3_270M)
 
@@ -81,7 +81,7 @@ def gemma_tokenizer(gemma_model):
 
 @pytest.fixture(scope="session")
 def smollm2_model() -> Path:
-    from runtime.embedded import SMOLLM2_135M, ensure_embedded_model
+    from patent_risk.runtime.embedded import SMOLLM2_135M, ensure_embedded_model
 
     return ensure_embedded_model(model=SMOLLM2_135M)
 
@@ -95,7 +95,7 @@ def smollm2_tokenizer(smollm2_model):
 
 @pytest.fixture(scope="session")
 def eval_records():
-    from schemas.records import load_dataset
+    from patent_risk.schemas.records import load_dataset
 
     return load_dataset(EVAL).records
 
@@ -116,7 +116,7 @@ def short_eval(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def short_records(short_eval):
-    from schemas.records import load_dataset
+    from patent_risk.schemas.records import load_dataset
 
     return load_dataset(short_eval).records
 
@@ -128,8 +128,8 @@ TINY_RECIPE = ("dev_size=0", "max_steps=-1", "epochs=1", "learning_rate=1e-3", "
 
 
 def _train_tiny(out: Path, model: Path, limit: int, *extra: str) -> Path:
-    from train.config import load_config
-    from train.trainer import train
+    from patent_risk.train.config import load_config
+    from patent_risk.train.trainer import train
 
     cfg = load_config(None, [f"base_model={model}", f"train_data={TRAIN}", f"limit={limit}", "eval_fraction=0.0",
                              f"output_dir={out}", "save_steps=1000", "logging_steps=4", *TINY_RECIPE, *extra])
@@ -150,7 +150,7 @@ def smollm2_adapter(tmp_path_factory, smollm2_model) -> Path:
 
 
 def _offline_engine(model: Path, adapter: Path):
-    from runtime.engines import AdapterSpec, VllmOffline
+    from patent_risk.runtime.engines import AdapterSpec, VllmOffline
 
     # KV cache sized from the model and the batch (cpu_env.kv_cache_bytes)
     return VllmOffline(str(model), AdapterSpec("tiny", str(adapter)), backend="outlines", max_model_len=1024)

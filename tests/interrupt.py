@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from evaluate.batch import LOCK
+from patent_risk.evaluate.batch import LOCK
 
 from .conftest import ROOT, live_group_members
 
 
 def batch_command(data: Path, out: Path, adapter: Path, limit: int, chunk: int, model: Path) -> list[str]:
-    return [sys.executable, "-m", "cli.evaluate", "batch", "--data", str(data), "--out", str(out), "--constrained",
+    return [sys.executable, "-m", "patent_risk.cli.evaluate", "batch", "--data", str(data), "--out", str(out), "--constrained",
             "--model", str(model), "--adapter", f"tiny={adapter}", "--limit", str(limit), "--chunk-size", str(chunk),
             "--max-model-len", "1024", "--no-progress"]
 

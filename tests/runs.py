@@ -3,7 +3,7 @@ and model outputs for given labels (compact, indented as xgrammar writes them, o
 outputs the report-speed benchmark generates."""
 from __future__ import annotations
 
-from bench.report_speed import output_text
-from evaluate.rundir import write_run
+from patent_risk.bench.report_speed import output_text
+from patent_risk.evaluate.rundir import write_run
 
 __all__ = ["output_text", "write_run"]

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from evaluate.baseline import majority_labels, write_majority_run
-from evaluate.report import write_report
-from schemas.errors import UserError
-from schemas.records import load_dataset
+from patent_risk.evaluate.baseline import majority_labels, write_majority_run
+from patent_risk.evaluate.report import write_report
+from patent_risk.schemas.errors import UserError
+from patent_risk.schemas.records import load_dataset
 
 from .conftest import EVAL, ROOT, TRAIN, check_contract
 
@@ -66,7 +66,7 @@ def test_refusals_name_the_problem(tmp_path):
 
 
 def test_cli_writes_it_and_says_what_it_answered(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "cli.evaluate", "baseline", "--train", str(TRAIN), "--data", str(EVAL),
+    done = subprocess.run([sys.executable, "-m", "patent_risk.cli.evaluate", "baseline", "--train", str(TRAIN), "--data", str(EVAL),
                            "--out", str(tmp_path / "maj")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "147 samples answered risk_level 낮음, every element 대응" in done.stdout

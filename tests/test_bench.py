@@ -9,8 +9,8 @@ import sqlite3
 
 import pytest
 
-from bench.offline import run_bench
-from bench.offline_configs import BenchOptions
+from patent_risk.bench.offline import run_bench
+from patent_risk.bench.offline_configs import BenchOptions
 
 pytestmark = pytest.mark.engine
 

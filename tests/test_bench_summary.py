@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from bench.offline_configs import parse_configs
-from bench.offline_summary import compare_outputs, identical_outputs, ratios, summarize_run, to_markdown
-from schemas.errors import UserError
+from patent_risk.bench.offline_configs import parse_configs
+from patent_risk.bench.offline_summary import compare_outputs, identical_outputs, ratios, summarize_run, to_markdown
+from patent_risk.schemas.errors import UserError
 
 VALID = '{"risk_level":"낮음","matches":[{"element_id":"E1","match":"대응"}]}'
 

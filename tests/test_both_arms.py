@@ -18,7 +18,7 @@ ENGINE_START = "Initializing a V1 LLM engine"
 
 
 def _cli(*args, timeout=900):
-    return subprocess.run([sys.executable, "-m", "cli.evaluate", "batch", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "patent_risk.cli.evaluate", "batch", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout)
 
 

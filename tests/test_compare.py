@@ -5,13 +5,13 @@ import sys
 
 import pytest
 
-from schemas.output import load_schema, schema_hash
+from patent_risk.schemas.output import load_schema, schema_hash
 
 from .conftest import ROOT, check_contract
 
 
 def _compare(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli.compare", *args], cwd=cwd, capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "patent_risk.cli.compare", *args], cwd=cwd, capture_output=True, text=True)
 
 
 def test_help_teaches_and_overrides_are_checked():
@@ -58,8 +58,8 @@ def test_two_schemas_end_to_end(tmp_path, embedded_model):
 @pytest.mark.parametrize("schema,warned", [("v3", True), ("v1", False)])
 def test_evaluating_an_adapter_with_another_schema_warns(trained_adapter, tmp_path, schema, warned):
     """An adapter trained on v1 decoded as v3 is a user's slip: the run says so before any engine starts."""
-    from evaluate.batch import BatchConfig, adapter_schema, run_batch
-    from runtime.engines import AdapterSpec
+    from patent_risk.evaluate.batch import BatchConfig, adapter_schema, run_batch
+    from patent_risk.runtime.engines import AdapterSpec
 
     from .conftest import EVAL
 

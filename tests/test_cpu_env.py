@@ -2,7 +2,7 @@
 import os
 from unittest import mock
 
-from runtime import cpu_env
+from patent_risk.runtime import cpu_env
 
 
 def test_tcmalloc_is_prepended_once_where_installed(monkeypatch):

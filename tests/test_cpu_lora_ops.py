@@ -18,7 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("vllm")
 
-from runtime import cpu_lora  # noqa: E402
+from patent_risk.runtime import cpu_lora  # noqa: E402
 
 OPS_MODULES = cpu_lora._TARGET_MODULES
 HIDDEN = 48
@@ -378,9 +378,9 @@ def test_register_calls_install_and_never_raises(monkeypatch):
 def test_entry_point_registered():
     from importlib.metadata import entry_points
 
-    eps = [ep for ep in entry_points(group="vllm.general_plugins") if ep.value == "runtime.cpu_lora:register"]
+    eps = [ep for ep in entry_points(group="vllm.general_plugins") if ep.value == "patent_risk.runtime.cpu_lora:register"]
     if not eps:
-        missing = "no vllm.general_plugins entry point runtime.cpu_lora:register: package not (re)installed"
+        missing = "no vllm.general_plugins entry point patent_risk.runtime.cpu_lora:register: package not (re)installed"
         if os.environ.get("CI"):  # CI installs the package, so the plugin must be there
             pytest.fail(missing)
         pytest.skip(missing)

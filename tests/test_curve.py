@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from evaluate.batch import Borrowed
-from evaluate.curve import Checkpoint, Point, checkpoints, choose, evaluate_points, write_curve
-from runtime.engines import AdapterSpec
-from runtime.requests import build_requests
-from schemas.records import load_dataset
+from patent_risk.evaluate.batch import Borrowed
+from patent_risk.evaluate.curve import Checkpoint, Point, checkpoints, choose, evaluate_points, write_curve
+from patent_risk.runtime.engines import AdapterSpec
+from patent_risk.runtime.requests import build_requests
+from patent_risk.schemas.records import load_dataset
 from tests.conftest import TRAIN, check_contract
-from train.config import load_config
-from train.data_mix import dev_split, split_records, training_data
+from patent_risk.train.config import load_config
+from patent_risk.train.data_mix import dev_split, split_records, training_data
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,7 @@ def test_dev_split_is_never_trained_on_and_does_not_move_with_the_recipe_seed():
 
 
 def test_dev_split_larger_than_the_file_is_refused():
-    from schemas.errors import UserError
+    from patent_risk.schemas.errors import UserError
 
     records = load_dataset(TRAIN).records
     with pytest.raises(UserError, match="dev_size=720"):
@@ -57,12 +57,12 @@ def test_dev_split_larger_than_the_file_is_refused():
 
 def test_dev_split_command_writes_valid_records(tmp_path):
     out = tmp_path / "dev.jsonl"
-    done = subprocess.run([sys.executable, "-m", "cli.train", "dev-split", "-s", "dev_size=30", "--out", str(out)],
+    done = subprocess.run([sys.executable, "-m", "patent_risk.cli.train", "dev-split", "-s", "dev_size=30", "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     dev = load_dataset(out).records
     assert [r.id for r in dev] == [r.id for r in dev_split(load_config(None, ["dev_size=30"]), load_dataset(TRAIN).records)[1]]
-    refused = subprocess.run([sys.executable, "-m", "cli.train", "dev-split", "-s", "dev_size=0", "--out", str(tmp_path / "x.jsonl")],
+    refused = subprocess.run([sys.executable, "-m", "patent_risk.cli.train", "dev-split", "-s", "dev_size=0", "--out", str(tmp_path / "x.jsonl")],
                              cwd=ROOT, capture_output=True, text=True)
     assert refused.returncode != 0 and "dev_size is 0" in refused.stderr
 
@@ -144,7 +144,7 @@ def test_curve_points_on_one_engine(engine, trained_adapter, short_eval, tmp_pat
 
 
 def test_a_bad_plan_is_one_line_naming_the_file_and_key(tmp_path):
-    from cli.recipe import read_plan
+    from patent_risk.cli.recipe import read_plan
 
     for text, needle in (("config: x\nvariants: {}\n", "missing dev_size"),
                          ("config: x\ndev_size: 1\nvariants: {}\nbudget: 3\n", "unknown key(s) budget"),

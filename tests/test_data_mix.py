@@ -5,11 +5,11 @@ from collections import Counter
 
 import pytest
 
-from datagen.demo import PATENTS
-from schemas.errors import UserError
-from schemas.records import Record, load_dataset
-from train.config import TrainConfig, load_config
-from train.data_mix import build_training_mix, split_records, training_data
+from patent_risk.datagen.demo import PATENTS
+from patent_risk.schemas.errors import UserError
+from patent_risk.schemas.records import Record, load_dataset
+from patent_risk.train.config import TrainConfig, load_config
+from patent_risk.train.data_mix import build_training_mix, split_records, training_data
 
 from .conftest import EVAL, TRAIN
 
@@ -140,7 +140,7 @@ def test_bad_mix_config_is_one_clear_message(override, needle):
 def test_cli_print_config_shows_the_mix_fields():
     from click.testing import CliRunner
 
-    from cli.train import main
+    from patent_risk.cli.train import main
 
     out = CliRunner().invoke(main, ["qlora", "-s", "augment_boundary=80", "--print-config"])
     assert out.exit_code == 0, out.output
@@ -148,8 +148,8 @@ def test_cli_print_config_shows_the_mix_fields():
 
 
 def test_demo_reuse_check_knows_the_mix(tmp_path, monkeypatch):
-    from cli import demo
-    from runtime.artifacts import file_sha256
+    from patent_risk.cli import demo
+    from patent_risk.runtime.artifacts import file_sha256
 
     config = tmp_path / "demo.yaml"
     config.write_text(f"train_data: {TRAIN}\nlimit: 20\naugment_boundary: 6\n")
@@ -159,8 +159,8 @@ def test_demo_reuse_check_knows_the_mix(tmp_path, monkeypatch):
     adapter = tmp_path / "adapter"
     adapter.mkdir()
 
-    from runtime.artifacts import describe_path
-    from runtime.embedded import resolve_model
+    from patent_risk.runtime.artifacts import describe_path
+    from patent_risk.runtime.embedded import resolve_model
 
     base = describe_path(resolve_model(None))
 
@@ -188,7 +188,7 @@ def test_demo_reuse_check_knows_the_mix(tmp_path, monkeypatch):
 def test_trained_adapter_records_the_mix(tmp_path, embedded_model):
     """Opt-in: a real run of one optimizer step, measured at 30-70 s on a 2-core machine under others'
     load. The default suite checks the manifest's data_mix on the shared `trained_adapter` (test_trainer.py)."""
-    from train.trainer import train
+    from patent_risk.train.trainer import train
 
     cfg = load_config(None, [f"train_data={TRAIN}", "dev_size=0", "limit=16", "eval_fraction=0.0", f"output_dir={tmp_path / 'a'}",
                              "augment_boundary=2", "oversample_where=meta.near_boundary", "oversample_factor=2",

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from datagen import demo as demo_data
-from datagen import patents
-from schemas.records import Record, load_dataset
+from patent_risk.datagen import demo as demo_data
+from patent_risk.datagen import patents
+from patent_risk.schemas.records import Record, load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "data" / "demo"
@@ -170,7 +170,7 @@ def test_novel_records_use_phrasing_train_never_uses(split):
 def test_regenerating_with_default_seed_reproduces_committed_files(tmp_path):
     from click.testing import CliRunner
 
-    from cli.datagen import main
+    from patent_risk.cli.datagen import main
 
     assert CliRunner().invoke(main, [str(tmp_path)]).exit_code == 0
     for name in ("train", "eval"):
@@ -261,8 +261,8 @@ def test_every_match_has_a_reason_from_its_rule(split, name):
     """Issue 18: v2 trains on the data's reasons. Each is at most v2's maxLength, and says what its rule
     saw: the value and where it fell (the value as the rule judged it, and the claim's range or the boundary
     it is near), or the element's state; the gold v2 answer is v2-valid."""
-    from schemas.output import REASON_MAX_LENGTH, schema_errors
-    from schemas.prompt import label_to_output
+    from patent_risk.schemas.output import REASON_MAX_LENGTH, schema_errors
+    from patent_risk.schemas.prompt import label_to_output
 
     words = {"ingredient_present": ("포함", "일치"), "ingredient_absent": ("없음", "불일치"), "missing": ("미기재",),
              "vague": ("수치 없음(모호)",), "in_range": (" 안",), "out_of_range": (" 밖",), "near_boundary": ("±5% 이내",)}
@@ -279,7 +279,7 @@ def test_every_match_has_a_reason_from_its_rule(split, name):
 
 
 def test_the_demo_rule_is_the_reports_risk_rule():
-    from schemas.risk_rules import RISK_RULES, risk_rule
+    from patent_risk.schemas.risk_rules import RISK_RULES, risk_rule
 
     assert risk_rule("all-elements") is RISK_RULES["all-elements"]
     for matches in (["대응"] * 3, ["대응", "판단불가"], ["판단불가", "미대응"], ["미대응"], ["판단불가"] * 2):

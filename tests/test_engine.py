@@ -3,10 +3,10 @@ import json
 
 import pytest
 
-from evaluate.batch import BatchConfig, run_batch
-from runtime.requests import build_requests
-from schemas.errors import UserError
-from schemas.output import schema_errors
+from patent_risk.evaluate.batch import BatchConfig, run_batch
+from patent_risk.runtime.requests import build_requests
+from patent_risk.schemas.errors import UserError
+from patent_risk.schemas.output import schema_errors
 
 from .conftest import EVAL, Borrowed, check_contract
 
@@ -28,7 +28,7 @@ def test_each_schema_is_decoded_in_its_own_key_order(engine, eval_records, name)
     """Issue 18: a constrained decoder writes the keys in the schema's order: v3 its matches before its
     risk_level, v2 a reason before each match (on Gemma's vocabulary: about 12 s to compile v2 for three
     elements here, once, then outlines' disk cache)."""
-    from schemas.output import load_schema
+    from patent_risk.schemas.output import load_schema
 
     schema = load_schema(name)
     recs = [r for r in eval_records if len(r.elements) == 3][:2]
@@ -87,7 +87,7 @@ def test_vllm_lora_equals_peft_and_differs_from_base(engine, embedded_model, tra
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from train.features import prompt_ids
+    from patent_risk.train.features import prompt_ids
 
     recs = eval_records[10:14] + [_long_record(tokenizer, eval_records[20:40])]
     reqs = build_requests(recs, "v1", False, engine.count_tokens)
@@ -113,8 +113,8 @@ def test_vllm_lora_equals_peft_and_differs_from_base(engine, embedded_model, tra
 def _long_record(tokenizer, recs):
     """One record whose elements are those of the first of ``recs``, renumbered, taken until its prompt is
     past 512 tokens (Gemma 3's sliding window) and well inside the engine's 1,024."""
-    from schemas.records import Record
-    from train.features import prompt_ids
+    from patent_risk.schemas.records import Record
+    from patent_risk.train.features import prompt_ids
 
     elements: list[dict] = []
     for el in (el for r in recs for el in r.elements):

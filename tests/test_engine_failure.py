@@ -13,8 +13,8 @@ import sys
 
 import pytest
 
-from evaluate.batch import BatchConfig, run_batch
-from runtime.engines import ENGINE_FAILURE_REASONS
+from patent_risk.evaluate.batch import BatchConfig, run_batch
+from patent_risk.runtime.engines import ENGINE_FAILURE_REASONS
 
 from .conftest import EVAL, ROOT, Borrowed
 
@@ -47,7 +47,7 @@ def test_a_grammar_compile_timeout_stops_the_run_and_writes_no_row(gemma_model, 
     faster than the base model alone."""
     data, out = _slow_schemas(tmp_path, 2), tmp_path / "run"
     env = {**os.environ, "VLLM_REGEX_COMPILATION_TIMEOUT_S": "1", "OUTLINES_CACHE_DIR": str(tmp_path / "outlines")}
-    cmd = [sys.executable, "-m", "cli.evaluate", "batch", "--data", str(data), "--out", str(out), "--constrained",
+    cmd = [sys.executable, "-m", "patent_risk.cli.evaluate", "batch", "--data", str(data), "--out", str(out), "--constrained",
            "--model", str(gemma_model), "--adapter", f"tiny={trained_adapter}", "--max-model-len", "4096", "--chunk-size", "2", "--no-progress"]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 2, done.stderr[-3000:]  # a UserError: one `error:` line, no traceback
@@ -80,7 +80,7 @@ def test_a_compiled_schema_is_stored_once_and_later_runs_compile_nothing(engine,
     import sqlite3
     import uuid
 
-    from schemas.records import with_own_element_ids
+    from patent_risk.schemas.records import with_own_element_ids
 
     rec = with_own_element_ids(eval_records[2].model_copy(update={"id": f"cache-{uuid.uuid4().hex[:10]}"}))
     data = tmp_path / "one.jsonl"

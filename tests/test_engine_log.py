@@ -13,7 +13,7 @@ from .conftest import ROOT
 SCRIPT = textwrap.dedent('''
     import logging.config, os, subprocess, sys, warnings
     from pathlib import Path
-    from runtime.engine_log import engine_output
+    from patent_risk.runtime.engine_log import engine_output
 
     log = Path(sys.argv[1])
     fail = sys.argv[2] == "fail"

@@ -3,8 +3,8 @@ for the traps a ChatML tokenizer shows (pad == eos, a template without BOS), Smo
 import pytest
 import torch
 
-from schemas.prompt import render_answer
-from train.features import IGNORE_INDEX, build_features, make_collator, prompt_ids, stop_token_ids
+from patent_risk.schemas.prompt import render_answer
+from patent_risk.train.features import IGNORE_INDEX, build_features, make_collator, prompt_ids, stop_token_ids
 
 END_OF_TURN = 106  # Gemma 3's <end_of_turn>
 
@@ -34,7 +34,7 @@ def test_prompt_is_masked_and_answer_with_end_of_turn_is_trained(any_tokenizer, 
 
 
 def test_prompt_ids_equal_what_inference_renders(any_tokenizer, eval_records):
-    from schemas.prompt import render_messages
+    from patent_risk.schemas.prompt import render_messages
 
     tokenizer = any_tokenizer
     rec = eval_records[3]
@@ -137,7 +137,7 @@ def test_each_schema_trains_its_own_answer(gemma_tokenizer, eval_records, name):
     that were not v2-valid), v3 on matches before risk_level; the prompt's format line follows the schema."""
     import json
 
-    from schemas.output import schema_errors
+    from patent_risk.schemas.output import schema_errors
 
     tokenizer = gemma_tokenizer
     rec = eval_records[0]
@@ -155,8 +155,8 @@ def test_each_schema_trains_its_own_answer(gemma_tokenizer, eval_records, name):
 
 
 def test_v2_refuses_a_record_without_reasons(gemma_tokenizer, eval_records):
-    from schemas.errors import UserError
-    from schemas.records import Record
+    from patent_risk.schemas.errors import UserError
+    from patent_risk.schemas.records import Record
 
     data = eval_records[0].to_json()
     for m in data["label"]["matches"]:

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from schemas.errors import UserError
-from schemas.prompt import chat_format, fold_system, messages_for
-from train.features import prompt_ids
+from patent_risk.schemas.errors import UserError
+from patent_risk.schemas.prompt import chat_format, fold_system, messages_for
+from patent_risk.train.features import prompt_ids
 
 SYSTEM, USER, ANSWER = "Answer with JSON only.", "청구항 E1: 겔화제", '{"risk_level":"낮음"}'
 
@@ -97,7 +97,7 @@ def test_constrained_answer_on_gemmas_vocabulary_is_valid_and_stops(gemma_engine
     """The outlines backend on a 262,144-token vocabulary: vLLM's default 5 s regex compile limit failed
     every request here (empty text); with the limit sized for the vocabulary the answer is the record's
     schema, ending with stop (the grammar ends on <eos>), through the adapter and on the base alike."""
-    from schemas.output import schema_errors
+    from patent_risk.schemas.output import schema_errors
 
     rec = eval_records[0]
     req = _requests(gemma_engine, [rec], constrained=True)[0]
@@ -126,9 +126,9 @@ def test_xgrammar_and_guidance_are_compact_by_the_engines_config(gemma_engine, e
     from vllm.tokenizers import cached_tokenizer_from_config
     from vllm.v1.structured_output.backend_types import StructuredOutputOptions
 
-    from runtime import cpu_env
-    from schemas.output import load_schema, specialize
-    from schemas.prompt import render_answer
+    from patent_risk.runtime import cpu_env
+    from patent_risk.schemas.output import load_schema, specialize
+    from patent_risk.schemas.prompt import render_answer
 
     if backend == "xgrammar":
         from vllm.v1.structured_output.backend_xgrammar import XgrammarBackend as Backend
@@ -156,7 +156,7 @@ def test_xgrammar_and_guidance_are_compact_by_the_engines_config(gemma_engine, e
 
 
 def _requests(engine, recs, constrained: bool, max_tokens: int | None = None):
-    from runtime.requests import build_requests
+    from patent_risk.runtime.requests import build_requests
 
     reqs = build_requests(recs, "v1", constrained, engine.count_tokens)
     return reqs if max_tokens is None else [r.__class__(r.record_id, r.messages, max_tokens, r.json_schema) for r in reqs]
@@ -192,7 +192,7 @@ def test_eager_and_sdpa_attention_give_the_same_loss(gemma_model, gemma_tokenize
     import torch
     from transformers import AutoModelForCausalLM
 
-    from train.features import build_features, make_collator
+    from patent_risk.train.features import build_features, make_collator
 
     batch = make_collator(gemma_tokenizer)([build_features(gemma_tokenizer, r).as_dict() for r in eval_records[:2]])
     assert (batch["attention_mask"] == 0).any()  # padding is part of what is compared

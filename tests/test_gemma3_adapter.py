@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from train.trainer import target_modules_for
+from patent_risk.train.trainer import target_modules_for
 
 
 def vllm_gemma3_mapper():

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from evaluate.batch import BatchConfig, run_batch
+from patent_risk.evaluate.batch import BatchConfig, run_batch
 
 from .conftest import EVAL, ROOT, Borrowed
 from .interrupt import batch_command, compare, complete_prefix, finish, rows_of, run_and_kill

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from train.labelled_logits import labelled_head, labelled_positions, trainer_class
+from patent_risk.train.labelled_logits import labelled_head, labelled_positions, trainer_class
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def lora_gemma(gemma_model):
 
 @pytest.fixture(scope="module")
 def batch(gemma_tokenizer, eval_records):
-    from train.features import build_features, make_collator
+    from patent_risk.train.features import build_features, make_collator
 
     b = make_collator(gemma_tokenizer)([build_features(gemma_tokenizer, r).as_dict() for r in eval_records[:2]])
     assert (b["attention_mask"] == 0).any()  # right padding is part of what is compared

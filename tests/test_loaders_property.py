@@ -21,10 +21,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from evaluate.rundir import RESULTS, read_results
-from schemas.errors import DataError, UserError
-from schemas.labels import MATCH_LABELS, RISK_LEVELS
-from schemas.records import load_dataset
+from patent_risk.evaluate.rundir import RESULTS, read_results
+from patent_risk.schemas.errors import DataError, UserError
+from patent_risk.schemas.labels import MATCH_LABELS, RISK_LEVELS
+from patent_risk.schemas.records import load_dataset
 
 # database=None: no .hypothesis/ directory in the repository; deadline=None: file I/O times vary.
 FAST = settings(max_examples=35, deadline=None, database=None,

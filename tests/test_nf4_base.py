@@ -27,9 +27,9 @@ def test_nf4_rounded_base_computes_nearly_what_the_nf4_model_computes(embedded_m
     import torch
     from transformers import AutoModelForCausalLM
 
-    from train.config import TrainConfig
-    from train.nf4_base import MANIFEST, nf4_base
-    from train.trainer import quantization_config
+    from patent_risk.train.config import TrainConfig
+    from patent_risk.train.nf4_base import MANIFEST, nf4_base
+    from patent_risk.train.trainer import quantization_config
 
     monkeypatch.setenv("PATENT_RISK_HOME", str(tmp_path))
     text = "청구항: 점증제 0.1 내지 2중량%. 제품: 카보머 0.5 wt%"
@@ -55,7 +55,7 @@ def test_nf4_rounded_base_computes_nearly_what_the_nf4_model_computes(embedded_m
 
 
 def test_nf4_base_command_refuses_a_plain_lora_adapter(trained_adapter):
-    done = subprocess.run([sys.executable, "-m", "cli.train", "nf4-base", str(trained_adapter)],
+    done = subprocess.run([sys.executable, "-m", "patent_risk.cli.train", "nf4-base", str(trained_adapter)],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode != 0 and "not trained on an NF4 base" in done.stderr
 
@@ -67,8 +67,8 @@ def test_a_qlora_adapter_merges_into_the_base_it_was_trained_against(embedded_mo
     from safetensors.torch import load_file
 
     from tests.conftest import _train_tiny
-    from train.merge import merge
-    from train.nf4_base import nf4_base, trained_quantization
+    from patent_risk.train.merge import merge
+    from patent_risk.train.nf4_base import nf4_base, trained_quantization
 
     monkeypatch.setenv("PATENT_RISK_HOME", str(tmp_path))
     adapter = _train_tiny(tmp_path / "q", embedded_model, 4, "quantization=nf4", "compute_dtype=fp32", "max_steps=2")

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from runtime import outlines_cache
-from runtime.outlines_cache import vocabulary_key
+from patent_risk.runtime import outlines_cache
+from patent_risk.runtime.outlines_cache import vocabulary_key
 
 from .conftest import ROOT
 
@@ -50,7 +50,7 @@ def test_every_process_computes_the_same_key_for_gemma(gemma_model):
         assert done.returncode == 0, done.stderr[-3000:]
         probes.append(json.loads(done.stdout.strip().splitlines()[-1]))
     if not probes[0]["installed"]:
-        missing = "no vllm.general_plugins entry point runtime.outlines_cache:register: package not (re)installed"
+        missing = "no vllm.general_plugins entry point patent_risk.runtime.outlines_cache:register: package not (re)installed"
         if os.environ.get("CI"):
             pytest.fail(missing)
         pytest.skip(missing)

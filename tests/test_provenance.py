@@ -5,9 +5,9 @@ from __future__ import annotations
 import copy
 import json
 
-from evaluate.provenance import comparison_differences, differences, identity
-from evaluate.report import build_report
-from runtime.requests import STRUCTURED_OUTPUT_OPTIONS, GenRequest
+from patent_risk.evaluate.provenance import comparison_differences, differences, identity
+from patent_risk.evaluate.report import build_report
+from patent_risk.runtime.requests import STRUCTURED_OUTPUT_OPTIONS, GenRequest
 
 from .runs import output_text, write_run
 from .test_report import info, row
@@ -84,7 +84,7 @@ def test_engine_level_structured_outputs_config_is_identity():
     the request: an xgrammar run begun before that config set disable_any_whitespace (its run.json has no
     structured_outputs_config: the backend alone) must not resume under it, mixing indented and compact
     outputs. An outlines run of that time had the same engine config as now, and resumes."""
-    from runtime.cpu_env import structured_outputs_config
+    from patent_risk.runtime.cpu_env import structured_outputs_config
 
     for backend, resumes in (("xgrammar", False), ("guidance", False), ("outlines", True)):
         legacy = _run_json(format_version=2, backend=backend)
@@ -103,8 +103,8 @@ def test_engine_level_structured_outputs_config_is_identity():
 def test_batch_records_the_engine_config_its_offline_engine_uses(tmp_path):
     """run.json's structured_outputs_config is the one VllmOffline builds its engine with (one owner:
     runtime.cpu_env.structured_outputs_config); through a server it is None (the server's start decides it)."""
-    from evaluate.batch import BatchConfig, provenance
-    from runtime.cpu_env import structured_outputs_config
+    from patent_risk.evaluate.batch import BatchConfig, provenance
+    from patent_risk.runtime.cpu_env import structured_outputs_config
 
     data = tmp_path / "d.jsonl"
     data.write_text("", encoding="utf-8")

@@ -4,9 +4,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from cli.evaluate import main as evaluate_cli
-from schemas.errors import DataError
-from schemas.records import load_dataset
+from patent_risk.cli.evaluate import main as evaluate_cli
+from patent_risk.schemas.errors import DataError
+from patent_risk.schemas.records import load_dataset
 
 GOOD = {"id": "a", "patent_id": "P", "claim": "c", "elements": [{"id": "E1", "text": "t"}], "query": "q",
         "label": {"risk_level": "낮음", "matches": [{"element_id": "E1", "match": "미대응"}]}}

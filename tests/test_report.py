@@ -7,11 +7,11 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from evaluate.report import build_report, write_report
-from evaluate.rundir import RESULTS, read_run, repair_torn_tail
-from schemas.errors import DataError, UserError
-from schemas.labels import INVALID
-from schemas.output import load_schema, schema_hash
+from patent_risk.evaluate.report import build_report, write_report
+from patent_risk.evaluate.rundir import RESULTS, read_run, repair_torn_tail
+from patent_risk.schemas.errors import DataError, UserError
+from patent_risk.schemas.labels import INVALID
+from patent_risk.schemas.output import load_schema, schema_hash
 
 from .conftest import check_contract
 from .runs import output_text, write_run
@@ -357,7 +357,7 @@ def test_slices_by_numeric_bins(tmp_path):
 # --- schema comparison (issue 18): risk_consistent, speed, pairs within an arm ----------------------------------
 
 def _schema_row(rid: str, schema: str, gold: tuple[str, list[str]], pred: tuple[str, list[str]] | None, tokens: int) -> dict:
-    from schemas.output import output_object, render_compact
+    from patent_risk.schemas.output import output_object, render_compact
 
     ids = [f"E{j + 1}" for j in range(len(gold[1]))]
     text = "{\"matches\": [" if pred is None else render_compact(output_object(
@@ -438,7 +438,7 @@ def test_without_a_risk_rule_risk_consistent_is_not_scored(tmp_path):
 
 def test_a_legacy_schema_hash_is_no_warning(tmp_path):
     """run.json written before the hash kept property order: the same committed schema, no warning."""
-    from schemas.output import legacy_schema_hash
+    from patent_risk.schemas.output import legacy_schema_hash
 
     legacy = legacy_schema_hash(load_schema("v1"))
     run = write_run(tmp_path / "r", [simple("s", "높음", "높음")], {**info(True), "schema": {"name": "v1", "hash": legacy}})

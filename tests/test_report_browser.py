@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from evaluate.report import write_report
+from patent_risk.evaluate.report import write_report
 
 from .runs import write_run
 from .test_report import info, seed_rows

@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from evaluate.batch import BatchConfig, run_batch
-from runtime.engines import AdapterSpec
-from runtime.requests import build_requests
-from schemas.errors import UserError
+from patent_risk.evaluate.batch import BatchConfig, run_batch
+from patent_risk.runtime.engines import AdapterSpec
+from patent_risk.runtime.requests import build_requests
+from patent_risk.schemas.errors import UserError
 
 from .conftest import EVAL, ROOT, Borrowed
 
@@ -96,7 +96,7 @@ def test_cli_refusal_comes_in_seconds_naming_each_field(finished_run, trained_ad
     """The real CLI into a finished run directory with two settings changed: non-zero exit, both fields
     named, long before an engine could have started (engine start on this model: tens of seconds)."""
     other = _changed_adapter(trained_adapter, tmp_path)
-    cmd = [sys.executable, "-m", "cli.evaluate", "batch", "--data", str(EVAL), "--out", finished_run.out,
+    cmd = [sys.executable, "-m", "patent_risk.cli.evaluate", "batch", "--data", str(EVAL), "--out", finished_run.out,
            "--unconstrained", "--adapter", f"tiny={other}", "--limit", "2", "--no-progress"]
     t0 = time.monotonic()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -124,7 +124,7 @@ def test_each_row_has_its_own_latency(engine, eval_records):
 def test_demo_clears_runs_of_another_adapter(engine, trained_adapter, tmp_path, capsys):
     """`make demo` after the adapter changed (the demo config was edited and it retrained): its run
     directories of the old adapter are cleared with a line saying so; those of the current one are kept."""
-    from cli import demo
+    from patent_risk.cli import demo
 
     out = tmp_path / "demo-constrained"
     cfg = BatchConfig(data=str(EVAL), out=str(out), constrained=True, adapter=engine.adapter, limit=2, chunk_size=2)

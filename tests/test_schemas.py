@@ -4,13 +4,13 @@ import json
 import jsonschema
 import pytest
 
-from schemas.errors import UserError
-from schemas.labels import MATCH_LABELS, RISK_LEVELS, SCHEMA_NAMES
-from schemas.output import (SCHEMA_SUMMARIES, current_schema_hash, generate_schema, legacy_schema_hash, load_schema,
+from patent_risk.schemas.errors import UserError
+from patent_risk.schemas.labels import MATCH_LABELS, RISK_LEVELS, SCHEMA_NAMES
+from patent_risk.schemas.output import (SCHEMA_SUMMARIES, current_schema_hash, generate_schema, legacy_schema_hash, load_schema,
                             longest_instance, max_tokens_budget, render_compact, schema_errors, schema_hash,
                             schema_names, schema_path, specialize)
-from schemas.prompt import label_to_output, render_answer, render_messages
-from schemas.records import Record
+from patent_risk.schemas.prompt import label_to_output, render_answer, render_messages
+from patent_risk.schemas.records import Record
 
 
 def _record(n=3, reasons=True, **kw):

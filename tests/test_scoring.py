@@ -8,10 +8,10 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from evaluate.rundir import Run
-from evaluate.scoring import (PARSE_FAILURE, SCHEMA_FAILURE, VALID, match_confusion, parse_output, per_class,
+from patent_risk.evaluate.rundir import Run
+from patent_risk.evaluate.scoring import (PARSE_FAILURE, SCHEMA_FAILURE, VALID, match_confusion, parse_output, per_class,
                               risk_confusion, score_runs, strip_fence)
-from schemas.labels import INVALID, MATCH_LABELS, RISK_LEVELS
+from patent_risk.schemas.labels import INVALID, MATCH_LABELS, RISK_LEVELS
 
 
 def out(risk: str, *matches: tuple[str, str]) -> str:

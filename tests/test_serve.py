@@ -14,11 +14,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from evaluate.batch import BatchConfig, run_batch
-from runtime import cpu_env
-from runtime.engines import AdapterSpec, VllmServer
-from schemas.output import load_schema, schema_errors, specialize
-from serve.server import ServerConfig, free_port, start, status, stop
+from patent_risk.evaluate.batch import BatchConfig, run_batch
+from patent_risk.runtime import cpu_env
+from patent_risk.runtime.engines import AdapterSpec, VllmServer
+from patent_risk.schemas.output import load_schema, schema_errors, specialize
+from patent_risk.serve.server import ServerConfig, free_port, start, status, stop
 
 from .conftest import live_group_members
 
@@ -55,7 +55,7 @@ def request_seconds(server, smollm2_model, short_records):
     """How long one real constrained request takes on this machine now, its schema already compiled (the
     first request compiles it; every short record shares it): the tests' client timeouts and slow faults
     scale with it instead of assuming a fast CPU."""
-    from runtime.requests import build_requests
+    from patent_risk.runtime.requests import build_requests
 
     eng = VllmServer(server.url, "tiny", str(smollm2_model), api_key=KEY, max_concurrency=1)
     first, second = build_requests(short_records[-2:], "v1", True, eng.count_tokens)
@@ -127,7 +127,7 @@ def test_server_binds_loopback_only(server):
 def test_constrained_request_and_batch_through_the_server(server, smollm2_model, short_eval, short_records, tmp_path):
     engine = VllmServer(server.url, "tiny", str(smollm2_model), api_key=KEY, max_concurrency=4, backend=server.backend)
     rec = short_records[0]
-    from runtime.requests import build_requests
+    from patent_risk.runtime.requests import build_requests
 
     req = build_requests([rec], "v1", True, engine.count_tokens)[0]
     assert req.json_schema == specialize(load_schema("v1"), rec.element_ids)
@@ -159,7 +159,7 @@ def test_server_killed_mid_run_keeps_rows_then_resumes_elsewhere(server, request
     import signal
     import threading
 
-    from schemas.errors import UserError
+    from patent_risk.schemas.errors import UserError
 
     monkeypatch.setenv("PATENT_RISK_HOME", str(tmp_path))
     # beside the module's server: a KV cache of its own size, whatever the host's memory and the other's use.
@@ -242,7 +242,7 @@ def test_transient_faults_are_retried(server, request_seconds, smollm2_model, sh
 
 
 def test_persistent_5xx_fails_clearly_keeps_rows_and_resumes(server, smollm2_model, short_eval, tmp_path):
-    from schemas.errors import UserError
+    from patent_risk.schemas.errors import UserError
 
     from .faultproxy import FaultProxy
 
@@ -273,14 +273,14 @@ def test_persistent_5xx_fails_clearly_keeps_rows_and_resumes(server, smollm2_mod
 
 
 def test_connection_refused_is_a_clear_error(smollm2_model):
-    from schemas.errors import UserError
+    from patent_risk.schemas.errors import UserError
 
     with pytest.raises(UserError, match="no vLLM server answers"):
         VllmServer(f"http://127.0.0.1:{free_port()}", "x", str(smollm2_model), max_retries=0)
 
 
 def test_bench_against_the_server(server, smollm2_model, short_eval, tmp_path):
-    from bench.serving import run_bench, write_bench
+    from patent_risk.bench.serving import run_bench, write_bench
 
     doc = run_bench(server.url, [server.served_model, "tiny"], str(short_eval), [False, True], [2], 2,
                     str(smollm2_model), api_key=KEY, log=lambda s: None)
@@ -298,7 +298,7 @@ def test_bench_against_the_server(server, smollm2_model, short_eval, tmp_path):
 def test_crosscheck_with_vllms_serving_benchmark(server, smollm2_model, short_eval, tmp_path):
     """vLLM's own benchmark and serve bench send the same greedy requests: they must count the same
     output tokens, and both must see every request succeed."""
-    from bench.crosscheck import crosscheck, to_markdown
+    from patent_risk.bench.crosscheck import crosscheck, to_markdown
 
     doc = crosscheck(server.url, "tiny", str(short_eval), 2, 2, str(smollm2_model), api_key=KEY, log=lambda s: None)
     ours, theirs = doc["serve_bench"], doc["vllm_bench"]

@@ -7,9 +7,9 @@ import textwrap
 import pytest
 from click.testing import CliRunner
 
-from schemas.errors import UserError
-from serve import server
-from serve.server import ServerConfig, read_state
+from patent_risk.schemas.errors import UserError
+from patent_risk.serve import server
+from patent_risk.serve.server import ServerConfig, read_state
 
 KEY = "sk-unit-secret-42"
 
@@ -124,7 +124,7 @@ def test_build_command_keeps_the_key_out_of_argv():
 def test_server_gets_the_offline_engines_structured_outputs_settings_and_keeps_the_users(gemma_model):
     """Issue 14: one structured-outputs environment for `serve start` and the offline engine: the compile
     limit sized for the vocabulary (Gemma's 262,144 tokens: 262 s) and outlines' disk cache in artifacts/."""
-    from runtime import cpu_env
+    from patent_risk.runtime import cpu_env
 
     env = server.server_env(ServerConfig(), {}, str(gemma_model))
     assert env["VLLM_REGEX_COMPILATION_TIMEOUT_S"] == "262"
@@ -155,7 +155,7 @@ def test_stop_leaves_alone_a_process_that_was_given_the_servers_pid(tmp_path, mo
     import subprocess
     import time
 
-    from runtime.procs import create_time
+    from patent_risk.runtime.procs import create_time
 
     monkeypatch.setenv("PATENT_RISK_HOME", str(tmp_path))
     other = subprocess.Popen(["sleep", "60"], start_new_session=True)
@@ -183,14 +183,14 @@ def test_stop_leaves_alone_a_process_that_was_given_the_servers_pid(tmp_path, mo
 
 
 def test_start_help_warns_that_a_typed_key_is_visible_to_ps():
-    from cli.serve import main
+    from patent_risk.cli.serve import main
 
     out = CliRunner().invoke(main, ["start", "--help"], terminal_width=200).output
     assert "visible to `ps`" in " ".join(out.split()) and "PATENT_RISK_API_KEY" in out and "VLLM_API_KEY" in out
 
 
 def test_start_takes_the_key_from_patent_risk_api_key(monkeypatch):
-    from cli.serve import main
+    from patent_risk.cli.serve import main
 
     seen = {}
 
@@ -257,8 +257,8 @@ def test_a_server_that_dies_is_reported_by_its_root_cause(tmp_path, monkeypatch)
 def test_serve_bench_folds_the_system_text_for_a_template_without_a_system_role(smollm2_tokenizer, tmp_path):
     """serve bench and crosscheck send what `evaluate batch` sends: for a chat template that refuses a
     system role, the system text folded into the first user turn, not a request the server rejects."""
-    from bench.serving import prompt_requests
-    from schemas.prompt import SYSTEM
+    from patent_risk.bench.serving import prompt_requests
+    from patent_risk.schemas.prompt import SYSTEM
 
     from .conftest import EVAL
 

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from evaluate.stats import (bootstrap_sums, clustered_interval, mcnemar_exact, paired_bootstrap_diff,
+from patent_risk.evaluate.stats import (bootstrap_sums, clustered_interval, mcnemar_exact, paired_bootstrap_diff,
                             percentile_interval, wilson_interval)
 
 
@@ -73,7 +73,7 @@ def test_bootstrap_sums_resample_whole_samples():
 
 
 def test_bootstrap_chunks_do_not_change_the_draws(monkeypatch):
-    import evaluate.stats as stats
+    import patent_risk.evaluate.stats as stats
 
     values = np.arange(40, dtype=float)
     whole = bootstrap_sums(values, n_resamples=100, seed=3)

@@ -9,9 +9,9 @@ import time
 import pytest
 import torch
 
-from runtime.adapters import adapter_problems, check_adapter_dir
-from schemas.errors import UserError
-from train.config import TrainConfig, load_config
+from patent_risk.runtime.adapters import adapter_problems, check_adapter_dir
+from patent_risk.schemas.errors import UserError
+from patent_risk.train.config import TrainConfig, load_config
 
 from .conftest import ROOT, TINY_RECIPE, TRAIN
 
@@ -29,7 +29,7 @@ def test_defaults_are_the_seed_recipe():
 
 @pytest.mark.parametrize("double_quant", [True, False])
 def test_quantization_config_honours_double_quant(double_quant):
-    from train.trainer import quantization_config
+    from patent_risk.train.trainer import quantization_config
 
     q = quantization_config(TrainConfig(double_quant=double_quant), torch.bfloat16)
     assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4"
@@ -80,7 +80,7 @@ def test_vllm_refusal_rules(change, needle):
 def test_v2_training_refuses_records_without_reasons_before_loading_a_model(tmp_path, embedded_model):
     """A v2 answer needs each element's reason: records without one are named by file and line up front,
     never trained with empty reasons."""
-    from train.trainer import train
+    from patent_risk.train.trainer import train
 
     lines = TRAIN.read_text(encoding="utf-8").splitlines()[:6]
     bare = []
@@ -124,7 +124,7 @@ def test_exported_adapter_and_manifest(trained_adapter):
 
 
 def test_loss_plot_needs_something_logged(tmp_path):
-    from train.trainer import plot_losses
+    from patent_risk.train.trainer import plot_losses
 
     assert plot_losses([{"train_runtime": 1.0}], tmp_path / "none.png") is False and not (tmp_path / "none.png").exists()
     assert plot_losses([{"step": 5, "loss": 0.8}, {"step": 5, "eval_loss": 0.9}, {"step": 10, "loss": 0.2}], tmp_path / "l.png")
@@ -135,8 +135,8 @@ def test_merged_model_equals_the_adapter(trained_adapter, embedded_model, tokeni
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from train.features import prompt_ids
-    from train.merge import merge
+    from patent_risk.train.features import prompt_ids
+    from patent_risk.train.merge import merge
 
     out = merge(trained_adapter, tmp_path / "merged", log=lambda s: None)
     ids = torch.tensor([prompt_ids(tokenizer, eval_records[0])])
@@ -151,7 +151,7 @@ def test_merged_model_equals_the_adapter(trained_adapter, embedded_model, tokeni
 
 def _train_cmd(out):
     pinned = [a for item in TINY_RECIPE for a in ("-s", item)]  # the demo config's 80 steps are not this test's
-    return [sys.executable, "-m", "cli.train", "qlora", *pinned, "-s", f"train_data={TRAIN}", "-s", "limit=12", "-s", "eval_fraction=0",
+    return [sys.executable, "-m", "patent_risk.cli.train", "qlora", *pinned, "-s", f"train_data={TRAIN}", "-s", "limit=12", "-s", "eval_fraction=0",
             "-s", f"output_dir={out}", "-s", "save_steps=2", "-s", "logging_steps=1", "-s", "save_total_limit=10"]
 
 

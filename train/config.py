@@ -7,9 +7,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from runtime.adapters import VLLM_LORA_RANKS
-from schemas.errors import UserError
-from schemas.labels import SchemaName
+from patent_risk.runtime.adapters import VLLM_LORA_RANKS
+from patent_risk.schemas.errors import UserError
+from patent_risk.schemas.labels import SchemaName
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "demo.yaml"
@@ -26,7 +26,7 @@ class TrainConfig(BaseModel):
     train_data: str = Field("data/demo/train.jsonl", description="Training dataset (JSONL, CONTRACT.md section 1).")
     dev_size: int = Field(0, ge=0, description=(
         "Carve N records off train_data as the dev split (chosen by dev_seed, before anything else): never trained "
-        "on, never in the eval-loss slice; `train dev-split` writes them out, `evaluate curve` scores recipes on them."))
+        "on, never in the eval-loss slice; `patent-risk train dev-split` writes them out, `evaluate curve` scores recipes on them."))
     dev_seed: int = Field(0, description="Which records form the dev split (kept apart from seed, so that a recipe's seed "
                                          "does not move the dev split).")
     limit: int | None = Field(None, ge=1, description="Use only the first N training records (after the dev split and the held-out slice).")

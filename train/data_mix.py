@@ -22,9 +22,9 @@ from typing import Any, Sequence
 
 from pydantic import ValidationError
 
-from schemas.errors import UserError
-from schemas.jsonl import MISSING, dig
-from schemas.records import Record
+from patent_risk.schemas.errors import UserError
+from patent_risk.schemas.jsonl import MISSING, dig
+from patent_risk.schemas.records import Record
 
 from .config import TrainConfig
 
@@ -65,7 +65,7 @@ def _risk_counts(records: Sequence[Record]) -> dict[str, int]:
 
 
 def _boundary_records(cfg: TrainConfig, base: Sequence[Record], known_queries: set[str]) -> tuple[list[Record], list[str]]:
-    from datagen.demo import DEFAULT_SEED, PATENTS, generate, generate_boundary_cases
+    from patent_risk.datagen.demo import DEFAULT_SEED, PATENTS, generate, generate_boundary_cases
 
     specs = {p.patent_id: p for p in PATENTS}
     present = {r.patent_id for r in base}

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.errors import UserError
-from schemas.prompt import messages_for, render_answer, render_messages
-from schemas.records import Record
+from patent_risk.schemas.errors import UserError
+from patent_risk.schemas.prompt import messages_for, render_answer, render_messages
+from patent_risk.schemas.records import Record
 
 IGNORE_INDEX = -100
 

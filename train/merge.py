@@ -1,4 +1,4 @@
-"""`train merge`: the adapter folded into a full-precision copy of its base (no LoRA at serving time).
+"""`patent-risk train merge`: the adapter folded into a full-precision copy of its base (no LoRA at serving time).
 
 An adapter trained against an NF4-quantized base (QLoRA) is merged into the base as it saw it: the NF4-rounded
 weights, dequantized (train.nf4_base), not the unquantized ones; ``onto="unquantized"`` merges into the
@@ -12,10 +12,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from runtime.adapters import check_adapter_dir, read_manifest
-from runtime.artifacts import describe_path
-from runtime.embedded import resolve_model
-from schemas.errors import UserError
+from patent_risk.runtime.adapters import check_adapter_dir, read_manifest
+from patent_risk.runtime.artifacts import describe_path
+from patent_risk.runtime.embedded import resolve_model
+from patent_risk.schemas.errors import UserError
 
 from .nf4_base import nf4_base, trained_quantization
 
@@ -97,7 +97,7 @@ def merged_for(adapter_dir: str | Path, base: str, dtype: str | None = None, log
     import hashlib
     import shutil
 
-    from runtime.artifacts import dir_sha256, subdir
+    from patent_risk.runtime.artifacts import dir_sha256, subdir
 
     dtype = merge_dtype(base, dtype)
     onto = "nf4-rounded" if trained_quantization(adapter_dir) else ""

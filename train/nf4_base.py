@@ -20,8 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from runtime.artifacts import describe_path, dir_sha256, subdir
-from schemas.errors import UserError
+from patent_risk.runtime.artifacts import describe_path, dir_sha256, subdir
+from patent_risk.schemas.errors import UserError
 
 MANIFEST = "nf4_base_manifest.json"
 _SKIP = {"config.json", "generation_config.json"}  # written by save_pretrained
@@ -30,7 +30,7 @@ _SKIP = {"config.json", "generation_config.json"}  # written by save_pretrained
 def trained_quantization(adapter_dir: str | Path) -> dict[str, Any] | None:
     """How the adapter's base was quantized in training ({"double_quant": ...} for NF4), from its manifest;
     None for plain LoRA or an adapter without a manifest."""
-    from runtime.adapters import read_manifest
+    from patent_risk.runtime.adapters import read_manifest
 
     manifest = read_manifest(adapter_dir) or {}
     if (manifest.get("hardware") or {}).get("quantization") != "nf4":

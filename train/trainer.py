@@ -12,13 +12,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from runtime.adapters import adapter_problems
-from runtime.artifacts import describe_path, file_sha256, subdir
-from runtime.embedded import default_model_label, resolve_model
-from schemas.errors import UserError
-from schemas.output import has_reason, load_schema, schema_hash
-from schemas.prompt import PROMPT_VERSION, prompt_fingerprint
-from schemas.records import load_dataset
+from patent_risk.runtime.adapters import adapter_problems
+from patent_risk.runtime.artifacts import describe_path, file_sha256, subdir
+from patent_risk.runtime.embedded import default_model_label, resolve_model
+from patent_risk.schemas.errors import UserError
+from patent_risk.schemas.output import has_reason, load_schema, schema_hash
+from patent_risk.schemas.prompt import PROMPT_VERSION, prompt_fingerprint
+from patent_risk.schemas.records import load_dataset
 
 from . import hardware
 from .config import TrainConfig
