@@ -41,12 +41,13 @@ def validate(file, skip_bad) -> None:
     from patent_risk.schemas.records import load_dataset
 
     data = load_dataset(file, skip_bad=skip_bad)
-    for p in data.skipped:
-        click.echo(f"skipped: {p}", err=True)
+    skipped = data.skipped_lines()
+    for line in skipped:
+        click.echo(f"skipped: {line}", err=True)
     n_el = sum(len(r.elements) for r in data.records)
     labelled = sum(r.label is not None for r in data.records)
     click.echo(f"{file}: ok: {len(data.records)} records, {n_el} elements, {labelled} labelled, "
-               f"{len({r.patent_id for r in data.records})} patents" + (f", {len(data.skipped)} line(s) skipped" if data.skipped else ""))
+               f"{len({r.patent_id for r in data.records})} patents" + (f", {len(skipped)} line(s) skipped" if skipped else ""))
 
 
 @main.command()

@@ -4,6 +4,9 @@ from __future__ import annotations
 import click
 
 from patent_risk.cli.edge import ErrorReportingGroup
+from patent_risk.train.config import describe_fields
+
+CONFIG_KEYS = "\b\nConfig keys (-s KEY=VALUE, or in the YAML; the default in parentheses):\n" + "\n".join(describe_fields())
 
 
 @click.group(cls=ErrorReportingGroup)
@@ -25,9 +28,10 @@ def main() -> None:
     """
 
 
-@main.command("qlora")
+@main.command("qlora", epilog=CONFIG_KEYS)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="YAML config (default: train/configs/demo.yaml).")
+              help="YAML config (default: train/configs/demo.yaml; train/configs/seed.yaml is the Gemma 3 4B QLoRA "
+                   "recipe, which needs -s train_data=FILE).")
 @click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config field, e.g. -s epochs=3 -s base_model=google/gemma-3-4b-it. Repeatable.")
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint of an interrupted run.")
@@ -42,6 +46,7 @@ def train_qlora(config_path, overrides, resume, print_config) -> None:
 
         click.echo(yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True, sort_keys=False))
         return
+    cfg.training_file()  # at once, before the trainer's imports
     from patent_risk.train.trainer import train
 
     result = train(cfg, resume=resume, log=click.echo)
@@ -72,7 +77,7 @@ def dev_split_cmd(config_path, overrides, out) -> None:
     cfg = load_config(config_path, overrides)
     if cfg.dev_size == 0:
         raise UserError("dev_size is 0 in this config: set it (e.g. -s dev_size=120)")
-    _, dev = dev_split(cfg, load_dataset(cfg.train_data).records)
+    _, dev = dev_split(cfg, load_dataset(cfg.training_file()).records)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in dev))
     click.echo(f"{out}: {len(dev)} dev records of {cfg.train_data} (dev_seed {cfg.dev_seed})")

@@ -220,8 +220,8 @@ def run_batch(cfg: BatchConfig, make_engine: Callable[[str], Engine], *, log: Ca
     which happens only when there is work left. ``quiet``: the engine's own output (vLLM's log, from its
     start to its close) goes to RUN_DIR/engine.log instead of the terminal (runtime.engine_log)."""
     data = load_dataset(cfg.data, skip_bad=cfg.skip_bad, limit=cfg.limit)
-    for p in data.skipped:
-        log(f"skipped: {p}")
+    for line in data.skipped_lines():
+        log(f"skipped: {line}")
     records = data.records
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)

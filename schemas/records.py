@@ -99,6 +99,18 @@ class LoadedDataset:
     line_numbers: list[int]
     skipped: list[Problem] = field(default_factory=list)
 
+    def skipped_lines(self) -> list[str]:
+        """One line of text per line left out by skip_bad (a bad line may have several problems): the file and
+        line once, then every problem found on it."""
+        by_line: dict[int, list[Problem]] = {}
+        for p in self.skipped:
+            by_line.setdefault(p.line, []).append(p)
+        out = []
+        for line, probs in sorted(by_line.items()):
+            where = f"{probs[0].file}:{line}" if line else probs[0].file
+            out.append(f"{where}: " + "; ".join(f"{p.field}: {p.message}" if p.field else p.message for p in probs))
+        return out
+
 
 def _field_path(loc: tuple) -> str:
     out = ""

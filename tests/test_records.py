@@ -59,6 +59,20 @@ def test_skip_bad_reports_every_skipped_line(tmp_path):
     assert [pr.line for pr in data.skipped] == [2, 4]
 
 
+def test_skip_bad_counts_lines_not_problems(tmp_path):
+    """Issue 28: two bad lines with four problems between them are two skipped lines, each named once."""
+    bad_label = dict(GOOD, id="b", label={"risk_level": "x", "matches": [{"element_id": "Z9", "match": "y"}]})
+    p = _write(tmp_path, [GOOD, bad_label, "{oops", dict(GOOD, id="c")])
+    data = load_dataset(p, skip_bad=True)
+    assert len(data.skipped) > 2 and data.skipped_lines()[0].startswith(f"{p}:2: ")
+    result = CliRunner().invoke(evaluate_cli, ["validate", str(p), "--skip-bad"])
+    assert result.exit_code == 0, result.output
+    skipped = [line for line in result.output.splitlines() if line.startswith("skipped: ")]
+    assert [line.split(": ")[1] for line in skipped] == [f"{p}:2", f"{p}:3"], skipped
+    assert "label.risk_level" in skipped[0] and "; " in skipped[0]
+    assert "2 records" in result.output and "2 line(s) skipped" in result.output
+
+
 def test_empty_file_is_an_error(tmp_path):
     p = tmp_path / "e.jsonl"
     p.write_text("\n\n")

@@ -24,7 +24,51 @@ def test_defaults_are_the_seed_recipe():
     assert cfg.quantization == "auto" and cfg.double_quant
     seed = load_config(ROOT / "train/configs/seed.yaml")
     assert seed.base_model == "google/gemma-3-4b-it" and seed.quantization == "nf4"
+    # issue 28: no config trains on a file the user did not name; the demo recipe names the demo data itself
+    assert cfg.train_data is None and seed.train_data is None
+    assert load_config(None).train_data == "data/demo/train.jsonl"
     assert TrainConfig(include_mlp=True).modules[-3:] == ["gate_proj", "up_proj", "down_proj"]
+
+
+def test_the_seed_recipe_without_train_data_is_refused_at_once_naming_the_key(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from patent_risk.cli.train import main
+
+    monkeypatch.chdir(tmp_path)  # a user's folder: the packaged recipe is found by its name or its repository path
+    for config in ("train/configs/seed.yaml", "seed", str(ROOT / "train/configs/seed.yaml")):
+        t0 = time.monotonic()
+        done = CliRunner().invoke(main, ["qlora", "--config", config])
+        assert done.exit_code == 2 and "train_data is not set" in done.output and "-s train_data=FILE" in done.output, done.output
+        assert time.monotonic() - t0 < 5  # before any model or trainer import
+    shown = CliRunner().invoke(main, ["qlora", "--config", "seed", "-s", f"train_data={TRAIN}", "--print-config"])
+    assert shown.exit_code == 0 and f"train_data: {TRAIN}" in shown.output, shown.output
+    from patent_risk.train.trainer import train
+
+    with pytest.raises(UserError, match="train_data is not set"):  # the library refuses it too
+        train(TrainConfig())
+
+
+def test_an_unknown_key_names_the_closest_and_help_lists_every_key(tmp_path):
+    from click.testing import CliRunner
+
+    from patent_risk.cli.train import main
+
+    done = CliRunner().invoke(main, ["qlora", "-s", "lerning_rate=1e-4", "-s", "epoch=2", "-s", "zzz=1"])
+    assert done.exit_code == 2, done.output
+    lines = done.output.splitlines()
+    assert "-s lerning_rate=1e-4: unknown key 'lerning_rate': did you mean learning_rate?" in lines[0]
+    assert "-s epoch=2: unknown key 'epoch': did you mean epochs?" in lines[1]
+    assert "unknown key 'zzz': (" in lines[2]
+    config = tmp_path / "c.yaml"
+    config.write_text("train_data: x.jsonl\nlora_rank: 8\n")
+    in_file = CliRunner().invoke(main, ["qlora", "--config", str(config)])
+    assert in_file.exit_code == 2 and f"{config}: unknown key 'lora_rank': did you mean lora_r or " in in_file.output
+    helped = CliRunner().invoke(main, ["qlora", "--help"])
+    assert helped.exit_code == 0
+    listed = {line.split()[0] for line in helped.output.splitlines() if line.startswith("    ") and not line.startswith("      ")}
+    assert listed == set(TrainConfig.model_fields), set(TrainConfig.model_fields) ^ listed
+    assert "    learning_rate (0.0002)" in helped.output and "    train_data (null): " in helped.output
 
 
 @pytest.mark.parametrize("double_quant", [True, False])

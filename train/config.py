@@ -1,6 +1,8 @@
 """The one typed training config: YAML file + `key=value` overrides, validated when built."""
 from __future__ import annotations
 
+import difflib
+import textwrap
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +25,9 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     base_model: str | None = Field(None, description="HF model id or local folder; null = the embedded Gemma 3 270M (gemma-3-270m); an embedded model's name (smollm2) works too.")
-    train_data: str = Field("data/demo/train.jsonl", description="Training dataset (JSONL, CONTRACT.md section 1).")
+    train_data: str | None = Field(None, description=(
+        "Training dataset (JSONL, CONTRACT.md section 1). Required, no default: name your file (-s train_data=FILE "
+        "or in the config); nothing trains on a file you did not name."))
     dev_size: int = Field(0, ge=0, description=(
         "Carve N records off train_data as the dev split (chosen by dev_seed, before anything else): never trained "
         "on, never in the eval-loss slice; `patent-risk train dev-split` writes them out, `evaluate curve` scores recipes on them."))
@@ -96,6 +100,13 @@ class TrainConfig(BaseModel):
                              "(which records to repeat)")
         return self
 
+    def training_file(self) -> str:
+        """train_data, or a refusal naming the key when it was not given."""
+        if not self.train_data:
+            raise UserError("train_data is not set: name your training file (JSONL) with -s train_data=FILE or in "
+                            "the config (`patent-risk train qlora --help` lists every key)")
+        return self.train_data
+
     @property
     def modules(self) -> list[str]:
         return list(dict.fromkeys(self.target_modules + (MLP_MODULES if self.include_mlp else [])))
@@ -105,9 +116,40 @@ def _coerce(value: str) -> Any:
     return yaml.safe_load(value)
 
 
+def _unknown_key(key: str, where: str) -> str:
+    close = difflib.get_close_matches(key, TrainConfig.model_fields, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    return f"{where}: unknown key {key!r}: {hint}(`patent-risk train qlora --help` lists every key)"
+
+
+def describe_fields() -> list[str]:
+    """Every config key with its default and description, for `patent-risk train qlora --help`."""
+    out = []
+    for name, info in TrainConfig.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        shown = "null" if default is None else yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
+        text = f"{name} ({shown})" + (f": {info.description}" if info.description else "")
+        out += textwrap.wrap(text, width=110, initial_indent="  ", subsequent_indent="      ")
+    return out
+
+
+def config_path(path: str | Path | None) -> Path:
+    """The config file: ``path`` as given when it exists, else the packaged recipe of that name (``seed``,
+    ``seed.yaml`` or ``train/configs/seed.yaml`` from any folder, installed or not); the demo recipe for None."""
+    if not path:
+        return DEFAULT_CONFIG
+    p = Path(path)
+    if not p.exists() and not p.is_absolute():
+        for packaged in (CONFIG_DIR / p.name, CONFIG_DIR / f"{p.name}.yaml"):
+            if packaged.is_file():
+                return packaged
+    return p
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """Load a YAML config (the demo recipe when ``path`` is None) and apply ``key=value`` overrides."""
-    path = Path(path) if path else DEFAULT_CONFIG
+    """Load a YAML config (the demo recipe when ``path`` is None; a packaged recipe by name, see config_path) and
+    apply ``key=value`` overrides."""
+    path = config_path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except OSError as e:
@@ -116,11 +158,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         raise UserError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of config fields")
+    unknown = [_unknown_key(k, str(path)) for k in data if k not in TrainConfig.model_fields]
     for item in overrides:
         if "=" not in item:
-            raise UserError(f"override {item!r}: expected key=value (fields: {', '.join(TrainConfig.model_fields)})")
+            raise UserError(f"override {item!r}: expected key=value (`patent-risk train qlora --help` lists every key)")
         key, value = item.split("=", 1)
-        data[key.strip().replace("-", "_")] = _coerce(value)
+        key = key.strip().replace("-", "_")
+        if key not in TrainConfig.model_fields:
+            unknown.append(_unknown_key(key, f"-s {item}"))
+        data[key] = _coerce(value)
+    if unknown:
+        raise UserError("\n".join(unknown))
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as e:

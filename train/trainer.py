@@ -131,6 +131,7 @@ def _check_reasons(cfg: TrainConfig, data, records) -> None:
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] = print) -> TrainResult:
+    data_file = cfg.training_file()  # refused before anything is imported or loaded
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import PrinterCallback, TrainingArguments, set_seed
 
@@ -143,7 +144,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
         log(note)
     model_path = resolve_model(cfg.base_model, log)
 
-    data = load_dataset(cfg.train_data)
+    data = load_dataset(data_file)
     train_recs, eval_recs, data_mix = training_data(cfg, data.records)
     if cfg.augment_boundary or cfg.oversample_where:
         log(f"data mix: {data_mix['base_records']} records"
