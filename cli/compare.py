@@ -69,10 +69,10 @@ def main(config: str, sets: tuple[str, ...], data: str, schemas: tuple[str, ...]
     unconstrained on one eval split, and write one report comparing the schemas.
 
     \b
-    make compare                                   # the demo: Gemma 3 270M, train/configs/demo.yaml, v1 v2 v3
+    make compare                                 # the demo: Gemma 3 270M, train/configs/demo.yaml, v1 v2 v3
     patent-risk compare --schema v1 --schema v3  # two schemas
     patent-risk compare --config train/configs/seed.yaml -s train_data=my/train.jsonl --data my/eval.jsonl \\
-        --out artifacts/compare-4b                 # google/gemma-3-4b-it, QLoRA, on a GPU
+        --out artifacts/compare-4b               # google/gemma-3-4b-it, QLoRA, on a GPU
 
     v2 trains on each element's label.matches[].reason (the demo data has them); training refuses records
     without one. The report is OUT/report/report.html; OUT/report/compare_timings.json has each step's time.

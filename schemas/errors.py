@@ -17,9 +17,18 @@ class Problem:
     field: str
     message: str
 
+    @property
+    def where(self) -> str:
+        """file:line (the file alone for a problem of the whole file)."""
+        return f"{self.file}:{self.line}" if self.line else self.file
+
+    @property
+    def what(self) -> str:
+        """field: message (the message alone when no field is named)."""
+        return f"{self.field}: {self.message}" if self.field else self.message
+
     def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        return f"{self.where}: {self.what}"
 
 
 class DataError(UserError):

@@ -102,14 +102,10 @@ class LoadedDataset:
     def skipped_lines(self) -> list[str]:
         """One line of text per line left out by skip_bad (a bad line may have several problems): the file and
         line once, then every problem found on it."""
-        by_line: dict[int, list[Problem]] = {}
-        for p in self.skipped:
-            by_line.setdefault(p.line, []).append(p)
-        out = []
-        for line, probs in sorted(by_line.items()):
-            where = f"{probs[0].file}:{line}" if line else probs[0].file
-            out.append(f"{where}: " + "; ".join(f"{p.field}: {p.message}" if p.field else p.message for p in probs))
-        return out
+        by_line: dict[str, list[str]] = {}
+        for p in sorted(self.skipped, key=lambda p: p.line):
+            by_line.setdefault(p.where, []).append(p.what)
+        return [f"{where}: {'; '.join(whats)}" for where, whats in by_line.items()]
 
 
 def _field_path(loc: tuple) -> str:
