@@ -79,13 +79,23 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict[st
         raise UserError("--limit, --hf-limit, --batch-size, --hf-threads and --compile-sample must be at least 1")
     if not Path(opts.adapter_path).is_dir():
         raise UserError(f"{opts.adapter_path}: no such adapter folder")
-    from patent_risk.runtime.adapters import check_adapter_dir
+    from patent_risk.runtime.adapters import adapter_rank, check_adapter_dir
+    from patent_risk.runtime.bases import settle_model
+    from patent_risk.runtime.engine_args import lora_rank
 
-    check_adapter_dir(opts.adapter_path)
+    rank = lora_rank([r for r in [adapter_rank(opts.adapter_path)] if r is not None], opts.engine_args)
+    check_adapter_dir(opts.adapter_path, rank)
     n_records = len(load_dataset(opts.data, limit=opts.limit).records)
     if n_records == 0:
         raise UserError(f"{opts.data}: no records")
-    model_path = resolve_model(opts.model, log)
+    model = settle_model(opts.model, [opts.adapter_path], allow_other_base=opts.allow_other_base, log=log)
+    from patent_risk.evaluate.batch import adapter_prompt
+    from patent_risk.schemas.prompt import load_prompt_template
+
+    prompt = load_prompt_template(opts.prompt_template) if opts.prompt_template else adapter_prompt(opts.adapter_path, log)
+    if not prompt.builtin:
+        log(f"prompt: {prompt.source} (hash {prompt.fingerprint(opts.schema_name)})")
+    model_path = resolve_model(model, log)
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     workdir = out / "workers"
@@ -100,7 +110,8 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict[st
             "max_model_len": opts.max_model_len, "gpu_memory_utilization": opts.gpu_memory_utilization,
             "hf_threads": opts.hf_threads or os.cpu_count() or 1, "seed": opts.seed, "outputs_dir": str((out / "outputs").resolve()),
             "own_ids": opts.own_ids, "warm_pass": opts.warm_pass, "workdir": str(workdir.resolve()),
-            "compile_sample": opts.compile_sample}
+            "compile_sample": opts.compile_sample, "max_lora_rank": rank, "engine_args": dict(opts.engine_args),
+            "prompt": prompt.describe(opts.schema_name)}
     spec_path = workdir / "spec.json"
     spec_path.write_text(json.dumps(spec, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -127,6 +138,7 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict[st
         "limit": opts.limit, "hf_limit": opts.hf_limit, "batch_size": opts.batch_size, "max_model_len": opts.max_model_len,
         "gpu_memory_utilization": opts.gpu_memory_utilization, "hf_threads": spec["hf_threads"],
         "own_ids": opts.own_ids, "warm_pass": opts.warm_pass, "compile_sample": opts.compile_sample,
+        "max_lora_rank": rank, "engine_args": dict(opts.engine_args), "prompt": spec["prompt"],
         "configs": list(opts.configs),
         "config_descriptions": {c: asdict(CONFIGS[c]) for c in opts.configs},
         "merge": {"merge_s": prep.get("merge_s"), "path": "temporary folder, removed after the run"} if need_merged else None,

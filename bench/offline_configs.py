@@ -3,7 +3,7 @@ compile time covers, and the options of a run.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from patent_risk.schemas.errors import UserError
@@ -87,6 +87,9 @@ class BenchOptions:
     own_ids: bool = False  # every record its own element ids, hence its own schema (records.with_own_element_ids)
     warm_pass: bool = True  # vLLM configurations generate a second time on the same engine, caches warm
     compile_sample: int | None = None  # measure the front-end compile on the first N distinct schemas only
+    engine_args: dict = field(default_factory=dict)  # --engine-arg for every vLLM configuration (runtime.engine_args)
+    allow_other_base: bool = False  # decode the adapter on a --model that is not its base, on purpose
+    prompt_template: str | None = None  # --prompt-template FILE; None: the adapter's recorded prompt
 
 
 def parse_configs(text: str | None) -> tuple[str, ...]:

@@ -57,6 +57,7 @@ def prepare(spec: dict[str, Any], out: Path) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from patent_risk.runtime.requests import build_requests
+    from patent_risk.schemas.prompt import prompt_from_record
     from patent_risk.schemas.records import load_dataset
     from patent_risk.train.features import prompt_ids
 
@@ -67,9 +68,10 @@ def prepare(spec: dict[str, Any], out: Path) -> dict[str, Any]:
         records = [with_own_element_ids(r) for r in records]
     tok = AutoTokenizer.from_pretrained(spec["model"])
     count = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731 (as VllmOffline.count_tokens)
-    reqs = build_requests(records, spec["schema"], True, count)
+    prompt = prompt_from_record(spec.get("prompt"), "spec.json")  # the run's prompt (the adapter's, or --prompt-template)
+    reqs = build_requests(records, spec["schema"], True, count, prompt)
     rows = [{"record_id": r.record_id, "messages": r.messages, "max_tokens": r.max_tokens, "json_schema": r.json_schema,
-             "prompt_ids": prompt_ids(tok, rec, spec["schema"])} for r, rec in zip(reqs, records)]
+             "prompt_ids": prompt_ids(tok, rec, spec["schema"], prompt)} for r, rec in zip(reqs, records)]
     _write_json(Path(spec["requests"]), rows)
     result: dict[str, Any] = {"config": PREPARE, "requests": len(rows)}
     if spec.get("merged"):
@@ -257,7 +259,8 @@ def run_vllm(name: str, spec: dict[str, Any], rows: list[dict[str, Any]], out: P
     t0 = time.perf_counter()
     engine = VllmOffline(model, adapter, backend=cfg.backend or "outlines", max_model_len=spec["max_model_len"],
                          gpu_memory_utilization=spec.get("gpu_memory_utilization"), seed=spec.get("seed", 0),
-                         max_batch=len(rows), enforce_eager=cfg.eager)  # the KV cache is sized for all samples at once, as one batch chunk
+                         max_batch=len(rows), enforce_eager=cfg.eager,  # the KV cache is sized for all samples at once
+                         max_lora_rank=spec.get("max_lora_rank", 16), engine_args=spec.get("engine_args"))
     try:
         engine.generate([GenRequest(rows[0]["record_id"], rows[0]["messages"], WARMUP_TOKENS, None)])
         load_s = time.perf_counter() - t0

@@ -10,6 +10,31 @@ from patent_risk.schemas.labels import SCHEMA_NAMES
 from patent_risk.schemas.risk_rules import RISK_RULES
 
 
+MODEL_HELP = ("Base model: HF id, local folder, or an embedded model's name (gemma-3-270m, smollm2). Default: the "
+              "adapter's own base (its manifest.json, else adapter_config.json's base_model_name_or_path); without "
+              "an adapter, the embedded Gemma 3 270M. A model that is neither the adapter's base nor made from it "
+              "(`patent-risk train nf4-base`, `train merge`) is refused before the engine starts.")
+ALLOW_OTHER_HELP = "Decode the adapter on a --model that is not its base (nor made from it), on purpose."
+PROMPT_HELP = ("A Jinja template of the user turn over the record's fields (the format `patent-risk train qlora "
+               "--prompt-template` takes). Default: the template the adapter was trained with (its manifest.json), else "
+               "the built-in prompt. Its hash is part of the run's identity; both arms get the same prompt.")
+ENGINE_ARG_HELP = ("Offline engine: one of vLLM's own engine arguments (EngineArgs), e.g. max_num_seqs=8, "
+                   "tensor_parallel_size=2, enforce_eager=true; the value is read as JSON, else as text. Repeatable. "
+                   "max_lora_rank defaults to the adapter's r. Recorded in run.json; those that can change outputs "
+                   "(all but scheduling, parallelism, memory and compilation) are part of the run's identity.")
+
+
+def _engine_args(pairs, server: str | None = None) -> dict:
+    if not pairs:
+        return {}
+    if server:
+        raise click.UsageError("--engine-arg is for the offline engine; a server's are set at its start "
+                               "(patent-risk serve start ... -- --max-num-seqs 8)")
+    from patent_risk.runtime.engine_args import parse_engine_args
+
+    return parse_engine_args(pairs)
+
+
 def _adapter(value: str | None):
     if not value:
         return None
@@ -57,8 +82,11 @@ def validate(file, skip_bad) -> None:
 @click.option("--both", is_flag=True,
               help="Both arms on one engine (one start instead of two): OUT-constrained, then OUT-unconstrained, each "
                    "an ordinary run directory.")
-@click.option("--model", default=None, help="Base model: HF id, local folder, or an embedded model's name (default: the embedded Gemma 3 270M, gemma-3-270m; also smollm2).")
+@click.option("--model", default=None, help=MODEL_HELP)
 @click.option("--adapter", default=None, metavar="NAME=DIR", help="LoRA adapter served as a LoRA module (not merged).")
+@click.option("--allow-other-base", is_flag=True, help=ALLOW_OTHER_HELP)
+@click.option("--engine-arg", "engine_arg", multiple=True, metavar="KEY=VALUE", help=ENGINE_ARG_HELP)
+@click.option("--prompt-template", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE", help=PROMPT_HELP)
 @click.option("--schema", "schema_name", default="v1", show_default=True, type=click.Choice(SCHEMA_NAMES), help="Target output schema.")
 @click.option("--backend", default="outlines", show_default=True, type=click.Choice(["outlines", "xgrammar", "guidance"]),
               help="vLLM structured-outputs backend (engine-wide; outlines = outlines-core).")
@@ -83,9 +111,9 @@ def validate(file, skip_bad) -> None:
 @click.option("--verbose", "-v", is_flag=True,
               help="Show the engine's own log (vLLM's INFO/WARNING lines, from its start to its close) on the terminal "
                    "instead of writing it to OUT/engine.log.")
-def batch(data, out, constrained, both, model, adapter, schema_name, backend, server, api_key, max_concurrency, max_retries,
-          request_timeout, limit, chunk_size, max_model_len, gpu_memory_utilization, skip_bad, merged,
-          no_progress, verbose) -> None:
+def batch(data, out, constrained, both, model, adapter, allow_other_base, engine_arg, prompt_template, schema_name, backend, server, api_key,
+          max_concurrency, max_retries, request_timeout, limit, chunk_size, max_model_len, gpu_memory_utilization,
+          skip_bad, merged, no_progress, verbose) -> None:
     """Run a dataset through vLLM into a run directory (results.jsonl + run.json).
 
     \b
@@ -108,7 +136,7 @@ def batch(data, out, constrained, both, model, adapter, schema_name, backend, se
     log goes to OUT/engine.log (--verbose: to the terminal). If the engine fails, its log's last lines are
     shown with the error.
     """
-    from patent_risk.evaluate.batch import BatchConfig, run_batch, run_both_arms
+    from patent_risk.evaluate.batch import BatchConfig, max_lora_rank, run_batch, run_both_arms
     from patent_risk.runtime.engines import VllmOffline, VllmServer
 
     if both == (constrained is not None):
@@ -116,7 +144,8 @@ def batch(data, out, constrained, both, model, adapter, schema_name, backend, se
     spec = _adapter(adapter)
     cfg = BatchConfig(data=data, out=out, constrained=bool(constrained), model=model, adapter=spec, schema_name=schema_name,
                       backend=backend, server=server, limit=limit, chunk_size=chunk_size, max_model_len=max_model_len,
-                      skip_bad=skip_bad, merged=merged)
+                      skip_bad=skip_bad, merged=merged, engine_args=_engine_args(engine_arg, server),
+                      allow_other_base=allow_other_base, prompt_template=prompt_template)
     if merged and server:
         raise click.UsageError("--merge is for the offline engine; a server serves what it was started with")
     if server:
@@ -135,15 +164,17 @@ def batch(data, out, constrained, both, model, adapter, schema_name, backend, se
         def make_engine(model_path):
             from patent_risk.train.merge import merged_for
 
-            engine = VllmOffline(str(merged_for(spec.path, model_path, log=click.echo)), None, backend=backend,
+            merged_model = merged_for(spec.path, model_path, log=click.echo, allow_other_base=cfg.allow_other_base)
+            engine = VllmOffline(str(merged_model), None, backend=backend,
                                  max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
-                                 max_batch=chunk_size)
+                                 max_batch=chunk_size, engine_args=cfg.engine_args)
             engine.description["merged_adapter"] = spec.name
             return engine
     else:
         def make_engine(model_path):
             return VllmOffline(model_path, spec, backend=backend, max_model_len=max_model_len,
-                               gpu_memory_utilization=gpu_memory_utilization, max_batch=chunk_size)
+                               gpu_memory_utilization=gpu_memory_utilization, max_batch=chunk_size,
+                               max_lora_rank=max_lora_rank(cfg), engine_args=cfg.engine_args)
     from patent_risk.runtime.engine_log import ENGINE_LOG
 
     run = run_both_arms if both else run_batch
@@ -158,7 +189,11 @@ def batch(data, out, constrained, both, model, adapter, schema_name, backend, se
 @main.command()
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help="Dataset JSONL; its first --limit records are used.")
 @click.option("--adapter", required=True, metavar="NAME=DIR", help="The LoRA adapter (PEFT in HF, a LoRA module in vLLM, merged for merged*).")
-@click.option("--model", default=None, help="Base model: HF id, local folder, or an embedded model's name (default: the embedded Gemma 3 270M, gemma-3-270m; also smollm2).")
+@click.option("--model", default=None, help=MODEL_HELP)
+@click.option("--allow-other-base", is_flag=True, help=ALLOW_OTHER_HELP)
+@click.option("--engine-arg", "engine_arg", multiple=True, metavar="KEY=VALUE",
+              help="vLLM configurations: one of vLLM's engine arguments (see evaluate batch --help). Repeatable.")
+@click.option("--prompt-template", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE", help=PROMPT_HELP)
 @click.option("--configs", "configs", default=None, metavar="NAME,NAME,...",
               help="Configurations to run, in this order (default: all): hf, hf-outlines, vllm, vllm-outlines, "
                    "vllm-xgrammar, vllm-guidance, merged, merged-outlines, merged-eager.")
@@ -187,7 +222,7 @@ def batch(data, out, constrained, both, model, adapter, schema_name, backend, se
                    "costs as long as compiling them (about 3 s each on Gemma's vocabulary here).")
 @click.option("--out", default="artifacts/bench/latest", show_default=True, type=click.Path(file_okay=False),
               help="Writes bench.json, bench.md, bench.png, outputs/CONFIG.jsonl and workers/ (spec, logs) here.")
-def bench(data, adapter, model, configs, limit, hf_limit, batch_size, hf_threads, schema_name, max_model_len,
+def bench(data, adapter, model, allow_other_base, engine_arg, prompt_template, configs, limit, hf_limit, batch_size, hf_threads, schema_name, max_model_len,
           gpu_memory_utilization, own_ids, warm_pass, compile_sample, out) -> None:
     """Throughput of every generation path on the same samples, adapter and max_tokens, in one invocation.
 
@@ -226,7 +261,9 @@ def bench(data, adapter, model, configs, limit, hf_limit, batch_size, hf_threads
     opts = BenchOptions(data=data, adapter_name=spec.name, adapter_path=spec.path, model=model,
                         configs=parse_configs(configs), limit=limit, hf_limit=hf_limit, batch_size=batch_size, out=out,
                         schema_name=schema_name, max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
-                        hf_threads=hf_threads, own_ids=own_ids, warm_pass=warm_pass, compile_sample=compile_sample)
+                        hf_threads=hf_threads, own_ids=own_ids, warm_pass=warm_pass, compile_sample=compile_sample,
+                        engine_args=_engine_args(engine_arg), allow_other_base=allow_other_base,
+                        prompt_template=prompt_template)
     doc = run_bench(opts, log=click.echo)
     click.echo(f"\n{Path(out) / 'bench.md'}\n{Path(out) / 'bench.json'}\n{Path(out) / 'bench.png'}")
     failed = [r["config"] for r in doc["runs"] if r.get("status") != "ok"]
@@ -269,13 +306,20 @@ def baseline(train_path, data, out, schema_name) -> None:
 @click.option("--base/--no-base", default=True, show_default=True, help="The untrained base model as the point at 0 s.")
 @click.option("--every", type=int, default=None, help="Only checkpoints whose step is a multiple of this (the final adapter always).")
 @click.option("--final-only", is_flag=True, help="The final adapters only, no checkpoints.")
-@click.option("--model", default=None, help="Base model the adapters are decoded on (default: the embedded Gemma 3 270M).")
+@click.option("--model", default=None, help="Base model the adapters are decoded on (default: their own base, from "
+              "their manifests; one that is not their base nor made from it is refused).")
+@click.option("--allow-other-base", is_flag=True, help=ALLOW_OTHER_HELP)
+@click.option("--engine-arg", "engine_arg", multiple=True, metavar="KEY=VALUE", help=ENGINE_ARG_HELP)
+@click.option("--prompt-template", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE",
+              help="A Jinja template of the user turn for every point, the base's too. Default: the one the adapters were "
+                   "trained with (they must agree), else the built-in prompt.")
 @click.option("--chunk-size", default=160, show_default=True, help="Records decoded together.")
 @click.option("--max-model-len", default=1024, show_default=True, help="Context length of the engine.")
 @click.option("--backend", default="outlines", show_default=True, help="Structured-outputs backend.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--verbose", "-v", is_flag=True, help="vLLM's own log on the terminal (default: each run's engine.log).")
-def curve(adapters, data, out, budget_s, base, every, final_only, model, chunk_size, max_model_len, backend, no_progress, verbose) -> None:
+def curve(adapters, data, out, budget_s, base, every, final_only, model, allow_other_base, engine_arg, prompt_template, chunk_size,
+          max_model_len, backend, no_progress, verbose) -> None:
     """Learning curves on a dev split: every kept checkpoint of each adapter (ADAPTER_DIR.checkpoints/checkpoint-N)
     and the adapter itself, decoded constrained on --data by one vLLM engine, against training time; then the
     declared choice rule: the highest mean of dev risk and match accuracy within --budget-s (ties: less training).
@@ -286,8 +330,11 @@ def curve(adapters, data, out, budget_s, base, every, final_only, model, chunk_s
     evaluate curve a=artifacts/sweeps/a --data artifacts/dev.jsonl --out artifacts/curves/demo --budget-s 600
     """
     from patent_risk.evaluate.curve import Checkpoint, check_same_base, checkpoints, evaluate_points, write_curve
+    from patent_risk.runtime.adapters import adapter_rank
+    from patent_risk.runtime.engine_args import lora_rank
     from patent_risk.runtime.engines import VllmOffline
 
+    engine_args = _engine_args(engine_arg)
     points, dirs = [], []
     for spec in map(_adapter, adapters):
         dirs.append(Path(spec.path))
@@ -296,13 +343,18 @@ def curve(adapters, data, out, budget_s, base, every, final_only, model, chunk_s
     if base:
         points.insert(0, Checkpoint("base", 0, 0.0, None, True))
 
+    rank = lora_rank([r for r in map(adapter_rank, dirs) if r is not None], engine_args)
+
     def make_engine(model_path, spec):
-        return VllmOffline(model_path, spec, backend=backend, max_model_len=max_model_len, max_batch=chunk_size)
+        return VllmOffline(model_path, spec, backend=backend, max_model_len=max_model_len, max_batch=chunk_size,
+                           max_lora_rank=rank, engine_args=engine_args)
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     scored = evaluate_points(points, data, out_dir, make_engine, chunk_size=chunk_size, max_model_len=max_model_len,
-                             model=model, log=click.echo, progress=not no_progress, quiet=not verbose)
+                             model=model, log=click.echo, progress=not no_progress, quiet=not verbose,
+                             engine_args=engine_args, allow_other_base=allow_other_base,
+                             prompt_template=prompt_template)
     chosen = write_curve(scored, out_dir, data, budget_s)
     click.echo((out_dir / "curve.md").read_text(encoding="utf-8"))
     click.echo(f"{out_dir / 'curve.png'}\n{out_dir / 'curve.json'}")

@@ -31,8 +31,12 @@ def _adapters(values):
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
-@click.option("--model", default=None, help="Base model: HF id, local folder, or an embedded model's name (default: the embedded Gemma 3 270M, gemma-3-270m; also smollm2).")
+@click.option("--model", default=None,
+              help="Base model: HF id, local folder, or an embedded model's name (gemma-3-270m, smollm2). Default: the "
+                   "first adapter's own base (its manifest.json, else adapter_config.json); without an adapter, the "
+                   "embedded Gemma 3 270M. A model that is not every adapter's base (nor made from it) is refused.")
 @click.option("--adapter", "adapters", multiple=True, metavar="NAME=DIR", help="LoRA module served under NAME. Repeatable.")
+@click.option("--allow-other-base", is_flag=True, help="Serve the adapters on a --model that is not their base, on purpose.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Loopback by default; another address exposes the server.")
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--api-key", default=None, envvar="PATENT_RISK_API_KEY", metavar="KEY",
@@ -41,19 +45,21 @@ def _adapters(values):
                    "is visible to `ps` in this shell's process list: prefer `export PATENT_RISK_API_KEY=...`.")
 @click.option("--backend", default="outlines", show_default=True, type=click.Choice(["outlines", "xgrammar", "guidance"]),
               help="Structured-outputs backend (engine-wide).")
-@click.option("--max-lora-rank", default=16, show_default=True, type=int)
+@click.option("--max-lora-rank", default=None, type=int, help="vLLM's --max-lora-rank (default: the adapters' largest r).")
 @click.option("--max-model-len", default=2048, show_default=True, type=int)
 @click.option("--name", default="default", show_default=True, help="Name of this server's state (to run several).")
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for /health.")
 @click.argument("extra", nargs=-1, type=click.UNPROCESSED)
-def start(model, adapters, host, port, api_key, backend, max_lora_rank, max_model_len, name, timeout, extra) -> None:
+def start(model, adapters, allow_other_base, host, port, api_key, backend, max_lora_rank, max_model_len, name, timeout,
+          extra) -> None:
     """Start `vllm serve --enable-lora` and wait until it answers. Arguments after `--` go to vLLM unchanged
     (e.g. `-- --tensor-parallel-size 2`)."""
     from patent_risk.serve.server import ServerConfig
     from patent_risk.serve.server import start as start_server
 
     cfg = ServerConfig(model=model, adapters=_adapters(adapters), host=host, port=port, api_key=api_key, backend=backend,
-                       max_lora_rank=max_lora_rank, max_model_len=max_model_len, extra_args=list(extra), name=name)
+                       max_lora_rank=max_lora_rank, max_model_len=max_model_len, extra_args=list(extra), name=name,
+                       allow_other_base=allow_other_base)
     state = start_server(cfg, timeout=timeout, log=click.echo)
     click.echo(state.url)
 
@@ -85,7 +91,8 @@ def status(name) -> None:
 @click.option("--schema", "schema_name", default="v1", show_default=True, type=click.Choice(SCHEMA_NAMES))
 @click.option("--concurrency", default="1,4,16", show_default=True, help="Comma-separated concurrency levels.")
 @click.option("--num-requests", default=32, show_default=True, type=int, help="Requests per configuration.")
-@click.option("--model", default=None, help="Base model whose tokenizer sizes max_tokens (default: the embedded model).")
+@click.option("--model", default=None, help="Model whose tokenizer sizes max_tokens (default: the model the server serves, "
+              "from its /v1/models).")
 @click.option("--api-key", default=None, envvar="PATENT_RISK_API_KEY", metavar="KEY",
               help="The server's bearer key (visible to `ps` when typed here; prefer PATENT_RISK_API_KEY).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSON file; .md and .png are written beside it.")
@@ -96,7 +103,11 @@ def bench(url, served_models, data, arms, schema_name, concurrency, num_requests
 
     from patent_risk.bench.serving import run_bench, to_markdown, write_bench
     from patent_risk.runtime.embedded import resolve_model
+    from patent_risk.serve.server import served_base_model
 
+    if model is None:
+        model = served_base_model(url, api_key)
+        click.echo(f"tokenizer: {model} (the model {url} serves)")
     levels = [int(c) for c in concurrency.split(",") if c.strip()]
     arm_list = {"both": [False, True], "constrained": [True], "unconstrained": [False]}[arms]
     doc = run_bench(url.rstrip("/"), list(served_models), data, arm_list, levels, num_requests, resolve_model(model, click.echo),
@@ -112,7 +123,8 @@ def bench(url, served_models, data, arms, schema_name, concurrency, num_requests
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="Dataset whose prompts are sent.")
 @click.option("--concurrency", default=16, show_default=True, type=int)
 @click.option("--num-requests", default=32, show_default=True, type=int)
-@click.option("--model", default=None, help="Base model whose tokenizer renders the prompts (default: the embedded model).")
+@click.option("--model", default=None, help="Model whose tokenizer renders the prompts (default: the model the server "
+              "serves, from its /v1/models).")
 @click.option("--api-key", default=None, envvar="PATENT_RISK_API_KEY", metavar="KEY",
               help="The server's bearer key (visible to `ps` when typed here; prefer PATENT_RISK_API_KEY).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSON file; a .md table is written beside it.")
@@ -124,7 +136,11 @@ def crosscheck(url, served_model, data, concurrency, num_requests, model, api_ke
     from patent_risk.bench.crosscheck import crosscheck as run
     from patent_risk.bench.crosscheck import to_markdown
     from patent_risk.runtime.embedded import resolve_model
+    from patent_risk.serve.server import served_base_model
 
+    if model is None:
+        model = served_base_model(url, api_key)
+        click.echo(f"tokenizer: {model} (the model {url} serves)")
     doc = run(url.rstrip("/"), served_model, data, concurrency, num_requests, resolve_model(model, click.echo),
               api_key=api_key, log=click.echo)
     path = Path(out)

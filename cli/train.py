@@ -6,6 +6,9 @@ import click
 from patent_risk.cli.edge import ErrorReportingGroup
 from patent_risk.train.config import describe_fields
 
+BASE_HELP = ("Base model: local folder, HF id (read through the local Hugging Face cache) or an embedded model's name. "
+             "Default: the adapter's own base (its manifest.json, else adapter_config.json). One that is not the "
+             "adapter's base is refused.")
 CONFIG_KEYS = "\b\nConfig keys (-s KEY=VALUE, or in the YAML; the default in parentheses):\n" + "\n".join(describe_fields())
 
 
@@ -34,12 +37,18 @@ def main() -> None:
                    "recipe, which needs -s train_data=FILE).")
 @click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config field, e.g. -s epochs=3 -s base_model=google/gemma-3-4b-it. Repeatable.")
+@click.option("--prompt-template", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Your own prompt: a Jinja template of the user turn over the record's fields (claim, elements, query, "
+                   "answer_format, ...; README, 'Your own prompt'), wrapped in the model's chat template. Recorded in "
+                   "the adapter's manifest; evaluation uses it by default. Same as -s prompt_template=FILE.")
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint of an interrupted run.")
 @click.option("--print-config", is_flag=True, help="Print the resolved config and exit.")
-def train_qlora(config_path, overrides, resume, print_config) -> None:
+def train_qlora(config_path, overrides, prompt_template, resume, print_config) -> None:
     """Train a LoRA adapter (4-bit NF4 base where bitsandbytes runs on the device)."""
     from patent_risk.train.config import load_config
 
+    if prompt_template:
+        overrides = (*overrides, f"prompt_template={prompt_template}")
     cfg = load_config(config_path, overrides)
     if print_config:
         import yaml
@@ -47,6 +56,7 @@ def train_qlora(config_path, overrides, resume, print_config) -> None:
         click.echo(yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True, sort_keys=False))
         return
     cfg.training_file()  # at once, before the trainer's imports
+    cfg.prompt()
     from patent_risk.train.trainer import train
 
     result = train(cfg, resume=resume, log=click.echo)
@@ -97,25 +107,27 @@ def check_adapter(adapter_dir, max_lora_rank) -> None:
 @main.command("merge")
 @click.argument("adapter_dir", type=click.Path(file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the merged model.")
-@click.option("--base", default=None, help="Base model (default: the one in the adapter's manifest).")
+@click.option("--base", default=None, help=BASE_HELP)
+@click.option("--allow-other-base", is_flag=True, help="Merge into a --base that is not the adapter's base, on purpose.")
 @click.option("--dtype", default=None, type=click.Choice(["float32", "bfloat16", "float16"]),
               help="Default: the base model's own dtype (its config.json); never float16 for Gemma 3.")
 @click.option("--onto", default="trained", show_default=True, type=click.Choice(["trained", "unquantized"]),
               help="trained: a QLoRA adapter is merged into the NF4-rounded base it was trained against "
                    "(`patent-risk train nf4-base`); unquantized: into the original weights.")
-def merge_cmd(adapter_dir, out, base, dtype, onto) -> None:
-    """Fold ADAPTER_DIR into a full copy of its base model (served without LoRA)."""
+def merge_cmd(adapter_dir, out, base, allow_other_base, dtype, onto) -> None:
+    """Fold ADAPTER_DIR into a full copy of its base model (served without LoRA), in the base's own dtype."""
     from patent_risk.train.merge import merge
 
-    merge(adapter_dir, out, base=base, dtype=dtype, log=click.echo, onto=onto)
+    merge(adapter_dir, out, base=base, dtype=dtype, log=click.echo, onto=onto, allow_other_base=allow_other_base)
 
 
 @main.command("nf4-base")
 @click.argument("adapter_dir", type=click.Path(file_okay=False, exists=True))
-@click.option("--base", default=None, help="Base model (default: the one in the adapter's manifest).")
-def nf4_base_cmd(adapter_dir, base) -> None:
-    """Write the base a QLoRA (NF4) adapter was trained against, dequantized to float32, and print its folder:
-    serve the adapter on it instead of the unquantized base.
+@click.option("--base", default=None, help=BASE_HELP)
+@click.option("--allow-other-base", is_flag=True, help="Round a --base that is not the adapter's base, on purpose.")
+def nf4_base_cmd(adapter_dir, base, allow_other_base) -> None:
+    """Write the base a QLoRA (NF4) adapter was trained against, dequantized to the base's own dtype (bfloat16
+    for gemma-3-4b-it), and print its folder: serve the adapter on it instead of the unquantized base.
 
     \b
     evaluate batch --model "$(patent-risk train nf4-base artifacts/adapters/x | tail -n 1)" --adapter x=artifacts/adapters/x ...
@@ -123,7 +135,6 @@ def nf4_base_cmd(adapter_dir, base) -> None:
     """
     from pathlib import Path
 
-    from patent_risk.runtime.embedded import resolve_model
     from patent_risk.schemas.errors import UserError
     from patent_risk.train.merge import base_of
     from patent_risk.train.nf4_base import nf4_base, trained_quantization
@@ -132,7 +143,7 @@ def nf4_base_cmd(adapter_dir, base) -> None:
     if quant is None:
         raise UserError(f"{adapter_dir}: its manifest says it was not trained on an NF4 base (plain LoRA): serve it on "
                         "the unquantized base")
-    model_path = resolve_model(base_of(Path(adapter_dir), base), click.echo)
+    model_path = base_of(Path(adapter_dir), base, allow_other_base, click.echo)
     click.echo(str(nf4_base(model_path, quant["double_quant"], log=click.echo)))
 
 

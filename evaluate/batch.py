@@ -22,7 +22,7 @@ from patent_risk.runtime.engines import AdapterSpec, Engine, EngineFailure, GenR
 from patent_risk.runtime.requests import build_requests, max_tokens_summary, sampling_summary
 from patent_risk.schemas.errors import UserError
 from patent_risk.schemas.output import load_schema, schema_hash
-from patent_risk.schemas.prompt import PROMPT_VERSION, prompt_fingerprint
+from patent_risk.schemas.prompt import BUILTIN, Prompt, check_renders, load_prompt_template, prompt_from_record
 from patent_risk.schemas.records import Record, load_dataset
 
 from .provenance import differences
@@ -49,6 +49,11 @@ class BatchConfig:
     merged: bool = False  # the adapter merged into the base (no LoRA at decoding time)
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    engine_args: dict[str, Any] = field(default_factory=dict)  # --engine-arg, checked (runtime.engine_args)
+    allow_other_base: bool = False  # decode the adapter on a --model that is not its base, on purpose
+    prompt_template: str | None = None  # --prompt-template FILE; None: the adapter's recorded prompt, else p1
+    prompt: Prompt | None = None  # what renders the records (settle_prompt), the same for both arms
+    base_settled: bool = field(default=False, repr=False)  # settle_base has run
 
 
 @dataclass
@@ -109,9 +114,12 @@ def provenance(cfg: BatchConfig, model_path: str, engine_desc: dict[str, Any], n
     from patent_risk.runtime import cpu_env
     from patent_risk.runtime.requests import STRUCTURED_OUTPUT_OPTIONS
 
+    from patent_risk.runtime.hub import cached_folder, is_hub_id
+
     model_info: dict[str, Any] = {"name": default_model_label(cfg.model)}
-    if Path(model_path).exists():
-        model_info.update(describe_path(model_path))
+    folder = cached_folder(model_path) if is_hub_id(model_path) else model_path  # a hub id: by its cached content
+    if folder is not None and Path(folder).exists():
+        model_info.update(describe_path(folder))
     adapter = None
     if cfg.adapter is not None:
         adapter = {"name": cfg.adapter.name, **describe_path(cfg.adapter.path)}
@@ -127,8 +135,9 @@ def provenance(cfg: BatchConfig, model_path: str, engine_desc: dict[str, Any], n
         "structured_outputs": dict(STRUCTURED_OUTPUT_OPTIONS) if cfg.constrained else None,
         "structured_outputs_config": (cpu_env.structured_outputs_config(cfg.backend)
                                       if cfg.constrained and not cfg.server else None),
-        "prompt": {"version": PROMPT_VERSION, "hash": prompt_fingerprint(cfg.schema_name)},
+        "prompt": (cfg.prompt or BUILTIN).describe(cfg.schema_name),
         "engine": engine_desc,
+        "engine_args": dict(cfg.engine_args),
         "sampling": sampling_summary(cfg.seed),
     }
 
@@ -183,6 +192,7 @@ def stale_differences(cfg: BatchConfig, log: Callable[[str], None] = print) -> l
     there is no run yet); for callers such as `make demo` that own their run directories."""
     if read_info(cfg.out) is None:
         return []
+    settle_base(cfg, log)
     n = len(load_dataset(cfg.data, skip_bad=cfg.skip_bad, limit=cfg.limit).records)
     info = provenance(cfg, resolve_model(cfg.model, log), engine_identity(cfg), n)
     return differences(read_info(cfg.out) or {}, info)
@@ -200,6 +210,54 @@ def adapter_schema(adapter_dir: str | Path) -> str | None:
 
     schema = (read_manifest(Path(adapter_dir)) or {}).get("schema")
     return schema.get("name") if isinstance(schema, dict) and isinstance(schema.get("name"), str) else None
+
+
+def adapter_prompt(adapter_dir: str | Path, log: Callable[[str], None] = print) -> Prompt:
+    """The prompt the adapter's manifest records it was trained with (its template), else the built-in prompt."""
+    from patent_risk.runtime.adapters import read_manifest
+
+    source = str(Path(adapter_dir) / "manifest.json")
+    recorded = (read_manifest(Path(adapter_dir)) or {}).get("prompt")
+    prompt = prompt_from_record(recorded, source)
+    if prompt is None and recorded is not None:
+        log(f"warning: {source} records prompt {recorded.get('version') if isinstance(recorded, dict) else recorded!r}, "
+            f"which this version does not have and whose template it does not hold; using the built-in prompt "
+            f"({BUILTIN.version}); give the template with --prompt-template FILE")
+    return prompt or BUILTIN
+
+
+def settle_prompt(cfg: BatchConfig, log: Callable[[str], None] = print) -> None:
+    """Set ``cfg.prompt``: the ``--prompt-template`` file's, else the one the adapter's manifest records it was
+    trained with, else the built-in prompt. Once per config."""
+    if cfg.prompt is not None:
+        return
+    if cfg.prompt_template:
+        cfg.prompt = load_prompt_template(cfg.prompt_template)
+    else:
+        cfg.prompt = BUILTIN if cfg.adapter is None else adapter_prompt(cfg.adapter.path, log)
+    if not cfg.prompt.builtin:
+        log(f"prompt: {cfg.prompt.source} (hash {cfg.prompt.fingerprint(cfg.schema_name)})")
+
+
+def settle_base(cfg: BatchConfig, log: Callable[[str], None] = print) -> None:
+    """Set ``cfg.model`` to the adapter's recorded base when none was given, and refuse a given one that is not
+    that base nor made from it (runtime.bases), before any engine starts; and settle the prompt. Once per config."""
+    settle_prompt(cfg, log)
+    if cfg.base_settled or cfg.adapter is None:
+        return
+    from patent_risk.runtime.bases import settle_model
+
+    cfg.model = settle_model(cfg.model, [cfg.adapter.path], allow_other_base=cfg.allow_other_base, log=log)
+    cfg.base_settled = True
+
+
+def max_lora_rank(cfg: BatchConfig) -> int:
+    """The engine's max_lora_rank for ``cfg``: ``--engine-arg max_lora_rank`` when given, else the adapter's r."""
+    from patent_risk.runtime.adapters import adapter_rank
+    from patent_risk.runtime.engine_args import lora_rank
+
+    rank = None if cfg.adapter is None else adapter_rank(cfg.adapter.path)
+    return lora_rank([] if rank is None else [rank], cfg.engine_args)
 
 
 def finished_ids(run_dir: Path) -> set[str]:
@@ -223,6 +281,8 @@ def run_batch(cfg: BatchConfig, make_engine: Callable[[str], Engine], *, log: Ca
     for line in data.skipped_lines():
         log(f"skipped: {line}")
     records = data.records
+    settle_base(cfg, log)
+    check_renders(cfg.prompt, records, cfg.schema_name)
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir):
@@ -239,7 +299,7 @@ def _run_locked(cfg: BatchConfig, records: list[Record], run_dir: Path, make_eng
     if cfg.adapter is not None:
         from patent_risk.runtime.adapters import check_adapter_dir
 
-        check_adapter_dir(cfg.adapter.path)  # what vLLM would refuse is refused before any engine starts
+        check_adapter_dir(cfg.adapter.path, max_lora_rank(cfg))  # what vLLM would refuse, before any engine starts
         trained = adapter_schema(cfg.adapter.path)
         if trained is not None and trained != cfg.schema_name:
             log(f"warning: {cfg.adapter.path} was trained to write schema {trained} (its manifest.json), and this run "
@@ -272,7 +332,7 @@ def _run_engine(cfg: BatchConfig, records: list[Record], todo: list[Record], run
         else:
             info["started_at"] = _now()
         info["finished_at"] = None
-        requests = build_requests(records, cfg.schema_name, cfg.constrained, engine.count_tokens)
+        requests = build_requests(records, cfg.schema_name, cfg.constrained, engine.count_tokens, cfg.prompt)
         info["max_tokens"] = max_tokens_summary(requests)
         write_json(info_path, info)
 
@@ -348,6 +408,7 @@ def run_both_arms(cfg: BatchConfig, make_engine: Callable[[str], Engine], *, log
     that the second is not refused after the first has run."""
     from dataclasses import replace
 
+    settle_base(cfg, log)
     cfgs = [replace(cfg, constrained=(arm == "constrained"), out=d) for arm, d in arm_dirs(cfg.out).items()]
     for c in cfgs:
         refuse_other_settings(Path(c.out) / RUN_JSON, stale_differences(c, log=lambda s: None))

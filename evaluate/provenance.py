@@ -15,9 +15,12 @@ Identity (each compared as written here):
   ``structured_outputs_config`` (the engine-level config the offline engine was built with: vLLM 0.32's
   xgrammar and guidance backends take their whitespace rule from it, not from the request; None through
   a server, whose own start decides it)
-- ``prompt``: the prompt template's version and fingerprint
+- ``prompt``: the prompt's version and hash (built-in p1: of its rendering; a ``--prompt-template``: of the
+  template's text and the schema; where the template was read from is not identity)
 - ``sampling``: temperature, top_p, seed, max_tokens rule
 - ``engine``: name, version and mode (offline or server)
+- ``engine_args``: the ``--engine-arg`` settings that can change outputs (runtime.engine_args: all but
+  scheduling, parallelism, memory and compilation; {} for runs written before they were recorded)
 
 Everything else run.json records (KV-cache size, LD_PRELOAD and other CPU settings, a server's URL,
 paths, timestamps, counts) describes an invocation, not the evaluation, and never blocks a resume.
@@ -27,6 +30,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from patent_risk.runtime.engine_args import output_changing
 from patent_risk.schemas.output import current_schema_hash
 
 # Offline runs written before structured-outputs options were recorded used exactly these; server runs none.
@@ -42,6 +46,11 @@ def _content(described: Any) -> Any:
     if described is None or isinstance(described, str):
         return described
     return _get(described, "sha256") or _get(described, "hash") or _get(described, "name")
+
+
+def _prompt_identity(prompt: Any) -> Any:
+    """A prompt by its version and hash (a template's text is hashed; where it was read from is not identity)."""
+    return {k: prompt.get(k) for k in ("version", "hash")} if isinstance(prompt, dict) else prompt
 
 
 def identity(info: dict[str, Any]) -> dict[str, Any]:
@@ -70,9 +79,10 @@ def identity(info: dict[str, Any]) -> dict[str, Any]:
         "backend": info.get("backend") if constrained else None,
         "structured_outputs": options if constrained else None,
         "structured_outputs_config": engine_config if constrained else None,
-        "prompt": info.get("prompt"),
+        "prompt": _prompt_identity(info.get("prompt")),
         "sampling": info.get("sampling"),
         "engine": {k: engine.get(k) for k in ("name", "version", "mode")},
+        "engine_args": output_changing(info.get("engine_args") if isinstance(info.get("engine_args"), dict) else None),
     }
 
 

@@ -54,6 +54,14 @@ def check_adapter_dir(path: str | Path, max_lora_rank: int = 16) -> dict[str, An
     return cfg
 
 
+def adapter_rank(path: str | Path) -> int | None:
+    """The adapter's LoRA rank r from its adapter_config.json (None when it cannot be read: check_adapter_dir says why)."""
+    try:
+        return int(json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8"))["r"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def read_manifest(path: str | Path) -> dict[str, Any] | None:
     m = Path(path) / "manifest.json"
     return json.loads(m.read_text(encoding="utf-8")) if m.exists() else None

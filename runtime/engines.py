@@ -167,6 +167,24 @@ def _postfix_output_tokens(postfix: str, elapsed: float) -> int | None:
     return round(float(m.group(1)) * elapsed) if m else None
 
 
+def _applied(llm, args: dict[str, Any]) -> dict[str, Any]:
+    """What the started engine's own config holds for each ``--engine-arg`` key (read back from vLLM's
+    ``vllm_config``; a key not found there is left out): proof that the setting reached vLLM."""
+    config = getattr(getattr(llm, "llm_engine", None), "vllm_config", None)
+    parts = [getattr(config, name, None) for name in dir(config) if name.endswith("_config")] if config else []
+    out: dict[str, Any] = {}
+    for key in args:
+        for part in parts:
+            try:
+                value = getattr(part, key, None)
+            except Exception:  # noqa: BLE001 - a computed property that cannot answer here
+                value = None
+            if value is not None and isinstance(value, (bool, int, float, str)):
+                out[key] = value
+                break
+    return out
+
+
 class VllmOffline:
     """vLLM's offline engine (`vllm.LLM`), LoRA through `LoRARequest`, one `SamplingParams` per
     record so that records with different schemas decode in one batch."""
@@ -174,7 +192,7 @@ class VllmOffline:
     def __init__(self, model: str, adapter: AdapterSpec | None = None, backend: str = "outlines",
                  max_model_len: int = 2048, max_lora_rank: int = 16, dtype: str | None = None,
                  seed: int = 0, gpu_memory_utilization: float | None = None, max_batch: int = 32,
-                 enforce_eager: bool = False):
+                 enforce_eager: bool = False, engine_args: dict[str, Any] | None = None):
         if backend not in BACKENDS:
             raise UserError(f"unknown structured-outputs backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         from patent_risk.runtime import cpu_env
@@ -189,25 +207,30 @@ class VllmOffline:
         self.adapter = adapter
         self._lora_id = LORA_INT_ID
         self._lora_enabled = adapter is not None
+        given = dict(engine_args or {})  # checked by runtime.engine_args: vLLM's own settings, last word
         kwargs: dict[str, Any] = dict(
-            model=model, dtype=dtype or cpu_env.default_dtype(), max_model_len=max_model_len, seed=seed,
-            gpu_memory_utilization=gpu_memory_utilization or cpu_env.default_memory_utilization(),
+            model=model, dtype=given.pop("dtype", None) or dtype or cpu_env.default_dtype(), max_model_len=max_model_len,
+            seed=seed, gpu_memory_utilization=gpu_memory_utilization or cpu_env.default_memory_utilization(),
             structured_outputs_config=cpu_env.structured_outputs_config(backend),
             disable_log_stats=False,  # per-request timing (RequestOutput.metrics) for each row's latency
         )
         if enforce_eager:
             kwargs["enforce_eager"] = True
-        if gpu_memory_utilization is None:
-            kv = cpu_env.kv_cache_bytes(model, kwargs["dtype"], max_model_len, max_batch)
+        if gpu_memory_utilization is None and "kv_cache_memory_bytes" not in given:
+            batch = given.get("max_num_seqs") if isinstance(given.get("max_num_seqs"), int) else max_batch
+            kv = cpu_env.kv_cache_bytes(model, kwargs["dtype"], max_model_len, min(batch, max_batch))
             if kv is not None:  # sized from the model and the batch instead of a share of host memory
                 kwargs["kv_cache_memory_bytes"] = kv
         if adapter is not None:
             kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
+        kwargs.update(given)
+        enforce_eager = bool(kwargs.get("enforce_eager", False))
         import logging
 
         # Stats are on for per-request timing only; their periodic throughput lines would flood the log.
         logging.getLogger("vllm.v1.metrics.loggers").setLevel(logging.WARNING)
         self.llm = LLM(**kwargs)
+        applied = _applied(self.llm, given)
         self._tokenizer = self.llm.get_tokenizer()
         self.chat_format = chat_format(self._tokenizer)
         self.precompiled: dict[str, float | int] = {}  # outlines schemas compiled before generation (totals)
@@ -216,6 +239,9 @@ class VllmOffline:
                             "dtype": kwargs["dtype"], "max_model_len": max_model_len,
                             "kv_cache_memory_bytes": kwargs.get("kv_cache_memory_bytes"),
                             "enforce_eager": enforce_eager,
+                            "max_lora_rank": kwargs.get("max_lora_rank"),
+                            "engine_args": dict(engine_args or {}),
+                            "engine_args_applied": applied,
                             "cpu_build": cpu_env.is_cpu_build(),
                             "env": {**cpu_env.configure(offline=True), **structured_env}}
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from patent_risk.schemas.output import load_schema, max_tokens_budget, specialize
-from patent_risk.schemas.prompt import render_messages
+from patent_risk.schemas.prompt import Prompt, render_messages
 from patent_risk.schemas.records import Record
 
 # The structured-outputs options of every constrained request, offline and through a server alike
@@ -35,13 +35,14 @@ class GenRequest:
 
 
 def build_requests(records: list[Record], schema_name: str, constrained: bool,
-                   count_tokens: Callable[[str], int]) -> list[GenRequest]:
+                   count_tokens: Callable[[str], int], prompt: Prompt | None = None) -> list[GenRequest]:
+    """One request per record, its messages rendered by ``prompt`` (None: the built-in prompt)."""
     schema = load_schema(schema_name)
     out = []
     for rec in records:
         out.append(GenRequest(
             record_id=rec.id,
-            messages=render_messages(rec, schema_name),
+            messages=render_messages(rec, schema_name, prompt),
             max_tokens=max_tokens_budget(schema_name, rec.element_ids, count_tokens),
             json_schema=specialize(schema, rec.element_ids) if constrained else None,
         ))

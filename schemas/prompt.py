@@ -1,9 +1,21 @@
 """Prompt rendering: the one place where a record becomes chat messages and a label becomes the
 answer text. Training and evaluation both call these, and both arms of an evaluation get the
-same prompt (CONTRACT.md section 2)."""
+same prompt (CONTRACT.md section 2).
+
+The prompt is the built-in one (version p1) or a user's Jinja template (``--prompt-template FILE``, a
+``Prompt``): the template renders the user turn from the record's fields, and a top-level
+``{% set system = "..." %}`` in it gives a system turn (none without it); the model's own chat template then
+wraps the turns as usual. A template sees ``id``, ``patent_id``, ``claim``, ``query``, ``elements`` (each with
+``id`` and ``text``), ``element_ids``, ``meta``, ``record`` (the whole line as a dict: fields beyond the
+contract's too), ``answer_format`` (the answer's JSON shape in the run's schema), ``match_labels``,
+``risk_levels`` and ``schema``. An undefined name is an error that names the template, never an empty string.
+The adapter's manifest records the prompt it was trained with (version, hash, template text), and evaluation
+uses it unless told otherwise."""
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .errors import UserError
@@ -25,9 +37,106 @@ def answer_format(schema_name: str, first_element_id: str) -> str:
     return render_compact(shape).replace("}]", "},…]", 1)
 
 
-def render_messages(record: Record, schema_name: str = "v1") -> list[dict[str, str]]:
-    """The chat messages for one record. The claim itself is not repeated: its elements carry its
-    text, and prompt tokens dominate the cost on CPU."""
+@dataclass(frozen=True)
+class Prompt:
+    """Which prompt renders the records: the built-in one (``template`` None) or a Jinja template's text.
+    ``source`` says where it came from (a file, an adapter's manifest.json); not part of its identity."""
+
+    version: str = PROMPT_VERSION
+    template: str | None = None
+    source: str | None = None
+
+    @property
+    def builtin(self) -> bool:
+        return self.template is None
+
+    def fingerprint(self, schema_name: str) -> str:
+        """The hash recorded in runs and adapters: of the rendered built-in prompt, of a template's text."""
+        if self.builtin:
+            return prompt_fingerprint(schema_name)
+        return hashlib.sha256(f"template|{schema_name}|{self.template}".encode("utf-8")).hexdigest()[:16]
+
+    def describe(self, schema_name: str) -> dict[str, Any]:
+        """What run.json and the adapter's manifest record: version and hash (the run's identity), and a
+        template's text and source."""
+        doc: dict[str, Any] = {"version": self.version, "hash": self.fingerprint(schema_name)}
+        if not self.builtin:
+            doc.update(template=self.template, source=self.source)
+        return doc
+
+
+BUILTIN = Prompt()
+TEMPLATE_VERSION = "template"
+
+
+def _jinja_env():
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    return ImmutableSandboxedEnvironment(undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+
+def load_prompt_template(path: str | Path) -> Prompt:
+    """A ``Prompt`` from a Jinja template file; a missing file or a syntax error is a UserError naming the file
+    (and line)."""
+    from jinja2 import TemplateSyntaxError
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the prompt template ({e.strerror or e})") from None
+    if not text.strip():
+        raise UserError(f"{path}: the prompt template is empty")
+    try:
+        _jinja_env().from_string(text)
+    except TemplateSyntaxError as e:
+        raise UserError(f"{path}:{e.lineno}: not a Jinja template: {e.message}") from None
+    return Prompt(TEMPLATE_VERSION, text, str(path))
+
+
+def prompt_from_record(doc: Any, source: str) -> Prompt | None:
+    """The prompt a manifest's ``prompt`` entry describes (None: it does not say, or names a built-in version
+    this code does not have)."""
+    if not isinstance(doc, dict):
+        return None
+    if isinstance(doc.get("template"), str) and doc["template"].strip():
+        return Prompt(str(doc.get("version") or TEMPLATE_VERSION), doc["template"], source)
+    return BUILTIN if doc.get("version") == PROMPT_VERSION else None
+
+
+def _template_messages(prompt: Prompt, record: Record, schema_name: str) -> list[dict[str, str]]:
+    from jinja2 import TemplateError
+
+    fields = record.model_dump(mode="json")
+    variables = {**fields, "record": fields, "element_ids": record.element_ids,
+                 "answer_format": answer_format(schema_name, record.element_ids[0]),
+                 "match_labels": list(MATCH_LABELS), "risk_levels": list(RISK_LEVELS), "schema": schema_name}
+    try:
+        module = _jinja_env().from_string(prompt.template).make_module(variables)
+        user = str(module).strip()
+        system = getattr(module, "system", None)
+    except TemplateError as e:
+        raise UserError(f"{prompt.source or 'prompt template'}: rendering record {record.id!r}: {e}") from None
+    if not user:
+        raise UserError(f"{prompt.source or 'prompt template'}: renders an empty prompt for record {record.id!r}")
+    messages = [{"role": "system", "content": str(system).strip()}] if system else []
+    return messages + [{"role": "user", "content": user}]
+
+
+def check_renders(prompt: Prompt | None, records: list[Record], schema_name: str) -> None:
+    """Render every record with a template prompt now (a UserError naming the template and the record), so that a
+    typo in it stops a run before a model or an engine is loaded, not after."""
+    if prompt is not None and not prompt.builtin:
+        for record in records:
+            _template_messages(prompt, record, schema_name)
+
+
+def render_messages(record: Record, schema_name: str = "v1", prompt: Prompt | None = None) -> list[dict[str, str]]:
+    """The chat messages for one record, by ``prompt`` (the built-in one by default). The built-in prompt does
+    not repeat the claim itself: its elements carry its text, and prompt tokens dominate the cost on CPU."""
+    if prompt is not None and not prompt.builtin:
+        return _template_messages(prompt, record, schema_name)
     elements = "\n".join(f"{e.id}: {e.text}" for e in record.elements)
     ids = ", ".join(record.element_ids)
     user = (

@@ -38,7 +38,7 @@ class ServerConfig:
     port: int = 8000
     api_key: str | None = None  # given to the server as VLLM_API_KEY in its environment, never in its argv
     backend: str = "outlines"
-    max_lora_rank: int = 16
+    max_lora_rank: int | None = None  # None: the largest rank among the adapters (16 without one)
     max_model_len: int = 2048
     extra_args: list[str] = field(default_factory=list)
     name: str = "default"
@@ -47,6 +47,7 @@ class ServerConfig:
     # memory_utilization x the NUMA node's memory minus what the worker already holds after warm-up,
     # which goes negative (the engine fails to start) when the node is small or the worker large.
     kv_cache_bytes: int | None = None
+    allow_other_base: bool = False  # serve the adapters on a --model that is not their base, on purpose
 
 
 @dataclass
@@ -82,6 +83,15 @@ def state_dir(name: str) -> Path:
     return subdir("serve") / name
 
 
+def lora_rank_of(cfg: ServerConfig) -> int:
+    """The server's --max-lora-rank: the one given, else the largest of the adapters' own ranks."""
+    from patent_risk.runtime.adapters import adapter_rank
+
+    if cfg.max_lora_rank is not None:
+        return cfg.max_lora_rank
+    return max([r for r in (adapter_rank(p) for _, p in cfg.adapters) if r is not None] or [16])
+
+
 def build_command(cfg: ServerConfig, model_path: str) -> list[str]:
     """The server's argv (python -m ... on the CPU build, `vllm serve` on CUDA)."""
     args = ["--model", model_path, "--host", cfg.host, "--port", str(cfg.port),
@@ -93,7 +103,7 @@ def build_command(cfg: ServerConfig, model_path: str) -> list[str]:
     if cfg.kv_cache_bytes:
         args += ["--kv-cache-memory-bytes", str(cfg.kv_cache_bytes)]
     if cfg.adapters:
-        args += ["--enable-lora", "--max-lora-rank", str(cfg.max_lora_rank), "--max-loras", str(len(cfg.adapters)),
+        args += ["--enable-lora", "--max-lora-rank", str(lora_rank_of(cfg)), "--max-loras", str(len(cfg.adapters)),
                  "--lora-modules", *[f"{n}={p}" for n, p in cfg.adapters]]
     args += cfg.extra_args
     if cpu_env.is_cpu_build():
@@ -217,6 +227,9 @@ def start(cfg: ServerConfig, *, timeout: float = 600.0, log: Callable[[str], Non
     existing = read_state(cfg.name)
     if existing and _alive(existing.pid, existing.pid_started):
         raise UserError(f"server '{cfg.name}' is already running (pid {existing.pid}, {existing.url}); `patent-risk serve stop` first")
+    from patent_risk.runtime.bases import settle_model
+
+    cfg.model = settle_model(cfg.model, [p for _, p in cfg.adapters], allow_other_base=cfg.allow_other_base, log=log)
     model_path = resolve_model(cfg.model, log)
     env = server_env(cfg, model_path=model_path)
     key_set = bool(env.get(API_KEY_ENV))
@@ -230,7 +243,7 @@ def start(cfg: ServerConfig, *, timeout: float = 600.0, log: Callable[[str], Non
     from patent_risk.runtime.adapters import check_adapter_dir
 
     for name, path in cfg.adapters:
-        check_adapter_dir(path, cfg.max_lora_rank)
+        check_adapter_dir(path, lora_rank_of(cfg))
     cmd = build_command(cfg, model_path)
     sdir = state_dir(cfg.name)
     sdir.mkdir(parents=True, exist_ok=True)
@@ -314,6 +327,34 @@ def status(name: str = "default") -> dict:
     if state is None:
         return {"name": name, "running": False}
     return {**asdict(state), "running": _alive(state.pid, state.pid_started), "healthy": health(state.url)}
+
+
+def served_base_model(url: str, api_key: str | None = None) -> str:
+    """The base model a running vLLM server serves, as its /v1/models lists it (the entry without a parent; its
+    ``root`` is the model's path or hub id): the tokenizer that sizes and renders requests for it. A UserError
+    when the server does not answer or its model is not readable from this machine."""
+    import urllib.error
+    import urllib.request
+
+    from patent_risk.runtime.hub import is_hub_id
+
+    req = urllib.request.Request(f"{url.rstrip('/')}/v1/models",
+                                 headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            cards = json.loads(r.read()).get("data") or []
+    except urllib.error.HTTPError as e:
+        raise UserError(f"{url}/v1/models answered {e.code}" + ("; pass --api-key" if e.code == 401 else "")) from None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise UserError(f"no vLLM server answers at {url} ({e})") from None
+    bases = [c for c in cards if not c.get("parent")]
+    if not bases:
+        raise UserError(f"{url}/v1/models lists no base model; pass --model with the tokenizer to use")
+    root = str(bases[0].get("root") or bases[0].get("id"))
+    if not Path(root).exists() and not is_hub_id(root):
+        raise UserError(f"{url} serves {root}, which is not on this machine: pass --model with its tokenizer "
+                        "(a local copy or its hub id)")
+    return root
 
 
 def served_backend(url: str) -> str | None:

@@ -36,6 +36,9 @@ class TrainConfig(BaseModel):
     limit: int | None = Field(None, ge=1, description="Use only the first N training records (after the dev split and the held-out slice).")
     eval_fraction: float = Field(0.05, ge=0.0, lt=0.5, description="Share of training records held out for eval loss.")
     schema_name: SchemaName = Field("v1", description="Output schema the answers are written in (v2 needs label.matches[].reason).")
+    prompt_template: str | None = Field(None, description=(
+        "A Jinja template file for the prompt (the user turn, over the record's fields; schemas/prompt.py); null = the "
+        "built-in prompt (p1). Recorded in the adapter's manifest, and evaluation uses it by default."))
     output_name: str = Field("adapter", description="Adapter name; written to artifacts/adapters/NAME.")
     output_dir: str | None = Field(None, description="Write the adapter here instead of artifacts/adapters/NAME.")
 
@@ -106,6 +109,12 @@ class TrainConfig(BaseModel):
             raise UserError("train_data is not set: name your training file (JSONL) with -s train_data=FILE or in "
                             "the config (`patent-risk train qlora --help` lists every key)")
         return self.train_data
+
+    def prompt(self):
+        """The prompt the records are rendered with (schemas.prompt.Prompt): the template file's, else the built-in."""
+        from patent_risk.schemas.prompt import BUILTIN, load_prompt_template
+
+        return BUILTIN if not self.prompt_template else load_prompt_template(self.prompt_template)
 
     @property
     def modules(self) -> list[str]:

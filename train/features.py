@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from patent_risk.schemas.errors import UserError
-from patent_risk.schemas.prompt import messages_for, render_answer, render_messages
+from patent_risk.schemas.prompt import Prompt, messages_for, render_answer, render_messages
 from patent_risk.schemas.records import Record
 
 IGNORE_INDEX = -100
@@ -31,9 +31,9 @@ def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def prompt_ids(tokenizer, record: Record, schema_name: str = "v1") -> list[int]:
+def prompt_ids(tokenizer, record: Record, schema_name: str = "v1", prompt: Prompt | None = None) -> list[int]:
     """The prompt token ids exactly as inference sees them (with the template's BOS, once)."""
-    messages = messages_for(tokenizer, render_messages(record, schema_name))
+    messages = messages_for(tokenizer, render_messages(record, schema_name, prompt))
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     ids = _encode(tokenizer, text)
     bos = tokenizer.bos_token_id
@@ -42,7 +42,7 @@ def prompt_ids(tokenizer, record: Record, schema_name: str = "v1") -> list[int]:
     return ids
 
 
-def build_features(tokenizer, record: Record, schema_name: str = "v1") -> Features:
+def build_features(tokenizer, record: Record, schema_name: str = "v1", prompt: Prompt | None = None) -> Features:
     """The record's prompt (masked) and its label written in ``schema_name`` (trained): for a schema with
     reasons (v2), each element's ``label.matches[].reason``."""
     if record.label is None:
@@ -51,13 +51,13 @@ def build_features(tokenizer, record: Record, schema_name: str = "v1") -> Featur
         answer = render_answer(record.label, schema_name)
     except UserError as e:
         raise UserError(f"record {record.id!r}: {e}") from None
-    messages = messages_for(tokenizer, render_messages(record, schema_name))
+    messages = messages_for(tokenizer, render_messages(record, schema_name, prompt))
     prompt_text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     full_text = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": answer}], tokenize=False)
     if not full_text.startswith(prompt_text):
         raise UserError("the chat template renders the prompt differently with and without the answer; cannot mask the prompt")
     completion = full_text[len(prompt_text):]
-    p_ids = prompt_ids(tokenizer, record, schema_name)
+    p_ids = prompt_ids(tokenizer, record, schema_name, prompt)
     c_ids = _through_end_of_turn(tokenizer, _encode(tokenizer, completion))
     return Features(input_ids=p_ids + c_ids, labels=[IGNORE_INDEX] * len(p_ids) + list(c_ids))
 

@@ -14,10 +14,11 @@ from typing import Any, Callable
 
 from patent_risk.runtime.adapters import adapter_problems
 from patent_risk.runtime.artifacts import describe_path, file_sha256, subdir
-from patent_risk.runtime.embedded import default_model_label, resolve_model
+from patent_risk.runtime.bases import model_folder
+from patent_risk.runtime.embedded import default_model_label
 from patent_risk.schemas.errors import UserError
 from patent_risk.schemas.output import has_reason, load_schema, schema_hash
-from patent_risk.schemas.prompt import PROMPT_VERSION, prompt_fingerprint
+from patent_risk.schemas.prompt import check_renders
 from patent_risk.schemas.records import load_dataset
 
 from . import hardware
@@ -142,7 +143,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
     plan = hardware.plan(cfg.quantization, cfg.compute_dtype)
     for note in plan.notes:
         log(note)
-    model_path = resolve_model(cfg.base_model, log)
+    prompt = cfg.prompt()  # a bad template is refused before the model loads
+    if not prompt.builtin:
+        log(f"prompt: {prompt.source} (hash {prompt.fingerprint(cfg.schema_name)})")
+    model_path = str(model_folder(cfg.base_model, log))  # a hub id: its snapshot in the local HF cache (hashed)
 
     data = load_dataset(data_file)
     train_recs, eval_recs, data_mix = training_data(cfg, data.records)
@@ -154,12 +158,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
             + f" = {data_mix['train_examples']} training examples; risk levels {data_mix['train_risk_levels']}")
 
     _check_reasons(cfg, data, train_recs + eval_recs)
+    check_renders(prompt, train_recs + eval_recs, cfg.schema_name)
     model, tokenizer = load_base(model_path, plan, cfg)
     too_long = []
     train_feats, eval_feats = [], []
     for recs, out in ((train_recs, train_feats), (eval_recs, eval_feats)):
         for rec in recs:
-            feats = build_features(tokenizer, rec, cfg.schema_name)
+            feats = build_features(tokenizer, rec, cfg.schema_name, prompt)
             if len(feats.input_ids) > cfg.max_seq_len:
                 too_long.append(f"{rec.id} ({len(feats.input_ids)} tokens)")
             out.append(feats.as_dict())
@@ -239,7 +244,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
                  "eval_records": len(eval_feats), "train_ids_first_last": [train_recs[0].id, train_recs[-1].id]},
         "data_mix": data_mix,
         "schema": {"name": cfg.schema_name, "hash": schema_hash(load_schema(cfg.schema_name))},
-        "prompt": {"version": PROMPT_VERSION, "hash": prompt_fingerprint(cfg.schema_name)},
+        "prompt": prompt.describe(cfg.schema_name),
         "config": cfg.model_dump(mode="json"),
         "hardware": {"device": plan.device, "quantization": plan.quantization, "compute_dtype": plan.compute_dtype, "notes": list(plan.notes)},
         "results": {"train_loss": result.training_loss, "eval_loss": final_eval.get("eval_loss"),
