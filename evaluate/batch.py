@@ -233,6 +233,10 @@ def settle_prompt(cfg: BatchConfig, log: Callable[[str], None] = print) -> None:
         return
     if cfg.prompt_template:
         cfg.prompt = load_prompt_template(cfg.prompt_template)
+        trained = None if cfg.adapter is None else adapter_prompt(cfg.adapter.path, log)
+        if trained is not None and trained.fingerprint(cfg.schema_name) != cfg.prompt.fingerprint(cfg.schema_name):
+            log(f"note: {cfg.adapter.path} was trained with another prompt ({trained.source or 'built-in ' + trained.version}, "
+                f"hash {trained.fingerprint(cfg.schema_name)}); evaluating with {cfg.prompt.source}, as asked")
     else:
         cfg.prompt = BUILTIN if cfg.adapter is None else adapter_prompt(cfg.adapter.path, log)
     if not cfg.prompt.builtin:

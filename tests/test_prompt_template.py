@@ -80,3 +80,20 @@ def test_a_runs_identity_is_the_prompts_version_and_hash_not_its_source():
     b = {"prompt": {"version": "template", "hash": "abc", "template": "x", "source": "/b/p.jinja"}}
     assert identity(a)["prompt"] == identity(b)["prompt"] == {"version": "template", "hash": "abc"}
     assert differences(a, {"prompt": {"version": "p1", "hash": "def"}})
+
+
+def test_evaluation_takes_the_adapters_prompt_unless_given_one_and_says_when_they_differ(trained_adapter, tmp_path):
+    """No engine: the prompt is settled from the adapter's manifest (the shared tiny adapter: built-in p1) or from
+    --prompt-template, which is noted as differing from the one the adapter was trained with."""
+    from patent_risk.evaluate.batch import BatchConfig, settle_prompt
+    from patent_risk.runtime.engines import AdapterSpec
+
+    spec = AdapterSpec("tiny", str(trained_adapter))
+    logged: list[str] = []
+    cfg = BatchConfig(data="d", out="o", constrained=True, adapter=spec)
+    settle_prompt(cfg, logged.append)
+    assert cfg.prompt.builtin and not logged
+    cfg = BatchConfig(data="d", out="o", constrained=True, adapter=spec, prompt_template=str(write_template(tmp_path)))
+    settle_prompt(cfg, logged.append)
+    assert not cfg.prompt.builtin and cfg.prompt.template == TEMPLATE
+    assert any(line.startswith("note:") and "trained with another prompt" in line for line in logged)
