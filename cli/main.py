@@ -26,10 +26,10 @@ def main() -> None:
     The usual order, on your data and your GPU (google/gemma-3-4b-it, QLoRA):
       patent-risk evaluate validate my/eval.jsonl        check every record (file, line, field)
       patent-risk train qlora --config train/configs/seed.yaml -s train_data=my/train.jsonl
-      patent-risk evaluate batch --model google/gemma-3-4b-it --adapter mine=artifacts/adapters/gemma3-4b-seed \\
-          --data my/eval.jsonl --both --out artifacts/runs/mine        constrained and unconstrained
+      patent-risk evaluate batch --adapter mine=artifacts/adapters/gemma3-4b-seed --data my/eval.jsonl \\
+          --both --out artifacts/runs/mine        both arms, on the adapter's own base and prompt
       patent-risk evaluate report artifacts/runs/mine-constrained artifacts/runs/mine-unconstrained --out artifacts/reports/mine
-      patent-risk serve start --model google/gemma-3-4b-it --adapter mine=artifacts/adapters/gemma3-4b-seed
+      patent-risk serve start --adapter mine=artifacts/adapters/gemma3-4b-seed       on the adapter's base
       patent-risk serve bench --help                     throughput of the running server
 
     \b

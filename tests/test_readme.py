@@ -1,0 +1,113 @@
+"""The README's commands exist as shown (issue 29): every `patent-risk ...` / `evaluate ...` usage in its code
+blocks names a real (sub)command, its `--help` runs, and every flag the usage shows is one of that command's.
+
+Usage lines are a block line that starts with the command and the lines that continue it (indented further than
+the four spaces of a description, or ending in a backslash); a ` -- ` ends the project's flags (what follows
+goes to vLLM). Descriptions under a usage are prose and may name other commands' flags, so they are not read."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+PROGRAMS = ("patent-risk", "evaluate")
+_FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*|-[a-zA-Z])(?=[\s=\]|,)]|$)")
+
+
+def _blocks(text: str) -> list[list[str]]:
+    blocks, current = [], None
+    for line in text.splitlines():
+        if line.startswith("```"):
+            if current is None:
+                current = [] if line[3:].strip() in ("", "sh", "text", "bash", "console") else None
+                if current is None:
+                    current = ["<skip>"]
+            else:
+                if current and current[0] != "<skip>":
+                    blocks.append(current)
+                current = None
+            continue
+        if current is not None:
+            current.append(line)
+    return blocks
+
+
+def readme_usages() -> list[str]:
+    """Each command usage in the README's code blocks, continuation lines joined."""
+    usages: list[str] = []
+    for block in _blocks(README.read_text(encoding="utf-8")):
+        current: str | None = None
+        for line in block:
+            stripped = line.strip()
+            words = stripped.split()
+            first = words[0].rsplit("/", 1)[-1] if words else ""
+            if first in PROGRAMS and not line.startswith(" " * 4):
+                if current:
+                    usages.append(current)
+                current = " ".join([first, *words[1:]])
+            elif current is not None and stripped and (line.startswith(" " * 5) or current.endswith("\\")):
+                current = current.rstrip("\\") + " " + stripped
+            else:
+                if current:
+                    usages.append(current)
+                current = None
+        if current:
+            usages.append(current)
+    return [re.sub(r"\s+#.*$", "", u) for u in usages]
+
+
+def _resolve(usage: str) -> tuple[list[str], click.Command]:
+    from patent_risk.cli.main import main
+
+    words = usage.split()
+    path = ["evaluate"] if words[0] == "evaluate" else []
+    cmd: click.Command = main
+    for name in path + words[1:]:
+        if isinstance(cmd, click.Group) and name in cmd.commands:
+            cmd = cmd.commands[name]
+            path.append(name) if name != "evaluate" or path != ["evaluate"] else None
+        else:
+            break
+    # `evaluate X` is `patent-risk evaluate X`
+    return path, cmd
+
+
+def _flags_of(cmd: click.Command) -> set[str]:
+    names = {"--help", "-h"}
+    for p in cmd.params:
+        names.update(getattr(p, "opts", []))
+        names.update(getattr(p, "secondary_opts", []))
+    return names
+
+
+USAGES = readme_usages()
+
+
+def test_the_readme_shows_commands():
+    assert len(USAGES) >= 15, USAGES
+    assert any(u.startswith("evaluate batch") for u in USAGES) and any(u.startswith("patent-risk serve start") for u in USAGES)
+
+
+@pytest.mark.parametrize("usage", USAGES, ids=lambda u: " ".join(u.split()[:3]))
+def test_each_readme_command_and_flag_exists(usage):
+    path, cmd = _resolve(usage)
+    assert not isinstance(cmd, click.Group) or usage.split()[-1] in ("-h", "--help"), \
+        f"README: {usage!r} names no subcommand of {' '.join(['patent-risk', *path])}"
+    from patent_risk.cli.main import main
+
+    done = CliRunner().invoke(main, [*path, "--help"])
+    assert done.exit_code == 0, done.output
+    project_part = usage.split(" -- ")[0]
+    shown = set(_FLAG.findall(project_part))
+    unknown = sorted(shown - _flags_of(cmd))
+    assert not unknown, f"README: {usage!r}: {' '.join(['patent-risk', *path])} has no {', '.join(unknown)}"
+
+
+def test_the_check_finds_a_flag_that_does_not_exist():
+    path, cmd = _resolve("evaluate batch --data FILE --no-such-flag")
+    assert path == ["evaluate", "batch"]
+    assert "--no-such-flag" not in _flags_of(cmd) and "--engine-arg" in _flags_of(cmd)
