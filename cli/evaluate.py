@@ -49,7 +49,7 @@ def _adapter(value: str | None):
 @click.group(cls=ErrorReportingGroup)
 @version_option
 def main() -> None:
-    """Evaluate a patent-risk model: constrained against unconstrained decoding, scored per CONTRACT.md.
+    """Evaluate a patent-risk model: constrained against unconstrained decoding, scored as docs/formats.md section 4 says.
 
     \b
     evaluate validate data/demo/eval.jsonl
@@ -62,7 +62,7 @@ def main() -> None:
 @click.argument("file", type=click.Path())
 @click.option("--skip-bad", is_flag=True, help="Report bad lines but accept the rest (exit 0 if any record is good).")
 def validate(file, skip_bad) -> None:
-    """Check a dataset against CONTRACT.md section 1; print every problem as file:line: field: problem."""
+    """Check a dataset against docs/formats.md section 1; print every problem as file:line: field: problem."""
     from patent_risk.schemas.records import load_dataset
 
     data = load_dataset(file, skip_bad=skip_bad)
@@ -76,7 +76,7 @@ def validate(file, skip_bad) -> None:
 
 
 @main.command()
-@click.option("--data", required=True, type=click.Path(), help="Dataset JSONL (CONTRACT.md section 1).")
+@click.option("--data", required=True, type=click.Path(), help="Dataset JSONL (docs/formats.md section 1).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory; an existing one is resumed.")
 @click.option("--constrained/--unconstrained", default=None, help="Decode with the per-record JSON-schema constraint, or free.")
 @click.option("--both", is_flag=True,
@@ -376,7 +376,7 @@ def curve(adapters, data, out, budget_s, base, every, final_only, model, allow_o
               help="Which runs are compared (McNemar, paired bootstrap): each against the reference run; every pair "
                    "of runs of the same arm (constrained with constrained, unconstrained with unconstrained); or every pair.")
 def report(run_dirs, out, baseline, by, risk_rule, pairs) -> None:
-    """Score runs and compare them side by side (CONTRACT.md section 4).
+    """Score runs and compare them side by side (docs/formats.md section 4).
 
     \b
     evaluate report artifacts/runs/demo-constrained artifacts/runs/demo-unconstrained --out artifacts/reports/demo

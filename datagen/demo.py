@@ -1,4 +1,4 @@
-"""A seeded generator of the Korean demo dataset (CONTRACT.md section 1), its committed split
+"""A seeded generator of the Korean demo dataset (docs/formats.md section 1), its committed split
 (data/demo/, `patent-risk datagen`), and the boundary cases `train` can augment with
 (augment_boundary). The patents and labelling rules: datagen.patents; query rendering: datagen.render.
 """

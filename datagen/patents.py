@@ -1,4 +1,4 @@
-"""The demo dataset's patents and the rules that label it (CONTRACT.md section 1); datagen.demo generates
+"""The demo dataset's patents and the rules that label it (docs/formats.md section 1); datagen.demo generates
 the records, datagen.render writes their queries.
 
 Five invented patents on cosmetic formulations (``PATENTS``), each a one-sentence claim split

@@ -4,7 +4,7 @@ The report's "majority-class baseline" row is the best constant answer *on the e
 gold labels): a reference line, but no run a model can be paired against, and chosen by looking at the eval
 split. Here the constant answer is learnt from the training split only (its most frequent ``risk_level``
 and its most frequent element ``match``; ties in the vocabulary's order), written for every evaluated record
-as an ordinary run directory (CONTRACT.md section 3): the report scores it and pairs it sample by sample
+as an ordinary run directory (docs/formats.md section 3): the report scores it and pairs it sample by sample
 (McNemar, paired bootstrap) against a model's run like any other run.
 """
 from __future__ import annotations

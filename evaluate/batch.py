@@ -1,4 +1,4 @@
-"""`evaluate batch`: run a dataset through an engine into a run directory (CONTRACT.md section 3).
+"""`evaluate batch`: run a dataset through an engine into a run directory (docs/formats.md section 3).
 
 Rows are appended and flushed chunk by chunk as samples finish; re-running into the same directory
 resumes, skipping finished ids, and refuses when the provenance differs.

@@ -1,5 +1,5 @@
 """`evaluate report`'s library side: run directories in, metrics.json, report.md and report.html out
-(CONTRACT.md section 4). The CLI only parses options and calls ``write_report``.
+(docs/formats.md section 4). The CLI only parses options and calls ``write_report``.
 
 Layout of metrics.json (``format_version`` 1):
 

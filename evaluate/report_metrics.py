@@ -1,4 +1,4 @@
-"""Per-run metrics of a report (CONTRACT.md section 4), computed with polars from scored tables.
+"""Per-run metrics of a report (docs/formats.md section 4), computed with polars from scored tables.
 
 Every table is one polars aggregation over all runs at once (``group_by("run", ...)``); Python only
 walks aggregated rows (a few per run) to build the JSON document.

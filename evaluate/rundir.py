@@ -1,4 +1,4 @@
-"""Reading a run directory (CONTRACT.md section 3): `results.jsonl` rows and the optional `run.json`.
+"""Reading a run directory (docs/formats.md section 3): `results.jsonl` rows and the optional `run.json`.
 
 Reading is strict about what scoring needs and lenient about the rest: every row must carry `id`,
 `gold`, `raw_output` and `finish_reason`; the optional fields are kept as they are. A torn last line
@@ -161,7 +161,7 @@ def _check_row(row: Any, where: str, line: int) -> list[Problem]:
 
 
 def _check_coverage(elements: list[dict[str, Any]], gold: dict[str, Any] | None, where: str, line: int) -> list[Problem]:
-    """The row's element ids are unique and its gold has exactly one match per element (CONTRACT.md section 1).
+    """The row's element ids are unique and its gold has exactly one match per element (docs/formats.md section 1).
 
     ``gold`` is None when the row has none or its own check failed; its match ids are then known to be unique.
     """

@@ -1,4 +1,4 @@
-"""Scoring, identical for every run (CONTRACT.md section 4): parse each output, classify it, and build
+"""Scoring, identical for every run (docs/formats.md section 4): parse each output, classify it, and build
 the per-sample and per-element tables that every metric is computed from.
 
 Pure: no files, no printing. The only per-row Python is parsing; tables are built with polars.

@@ -1,4 +1,4 @@
-"""The label vocabularies of CONTRACT.md. Labels stay in Korean, exactly as written there."""
+"""The label vocabularies of docs/formats.md. Labels stay in Korean, exactly as written there."""
 from typing import Literal, get_args
 
 RiskLevel = Literal["높음", "애매", "낮음"]

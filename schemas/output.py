@@ -1,4 +1,4 @@
-"""The model-output contract (CONTRACT.md section 2): pydantic models, the committed JSON Schema
+"""The model-output contract (docs/formats.md section 2): pydantic models, the committed JSON Schema
 files generated from them, the per-record specialization used for decoding, and generic validation
 used for scoring."""
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Prompt rendering: the one place where a record becomes chat messages and a label becomes the
 answer text. Training and evaluation both call these, and both arms of an evaluation get the
-same prompt (CONTRACT.md section 2).
+same prompt (docs/formats.md section 2).
 
 The prompt is the built-in one (version p1) or a user's Jinja template (``--prompt-template FILE``, a
 ``Prompt``): the template renders the user turn from the record's fields, and a top-level

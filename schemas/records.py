@@ -1,4 +1,4 @@
-"""The dataset contract (CONTRACT.md section 1): one record per JSONL line, and its loader."""
+"""The dataset contract (docs/formats.md section 1): one record per JSONL line, and its loader."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -111,3 +111,17 @@ def test_the_check_finds_a_flag_that_does_not_exist():
     path, cmd = _resolve("evaluate batch --data FILE --no-such-flag")
     assert path == ["evaluate", "batch"]
     assert "--no-such-flag" not in _flags_of(cmd) and "--engine-arg" in _flags_of(cmd)
+
+
+def test_nothing_a_user_reads_points_outside_the_repository():
+    """Code, docstrings and --help name docs/formats.md for the formats, never a CONTRACT.md or ../shared that a
+    clone of this repository does not hold (the README's turn comes with its rewrite)."""
+    root = README.parent
+    hits = []
+    for folder in ("bench", "cli", "datagen", "evaluate", "patent_risk", "runtime", "schemas", "serve", "train"):
+        for path in sorted((root / folder).rglob("*.py")):
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if "CONTRACT.md" in line or "../shared" in line:
+                    hits.append(f"{path.relative_to(root)}:{n}: {line.strip()}")
+    assert not hits, "\n".join(hits)
+    assert (root / "docs" / "formats.md").exists()

@@ -26,7 +26,7 @@ class TrainConfig(BaseModel):
 
     base_model: str | None = Field(None, description="HF model id or local folder; null = the embedded Gemma 3 270M (gemma-3-270m); an embedded model's name (smollm2) works too.")
     train_data: str | None = Field(None, description=(
-        "Training dataset (JSONL, CONTRACT.md section 1). Required, no default: name your file (-s train_data=FILE "
+        "Training dataset (JSONL, docs/formats.md section 1). Required, no default: name your file (-s train_data=FILE "
         "or in the config); nothing trains on a file you did not name."))
     dev_size: int = Field(0, ge=0, description=(
         "Carve N records off train_data as the dev split (chosen by dev_seed, before anything else): never trained "
