@@ -439,11 +439,11 @@ def _count_finish(run_dir: Path) -> dict[str, int]:
 
 
 def _generate_into(results: Path, requests, by_id, engine: Engine, chunk_size: int, progress: bool) -> tuple[float, int]:
-    from tqdm import tqdm
+    from patent_risk.runtime.progress import progress_bar
 
     t0 = time.perf_counter()
     tokens = 0
-    bar = tqdm(total=len(requests), unit="sample", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(len(requests), unit="sample", desc="evaluate", enabled=progress)
     streaming = getattr(engine, "generate_iter", None)
     with open(results, "ab") as f:
         try:
