@@ -79,22 +79,19 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict[st
         raise UserError("--limit, --hf-limit, --batch-size, --hf-threads and --compile-sample must be at least 1")
     if not Path(opts.adapter_path).is_dir():
         raise UserError(f"{opts.adapter_path}: no such adapter folder")
-    from patent_risk.runtime.adapters import adapter_rank, check_adapter_dir
+    from patent_risk.runtime.adapters import check_adapter_dir
     from patent_risk.runtime.bases import settle_model
-    from patent_risk.runtime.engine_args import lora_rank
+    from patent_risk.runtime.engine_args import adapters_lora_rank
 
-    rank = lora_rank([r for r in [adapter_rank(opts.adapter_path)] if r is not None], opts.engine_args)
+    rank = adapters_lora_rank([opts.adapter_path], opts.engine_args)
     check_adapter_dir(opts.adapter_path, rank)
     n_records = len(load_dataset(opts.data, limit=opts.limit).records)
     if n_records == 0:
         raise UserError(f"{opts.data}: no records")
     model = settle_model(opts.model, [opts.adapter_path], allow_other_base=opts.allow_other_base, log=log)
-    from patent_risk.evaluate.batch import adapter_prompt
-    from patent_risk.schemas.prompt import load_prompt_template
+    from patent_risk.evaluate.batch import resolve_prompt
 
-    prompt = load_prompt_template(opts.prompt_template) if opts.prompt_template else adapter_prompt(opts.adapter_path, log)
-    if not prompt.builtin:
-        log(f"prompt: {prompt.source} (hash {prompt.fingerprint(opts.schema_name)})")
+    prompt = resolve_prompt(opts.prompt_template, opts.adapter_path, opts.schema_name, log)
     model_path = resolve_model(model, log)
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -330,8 +330,7 @@ def curve(adapters, data, out, budget_s, base, every, final_only, model, allow_o
     evaluate curve a=artifacts/sweeps/a --data artifacts/dev.jsonl --out artifacts/curves/demo --budget-s 600
     """
     from patent_risk.evaluate.curve import Checkpoint, check_same_base, checkpoints, evaluate_points, write_curve
-    from patent_risk.runtime.adapters import adapter_rank
-    from patent_risk.runtime.engine_args import lora_rank
+    from patent_risk.runtime.engine_args import adapters_lora_rank
     from patent_risk.runtime.engines import VllmOffline
 
     engine_args = _engine_args(engine_arg)
@@ -343,7 +342,7 @@ def curve(adapters, data, out, budget_s, base, every, final_only, model, allow_o
     if base:
         points.insert(0, Checkpoint("base", 0, 0.0, None, True))
 
-    rank = lora_rank([r for r in map(adapter_rank, dirs) if r is not None], engine_args)
+    rank = adapters_lora_rank(dirs, engine_args)
 
     def make_engine(model_path, spec):
         return VllmOffline(model_path, spec, backend=backend, max_model_len=max_model_len, max_batch=chunk_size,

@@ -226,21 +226,28 @@ def adapter_prompt(adapter_dir: str | Path, log: Callable[[str], None] = print) 
     return prompt or BUILTIN
 
 
-def settle_prompt(cfg: BatchConfig, log: Callable[[str], None] = print) -> None:
-    """Set ``cfg.prompt``: the ``--prompt-template`` file's, else the one the adapter's manifest records it was
-    trained with, else the built-in prompt. Once per config."""
-    if cfg.prompt is not None:
-        return
-    if cfg.prompt_template:
-        cfg.prompt = load_prompt_template(cfg.prompt_template)
-        trained = None if cfg.adapter is None else adapter_prompt(cfg.adapter.path, log)
-        if trained is not None and trained.fingerprint(cfg.schema_name) != cfg.prompt.fingerprint(cfg.schema_name):
-            log(f"note: {cfg.adapter.path} was trained with another prompt ({trained.source or 'built-in ' + trained.version}, "
-                f"hash {trained.fingerprint(cfg.schema_name)}); evaluating with {cfg.prompt.source}, as asked")
+def resolve_prompt(prompt_template: str | None, adapter_dir: str | Path | None, schema_name: str,
+                   log: Callable[[str], None] = print) -> Prompt:
+    """The prompt to render records with: ``prompt_template``'s (noted when the adapter was trained with another),
+    else the one the adapter's manifest records it was trained with, else the built-in prompt."""
+    if prompt_template:
+        prompt = load_prompt_template(prompt_template)
+        trained = None if adapter_dir is None else adapter_prompt(adapter_dir, log)
+        if trained is not None and trained.fingerprint(schema_name) != prompt.fingerprint(schema_name):
+            log(f"note: {adapter_dir} was trained with another prompt ({trained.source or 'built-in ' + trained.version}, "
+                f"hash {trained.fingerprint(schema_name)}); evaluating with {prompt.source}, as asked")
     else:
-        cfg.prompt = BUILTIN if cfg.adapter is None else adapter_prompt(cfg.adapter.path, log)
-    if not cfg.prompt.builtin:
-        log(f"prompt: {cfg.prompt.source} (hash {cfg.prompt.fingerprint(cfg.schema_name)})")
+        prompt = BUILTIN if adapter_dir is None else adapter_prompt(adapter_dir, log)
+    if not prompt.builtin:
+        log(f"prompt: {prompt.source} (hash {prompt.fingerprint(schema_name)})")
+    return prompt
+
+
+def settle_prompt(cfg: BatchConfig, log: Callable[[str], None] = print) -> None:
+    """Set ``cfg.prompt`` (resolve_prompt) once per config."""
+    if cfg.prompt is None:
+        cfg.prompt = resolve_prompt(cfg.prompt_template, None if cfg.adapter is None else cfg.adapter.path,
+                                    cfg.schema_name, log)
 
 
 def settle_base(cfg: BatchConfig, log: Callable[[str], None] = print) -> None:
@@ -257,11 +264,9 @@ def settle_base(cfg: BatchConfig, log: Callable[[str], None] = print) -> None:
 
 def max_lora_rank(cfg: BatchConfig) -> int:
     """The engine's max_lora_rank for ``cfg``: ``--engine-arg max_lora_rank`` when given, else the adapter's r."""
-    from patent_risk.runtime.adapters import adapter_rank
-    from patent_risk.runtime.engine_args import lora_rank
+    from patent_risk.runtime.engine_args import adapters_lora_rank
 
-    rank = None if cfg.adapter is None else adapter_rank(cfg.adapter.path)
-    return lora_rank([] if rank is None else [rank], cfg.engine_args)
+    return adapters_lora_rank([] if cfg.adapter is None else [cfg.adapter.path], cfg.engine_args)
 
 
 def finished_ids(run_dir: Path) -> set[str]:

@@ -79,10 +79,15 @@ def lineage(folder: str | Path) -> set[str]:
     return hashes - {None, EMPTY}
 
 
+def _embedded(model: str | None) -> bool:
+    """``model`` names an embedded model (None: the default), not a folder of that name."""
+    return embedded_by_name(model) is not None and not (model and Path(model).exists())
+
+
 def local_folder(model: str | None, log: Callable[[str], None] = print) -> Path | None:
     """The folder a model value names on this machine: an embedded model (provisioned), a local folder, a hub id
     in the local Hugging Face cache; None for a hub id that is not cached."""
-    if embedded_by_name(model) is not None and not (model and Path(model).exists()):
+    if _embedded(model):
         return Path(resolve_model(model, log))
     if model is not None and Path(model).is_dir():
         return Path(model)
@@ -95,7 +100,7 @@ def model_folder(model: str | None, log: Callable[[str], None] = print) -> Path:
     naming the model and how to log in)."""
     from .hub import model_folder as hub_folder
 
-    if embedded_by_name(model) is not None and not (model and Path(model).exists()):
+    if _embedded(model):
         return Path(resolve_model(model, log))
     return hub_folder(str(model), log)
 

@@ -17,6 +17,7 @@ import difflib
 import importlib.util
 import json
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Iterable
 
 from patent_risk.schemas.errors import UserError
@@ -96,6 +97,14 @@ def parse_engine_args(pairs: Iterable[str]) -> dict[str, Any]:
 def output_changing(args: dict[str, Any] | None) -> dict[str, Any]:
     """The part of recorded engine arguments that belongs to a run's identity."""
     return {k: v for k, v in sorted((args or {}).items()) if k not in SCHEDULING_ONLY}
+
+
+def adapters_lora_rank(adapter_dirs: Iterable[str | Path], args: dict[str, Any] | None = None) -> int:
+    """``lora_rank`` of the adapters in ``adapter_dirs`` (their adapter_config.json's r; unreadable ones left to
+    check_adapter_dir)."""
+    from .adapters import adapter_rank
+
+    return lora_rank([r for r in map(adapter_rank, adapter_dirs) if r is not None], args)
 
 
 def lora_rank(adapter_ranks: Iterable[int], args: dict[str, Any] | None) -> int:

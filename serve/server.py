@@ -85,11 +85,9 @@ def state_dir(name: str) -> Path:
 
 def lora_rank_of(cfg: ServerConfig) -> int:
     """The server's --max-lora-rank: the one given, else the largest of the adapters' own ranks."""
-    from patent_risk.runtime.adapters import adapter_rank
+    from patent_risk.runtime.engine_args import adapters_lora_rank
 
-    if cfg.max_lora_rank is not None:
-        return cfg.max_lora_rank
-    return max([r for r in (adapter_rank(p) for _, p in cfg.adapters) if r is not None] or [16])
+    return cfg.max_lora_rank if cfg.max_lora_rank is not None else adapters_lora_rank(p for _, p in cfg.adapters)
 
 
 def build_command(cfg: ServerConfig, model_path: str) -> list[str]:
@@ -242,8 +240,9 @@ def start(cfg: ServerConfig, *, timeout: float = 600.0, log: Callable[[str], Non
         raise UserError(f"port {cfg.port} on {cfg.host} is in use; pass --port")
     from patent_risk.runtime.adapters import check_adapter_dir
 
+    rank = lora_rank_of(cfg)
     for name, path in cfg.adapters:
-        check_adapter_dir(path, lora_rank_of(cfg))
+        check_adapter_dir(path, rank)
     cmd = build_command(cfg, model_path)
     sdir = state_dir(cfg.name)
     sdir.mkdir(parents=True, exist_ok=True)

@@ -30,9 +30,6 @@ def base_of(adapter_dir: Path, base: str | None, allow_other_base: bool = False,
     return model_folder(settle_model(base, [adapter_dir], allow_other_base=allow_other_base, log=log), log)
 
 
-merge_dtype = base_dtype  # the merged model's dtype: the base's own (train.nf4_base.base_dtype)
-
-
 ONTO = ("trained", "unquantized")
 
 
@@ -54,7 +51,7 @@ def merge(adapter_dir: str | Path, out_dir: str | Path, base: str | None = None,
         log(f"{model_path} is already NF4-rounded (its {NF4_MANIFEST}): merging into it as it is")
     elif quant is not None:  # trained on NF4: merge into the NF4-rounded weights it was trained against
         model_path = str(nf4_base(model_path, quant["double_quant"], log=log))
-    dtype = merge_dtype(model_path, dtype)
+    dtype = base_dtype(model_path, dtype)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
     merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
@@ -84,7 +81,7 @@ def merged_for(adapter_dir: str | Path, base: str, dtype: str | None = None, log
     from patent_risk.runtime.bases import model_folder
 
     base = str(model_folder(base, log))
-    dtype = merge_dtype(base, dtype)
+    dtype = base_dtype(base, dtype)
     onto = "nf4-rounded" if trained_quantization(adapter_dir) else ""
     key = hashlib.sha256(f"{dir_sha256(adapter_dir)}|{dir_sha256(base)}|{dtype}{onto}".encode()).hexdigest()[:16]
     out = subdir("merged") / key
