@@ -59,8 +59,13 @@ def train_qlora(config_path, overrides, prompt_template, resume, print_config) -
     cfg.prompt()
     from patent_risk.train.trainer import train
 
-    result = train(cfg, resume=resume, log=click.echo)
-    click.echo(str(result.adapter_dir))
+    import os
+
+    # Under torchrun / accelerate launch every process runs this; the first one speaks and writes the adapter.
+    first = os.environ.get("RANK", "0") == "0"
+    result = train(cfg, resume=resume, log=click.echo if first else (lambda _line: None))
+    if first:
+        click.echo(str(result.adapter_dir))
 
 
 @main.command("dev-split")

@@ -31,13 +31,24 @@ def labelled_positions(labels):
     return keep
 
 
+def _unwrapped(model):
+    """The model inside torch's data-parallel wrappers (`torchrun` / `accelerate launch` wrap it in
+    DistributedDataParallel, which does not forward ``get_output_embeddings``)."""
+    from torch.nn import DataParallel
+    from torch.nn.parallel import DistributedDataParallel
+
+    while isinstance(model, (DataParallel, DistributedDataParallel)):
+        model = model.module
+    return model
+
+
 @contextmanager
 def labelled_head(model, labels) -> Iterator[dict[str, Any]]:
     """Within the block, the model's output layer sees only the labelled positions of ``labels``' batch
     (as one row of N positions); yields the extra forward kwargs (``shift_labels``, [1, N]) that make
     the model's own loss score exactly those positions."""
     keep = labelled_positions(labels)
-    head = model.get_output_embeddings()
+    head = _unwrapped(model).get_output_embeddings()
     if head is None:
         raise ValueError(f"{type(model).__name__} has no output embedding to narrow")
 

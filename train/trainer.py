@@ -58,6 +58,18 @@ def quantization_config(cfg: TrainConfig, compute_dtype):
         bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_quant_storage=compute_dtype)
 
 
+def _cuda_device() -> int:
+    """The GPU this process trains on: its LOCAL_RANK under `torchrun` / `accelerate launch` (one GPU per
+    process: a 4-bit model cannot be moved after loading, so it must load on its own rank's device), else the
+    current device."""
+    import os
+
+    import torch
+
+    local = os.environ.get("LOCAL_RANK")
+    return int(local) if local is not None else torch.cuda.current_device()
+
+
 def load_base(model_path: str, plan: hardware.Plan, cfg: TrainConfig):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -69,7 +81,7 @@ def load_base(model_path: str, plan: hardware.Plan, cfg: TrainConfig):
     kwargs: dict[str, Any] = {"dtype": dtype}
     if plan.quantization == "nf4":
         kwargs["quantization_config"] = quantization_config(cfg, dtype)
-        kwargs["device_map"] = {"": plan.device if plan.device == "cpu" else torch.cuda.current_device()}
+        kwargs["device_map"] = {"": plan.device if plan.device == "cpu" else _cuda_device()}
     model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
     return model, tokenizer
 
@@ -214,6 +226,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
         optim="adamw_torch",
         disable_tqdm=True,
         prediction_loss_only=True,  # eval needs the loss only: never gather [batch, seq, vocab] logits
+        ddp_find_unused_parameters=False,  # under torchrun every LoRA weight is used in each step
     )
     trainer = trainer_class(cfg.labelled_logits)(model=model, args=args, train_dataset=train_feats, eval_dataset=eval_feats or None,
                       data_collator=make_collator(tokenizer), callbacks=[_progress_callback(log)])
