@@ -10,6 +10,7 @@ import sys
 import click
 
 from patent_risk import __version__
+from patent_risk.runtime.progress import quiet_library_bars
 from patent_risk.schemas.errors import DataError, UserError
 
 # bitsandbytes logs a warning at import that it could not fetch an optional CPU kernel from a model hub
@@ -33,6 +34,8 @@ class _ErrorEdge:
         super().__init__(*args, **kwargs)
 
     def invoke(self, ctx):
+        if ctx.parent is None:
+            quiet_library_bars()  # a log file gets lines, not the libraries' carriage-return frames
         try:
             return super().invoke(ctx)
         except DataError as e:

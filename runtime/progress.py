@@ -2,6 +2,7 @@
 demo.log`), one plain line every tenth of the work and one at its end, never carriage-return frames."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any, TextIO
@@ -72,5 +73,27 @@ def progress_bar(total: int, unit: str = "it", desc: str = "progress", enabled: 
     if getattr(file, "isatty", lambda: False)():
         from tqdm import tqdm
 
-        return tqdm(total=total, unit=unit, desc=desc, dynamic_ncols=True, file=file)
+        # disable=False given: a TQDM_DISABLE that quiet_library_bars set for the libraries does not reach this bar
+        return tqdm(total=total, unit=unit, desc=desc, dynamic_ncols=True, file=file, disable=False)
     return LineProgress(total, unit, desc, file=file)
+
+
+def quiet_library_bars(stream: TextIO | None = None) -> bool:
+    """Where ``stream`` (stderr) is not a terminal, turn off the progress bars of the libraries the commands call:
+    transformers' "Loading weights" and "Writing model shards", huggingface_hub's downloads, and any tqdm that
+    takes its defaults from ``TQDM_*`` variables (in a log file each bar is a run of carriage-return frames; the
+    project's own work reports whole lines instead, ``progress_bar``). A value the user set wins. Returns whether
+    it changed anything."""
+    stream = stream or sys.stderr
+    if getattr(stream, "isatty", lambda: False)():
+        return False
+    changed = False
+    for key in ("HF_HUB_DISABLE_PROGRESS_BARS", "TQDM_DISABLE"):
+        if key not in os.environ:
+            os.environ[key] = "1"
+            changed = True
+    if changed and "transformers" in sys.modules:  # read HF_HUB_DISABLE_PROGRESS_BARS at its import
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    return changed
