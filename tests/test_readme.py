@@ -1,5 +1,6 @@
-"""The README's commands exist as shown (issue 29): every `patent-risk ...` / `evaluate ...` usage in its code
-blocks names a real (sub)command, its `--help` runs, and every flag the usage shows is one of that command's.
+"""The README's commands exist as shown (issue 29): every `patent-risk ...` / `evaluate ...` usage in the code
+blocks of the README and of docs/cli.md (the command reference) names a real (sub)command, its `--help` runs,
+and every flag the usage shows is one of that command's.
 
 Usage lines are a block line that starts with the command and the lines that continue it (indented further than
 the four spaces of a description, or ending in a backslash); a ` -- ` ends the project's flags (what follows
@@ -14,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+CLI_DOC = README.parent / "docs" / "cli.md"
 PROGRAMS = ("patent-risk", "evaluate")
 _FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*|-[a-zA-Z])(?=[\s=\]|,)]|$)")
 
@@ -36,10 +38,10 @@ def _blocks(text: str) -> list[list[str]]:
     return blocks
 
 
-def readme_usages() -> list[str]:
-    """Each command usage in the README's code blocks, continuation lines joined."""
+def readme_usages(path: Path = README) -> list[str]:
+    """Each command usage in a Markdown file's code blocks, continuation lines joined."""
     usages: list[str] = []
-    for block in _blocks(README.read_text(encoding="utf-8")):
+    for block in _blocks(path.read_text(encoding="utf-8")):
         current: str | None = None
         for line in block:
             stripped = line.strip()
@@ -84,19 +86,25 @@ def _flags_of(cmd: click.Command) -> set[str]:
     return names
 
 
-USAGES = readme_usages()
+USAGES = [("README", u) for u in readme_usages()] + [("docs/cli.md", u) for u in readme_usages(CLI_DOC)]
 
 
-def test_the_readme_shows_commands():
-    assert len(USAGES) >= 15, USAGES
-    assert any(u.startswith("evaluate batch") for u in USAGES) and any(u.startswith("patent-risk serve start") for u in USAGES)
+def test_the_readme_and_the_reference_show_commands():
+    readme = readme_usages()
+    assert len(readme) >= 12, readme
+    for program in ("evaluate validate", "patent-risk train qlora", "evaluate batch", "evaluate baseline",
+                    "evaluate report", "patent-risk serve start", "patent-risk serve bench"):
+        assert any(u.startswith(program) for u in readme), f"the README shows no {program}"
+    reference = readme_usages(CLI_DOC)
+    assert len(reference) >= 15, reference
+    assert any(u.startswith("evaluate batch") for u in reference) and any(u.startswith("patent-risk serve start") for u in reference)
 
 
-@pytest.mark.parametrize("usage", USAGES, ids=lambda u: " ".join(u.split()[:3]))
-def test_each_readme_command_and_flag_exists(usage):
+@pytest.mark.parametrize("where,usage", USAGES, ids=lambda u: " ".join(u.split()[:3]))
+def test_each_readme_command_and_flag_exists(where, usage):
     path, cmd = _resolve(usage)
     assert not isinstance(cmd, click.Group) or usage.split()[-1] in ("-h", "--help"), \
-        f"README: {usage!r} names no subcommand of {' '.join(['patent-risk', *path])}"
+        f"{where}: {usage!r} names no subcommand of {' '.join(['patent-risk', *path])}"
     from patent_risk.cli.main import main
 
     done = CliRunner().invoke(main, [*path, "--help"])
@@ -104,7 +112,7 @@ def test_each_readme_command_and_flag_exists(usage):
     project_part = usage.split(" -- ")[0]
     shown = set(_FLAG.findall(project_part))
     unknown = sorted(shown - _flags_of(cmd))
-    assert not unknown, f"README: {usage!r}: {' '.join(['patent-risk', *path])} has no {', '.join(unknown)}"
+    assert not unknown, f"{where}: {usage!r}: {' '.join(['patent-risk', *path])} has no {', '.join(unknown)}"
 
 
 def test_the_check_finds_a_flag_that_does_not_exist():
@@ -114,10 +122,14 @@ def test_the_check_finds_a_flag_that_does_not_exist():
 
 
 def test_nothing_a_user_reads_points_outside_the_repository():
-    """Code, docstrings and --help name docs/formats.md for the formats, never a CONTRACT.md or ../shared that a
-    clone of this repository does not hold (the README's turn comes with its rewrite)."""
+    """Code, docstrings, --help, the README and docs/ name docs/formats.md for the formats, never a CONTRACT.md or
+    ../shared that a clone of this repository does not hold."""
     root = README.parent
     hits = []
+    for path in [README, *sorted((root / "docs").glob("*.md"))]:
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if "CONTRACT.md" in line or "../shared" in line:
+                hits.append(f"{path.relative_to(root)}:{n}: {line.strip()}")
     for folder in ("bench", "cli", "datagen", "evaluate", "patent_risk", "runtime", "schemas", "serve", "train"):
         for path in sorted((root / folder).rglob("*.py")):
             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -125,3 +137,16 @@ def test_nothing_a_user_reads_points_outside_the_repository():
                     hits.append(f"{path.relative_to(root)}:{n}: {line.strip()}")
     assert not hits, "\n".join(hits)
     assert (root / "docs" / "formats.md").exists()
+
+
+def test_the_readme_links_only_to_files_it_holds():
+    """Every relative link in the README and docs/ points at a file of the repository."""
+    import re as _re
+
+    root = README.parent
+    broken = []
+    for path in [README, *sorted((root / "docs").glob("*.md"))]:
+        for target in _re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text(encoding="utf-8")):
+            if "://" not in target and not (path.parent / target).exists():
+                broken.append(f"{path.relative_to(root)}: {target}")
+    assert not broken, broken
