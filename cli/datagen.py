@@ -13,7 +13,7 @@ from patent_risk.datagen.demo import DEFAULT_SEED, write_split
 @click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True, help="Random seed of the generator.")
 def main(out_dir: str, seed: int) -> None:
     """Write the demo split (train.jsonl, eval.jsonl) to OUT_DIR: five invented Korean cosmetics patents, each
-    record labelled by the rules in datagen/patents.py (README, "Demo data").
+    record labelled by the rules in datagen/patents.py (docs/formats.md, section 5).
 
     \b
     patent-risk datagen data/demo            # the committed files, byte for byte

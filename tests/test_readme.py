@@ -150,3 +150,17 @@ def test_the_readme_links_only_to_files_it_holds():
             if "://" not in target and not (path.parent / target).exists():
                 broken.append(f"{path.relative_to(root)}: {target}")
     assert not broken, broken
+
+
+def test_sections_the_code_cites_exist():
+    """`README, 'Your own prompt'` in a --help or docstring names a heading the README has."""
+    root = README.parent
+    headings = {line.lstrip("#").strip() for line in README.read_text(encoding="utf-8").splitlines()
+                if line.startswith("#")}
+    missing = []
+    for folder in ("bench", "cli", "datagen", "evaluate", "runtime", "schemas", "serve", "train"):
+        for path in sorted(p for p in (root / folder).rglob("*") if p.suffix in (".py", ".yaml")):
+            for title in re.findall(r"README, [\"']([^\"']+)[\"']", path.read_text(encoding="utf-8")):
+                if title not in headings:
+                    missing.append(f"{path.relative_to(root)}: README, {title!r}")
+    assert not missing, missing

@@ -3,7 +3,7 @@
 QLoRA trains the adapter against the NF4-rounded base: every quantized Linear's weight is, in the forward
 pass, dequantize(quantize(W)), not W. vLLM serves the adapter on whatever base it is given, usually the
 unquantized one, so the adapter meets weights it was not trained against (on a small model that flipped
-every answer: README, "QLoRA trained, served unquantized"). This module writes the other base: the same
+every answer: docs/2026-12-03-demo-recipe.md, "QLoRA trained, served unquantized"). This module writes the other base: the same
 model loaded through bitsandbytes exactly as the trainer loads it (train.trainer.quantization_config), then
 dequantized (transformers' ``model.dequantize``) and saved in the base's own dtype. Served with the adapter as a
 LoRA module, or merged with it (train.merge), it is the model the adapter was trained with, up to the 4-bit
