@@ -448,7 +448,7 @@ def _generate_into(results: Path, requests, by_id, engine: Engine, chunk_size: i
 
     t0 = time.perf_counter()
     tokens = 0
-    bar = progress_bar(len(requests), unit="sample", desc="evaluate", enabled=progress)
+    bar = progress_bar(len(requests), unit="sample", desc=results.parent.name, enabled=progress)
     streaming = getattr(engine, "generate_iter", None)
     with open(results, "ab") as f:
         try:

@@ -12,7 +12,7 @@ Layout of metrics.json (``format_version`` 1):
   element ids, in order, each once), ``risk_confusion``, ``match_confusion`` (rows: predicted labels and
   ``invalid``; columns: gold labels); and ``schema``, ``constrained``, ``provenance``, ``path``,
   ``results_sha256``, ``samples_without_gold``, ``parse_failures``, ``schema_failures``,
-  ``finish_length``, ``finish_reasons``, ``unknown_element_ids``, ``repeated_element_ids``,
+  ``finish_length``, ``invalid_kinds``, ``finish_reasons``, ``unknown_element_ids``, ``repeated_element_ids``,
   ``missing_elements``, ``risk_rule`` and ``risk_consistent`` ({count, total, rate}: valid outputs whose own
   risk_level is what their own matches imply under the rule; null without ``--risk-rule``), ``speed``
   {generation_s, output_tokens, output_tokens_per_sample, samples_per_s, output_tokens_per_s},

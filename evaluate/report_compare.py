@@ -17,7 +17,7 @@ from .report_metrics import count_block
 from .scoring import Scored
 from .stats import bootstrap_sums, mcnemar_exact, percentile_interval
 
-_SAMPLE_COLUMNS = ["id", "row", "valid", "has_gold", "gold_risk", "pred_risk", "risk_correct", "match_total", "match_correct"]
+_SAMPLE_COLUMNS = ["id", "row", "valid", "record_valid", "has_gold", "gold_risk", "pred_risk", "risk_correct", "match_total", "match_correct"]
 
 
 def _mcnemar(frame: pl.DataFrame, ref_col: str, run_col: str) -> dict[str, Any]:
@@ -40,6 +40,15 @@ def _note(reference: str, run: str, n_ref: int, n_run: int, n_common: int, gold_
     if gold_differs:
         parts.append(f"{gold_differs} common samples have a different gold in the two runs and are left out of the accuracy comparison")
     return "; ".join(parts) or None
+
+
+def _record_valid_pair(common: pl.DataFrame) -> dict[str, Any] | None:
+    """record_valid paired over the samples whose ids both runs know (null when there are none)."""
+    known = common.filter(pl.col("record_valid").is_not_null() & pl.col("record_valid_run").is_not_null())
+    if known.is_empty():
+        return None
+    return (_paired_block(int(known["record_valid"].sum()), int(known["record_valid_run"].sum()), known.height)
+            | {"mcnemar": _mcnemar(known, "record_valid", "record_valid_run")})
 
 
 def _compare_one(ref: pl.DataFrame, run: pl.DataFrame, ref_el: pl.DataFrame, run_el: pl.DataFrame,
@@ -68,6 +77,7 @@ def _compare_one(ref: pl.DataFrame, run: pl.DataFrame, ref_el: pl.DataFrame, run
         "note": _note(reference, name, ref.height, run.height, n_common, gold_differs),
         "json_valid": _paired_block(int(common["valid"].sum()), int(common["valid_run"].sum()), n_common)
         | {"mcnemar": _mcnemar(common, "valid", "valid_run")},
+        "record_valid": _record_valid_pair(common),
         "risk_accuracy": _paired_block(risk_ref, risk_run, n_comp) | {"ci95": None} | {"mcnemar": _mcnemar(comparable, "risk_correct", "risk_correct_run")},
         "match_accuracy": _paired_block(int(comparable["match_correct"].sum()), int(comparable["match_correct_run"].sum()), match_total)
         | {"ci95": None},

@@ -177,6 +177,8 @@ def _side_by_side(metrics: dict[str, Any]) -> Table:
         ("parse failures", lambda r: str(r["parse_failures"])),
         ("schema failures", lambda r: str(r["schema_failures"])),
         ("finish_reason=length", lambda r: str(r["finish_length"])),
+        ("not record_valid, by kind: truncated / not JSON / schema / wrong ids",
+         lambda r: " / ".join(str(v) for v in r["invalid_kinds"].values()) if r.get("invalid_kinds") else "—"),
         ("risk accuracy", lambda r: fmt_block(r["risk_accuracy"], True)),
         ("match accuracy", lambda r: fmt_block(r["match_accuracy"], True)),
         (f"{HARDEST_RISK} recall", recall_of),
@@ -320,7 +322,10 @@ def comparison_sentence(c: dict[str, Any]) -> str:
     verdict = "a significant change" if p < 0.05 else "no significant change"
     ci = match["ci95"]
     match_verdict = "" if not ci else ("; the interval excludes 0" if ci[0] > 0 or ci[1] < 0 else "; the interval includes 0")
-    text = (f"{c['run']} vs {c['reference']}: json_valid {fmt_block(valid['reference'])} → {fmt_block(valid['run'])}; "
+    vm = valid.get("mcnemar")
+    valid_test = (f" (McNemar exact p = {fmt_p(vm['p_value'])}, b = {vm['b']}, c = {vm['c']})"
+                  if vm and (vm["b"] or vm["c"]) else "")
+    text = (f"{c['run']} vs {c['reference']}: json_valid {fmt_block(valid['reference'])} → {fmt_block(valid['run'])}{valid_test}; "
             f"risk accuracy {fmt_pp(risk['difference'])}{_ci_words(risk['ci95'])}, McNemar exact p = {fmt_p(p)} "
             f"(b = {risk['mcnemar']['b']}, c = {risk['mcnemar']['c']}): {verdict} at the 5% level; "
             f"match accuracy {fmt_pp(match['difference'])}{_ci_words(ci)}{match_verdict}.")

@@ -39,7 +39,25 @@ def _headline_exprs() -> list[pl.Expr]:
         pl.col("unknown_ids").sum().alias("unknown_ids"),
         pl.col("repeated_ids").sum().alias("repeated_ids"),
         pl.col("missing_elements").sum().alias("missing_elements"),
+        # why an output is not valid, one kind each (invalid_kinds): cut off by the token budget; otherwise not
+        # JSON; otherwise JSON the schema refuses; or valid JSON with element ids other than the record's
+        (~pl.col("valid") & (pl.col("finish_reason") == "length")).sum().alias("kind_truncated"),
+        (~pl.col("valid") & (pl.col("finish_reason") != "length").fill_null(True)
+         & (pl.col("status") == PARSE_FAILURE)).sum().alias("kind_not_json"),
+        (~pl.col("valid") & (pl.col("finish_reason") != "length").fill_null(True)
+         & (pl.col("status") == SCHEMA_FAILURE)).sum().alias("kind_schema"),
+        (pl.col("valid") & (pl.col("record_valid") == False)).sum().alias("kind_wrong_ids"),  # noqa: E712 - null: ids unknown
     ]
+
+
+INVALID_KINDS = ("truncated", "not_json", "schema", "wrong_ids")
+
+
+def invalid_kinds(rec: dict[str, Any]) -> dict[str, int]:
+    """Each output that is not record_valid, by one reason: ``truncated`` (finish_reason=length: the budget cut
+    it), ``not_json`` (not parseable), ``schema`` (JSON the schema refuses: keys, types, labels), ``wrong_ids``
+    (json_valid, but not exactly the record's element ids in order)."""
+    return {kind: int(rec[f"kind_{kind}"]) for kind in INVALID_KINDS}
 
 
 def headline_table(samples: pl.DataFrame, keys: Sequence[str]) -> pl.DataFrame:
@@ -249,6 +267,7 @@ def run_metrics(runs: Sequence[Run], scored: Scored, by: Sequence[str], warnings
             "parse_failures": int(rec["parse_failures"]),
             "schema_failures": int(rec["schema_failures"]),
             "finish_length": int(rec["finish_length"]),
+            "invalid_kinds": invalid_kinds(rec),
             "finish_reasons": finish_reasons.get(run.name, {}),
             "unknown_element_ids": int(rec["unknown_ids"]),
             "repeated_element_ids": int(rec["repeated_ids"]),

@@ -444,3 +444,28 @@ def test_a_legacy_schema_hash_is_no_warning(tmp_path):
     run = write_run(tmp_path / "r", [simple("s", "높음", "높음")], {**info(True), "schema": {"name": "v1", "hash": legacy}})
     report = build_report([run], bootstrap=0)
     assert report.warnings == [] and report.metrics["runs"]["r"]["schema"]["hash"] == schema_hash(load_schema("v1"))
+
+
+def test_invalid_outputs_by_kind_and_validity_paired(tmp_path):
+    """Issue 30: each output that is not record_valid has one kind (truncated, not JSON, schema, wrong ids), and a
+    comparison pairs record_valid with McNemar as it does json_valid."""
+    ok = output_text("낮음", [("E1", "대응")])
+    rows = [row("1", "낮음", [("E1", "대응")], ok),
+            row("2", "낮음", [("E1", "대응")], '{"risk_level": "낮', finish="length"),
+            row("3", "낮음", [("E1", "대응")], "I think it is low"),
+            row("4", "낮음", [("E1", "대응")], '{"risk_level": "중간", "matches": []}'),
+            row("5", "낮음", [("E1", "대응")], output_text("낮음", [("E9", "대응")]))]
+    free = write_run(tmp_path / "free", rows, info(False))
+    held = write_run(tmp_path / "held", [row(str(i), "낮음", [("E1", "대응")], ok) for i in range(1, 6)], info(True))
+    report = build_report([held, free])
+    metrics = report.metrics
+    r = metrics["runs"]["free"]
+    assert r["invalid_kinds"] == {"truncated": 1, "not_json": 1, "schema": 1, "wrong_ids": 1}
+    assert r["json_valid"]["count"] == 2 and r["record_valid"]["count"] == 1
+    assert metrics["runs"]["held"]["invalid_kinds"] == {"truncated": 0, "not_json": 0, "schema": 0, "wrong_ids": 0}
+    c = metrics["comparisons"][0]
+    assert c["json_valid"]["mcnemar"]["b"] == 3 and c["json_valid"]["mcnemar"]["c"] == 0
+    assert c["record_valid"]["reference"]["count"] == 5 and c["record_valid"]["run"]["count"] == 1
+    assert c["record_valid"]["mcnemar"]["b"] == 4
+    assert "json_valid 100.0% (5/5) → 40.0% (2/5) (McNemar exact p = 0.25, b = 3, c = 0)" in report.summary_markdown
+    assert "1 / 1 / 1 / 1" in report.markdown  # the side-by-side line of kinds
