@@ -1,5 +1,6 @@
 """`patent-risk datagen OUT_DIR`: write the demo dataset's split (train.jsonl, eval.jsonl), as committed in
-data/demo/ (the default seed reproduces those files byte for byte)."""
+data/demo/, or with --learning-check the learning check's (train, dev, eval), as committed in data/learncheck/
+(the default seeds reproduce those files byte for byte)."""
 from __future__ import annotations
 
 import click
@@ -10,18 +11,34 @@ from patent_risk.datagen.demo import DEFAULT_SEED, write_split
 
 @click.command(cls=ErrorReportingCommand)
 @click.argument("out_dir", type=click.Path(file_okay=False))
-@click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True, help="Random seed of the generator.")
-def main(out_dir: str, seed: int) -> None:
+@click.option("--seed", type=int, default=None, help="Random seed of the generator (default: the committed files' seed).")
+@click.option("--learning-check", is_flag=True,
+              help="Write the learning check instead (datagen/learncheck.py): the demo's patents and record format, "
+                   "each element's match stated in plain words, risk levels in equal shares; train, dev and eval.")
+def main(out_dir: str, seed: int | None, learning_check: bool) -> None:
     """Write the demo split (train.jsonl, eval.jsonl) to OUT_DIR: five invented Korean cosmetics patents, each
     record labelled by the rules in datagen/patents.py (docs/formats.md, section 5).
 
     \b
     patent-risk datagen data/demo            # the committed files, byte for byte
     patent-risk datagen /tmp/other --seed 7  # another draw by the same rules
+    patent-risk datagen data/learncheck --learning-check
     """
-    for split, path in write_split(out_dir, seed).items():
+    if learning_check:
+        from patent_risk.datagen import learncheck
+
+        paths = learncheck.write_split(out_dir, learncheck.SEED if seed is None else seed)
+    else:
+        paths = write_split(out_dir, DEFAULT_SEED if seed is None else seed)
+    for split, path in paths.items():
         n = path.read_bytes().count(b"\n")
         click.echo(f"{split}: {n} records -> {path}")
+    if learning_check:
+        import json
+
+        train, dev = ([json.loads(line) for line in paths[s].read_text(encoding="utf-8").splitlines()] for s in ("train", "dev"))
+        for rule, acc in learncheck.rule_baselines(train, dev).items():
+            click.echo(f"dev, {rule} rule: risk {acc['risk_accuracy']:.1%}, match {acc['match_accuracy']:.1%}")
 
 
 if __name__ == "__main__":

@@ -184,16 +184,21 @@ def dumps_jsonl(records: Sequence[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records)
 
 
-def write_split(out_dir: str | Path, seed: int = DEFAULT_SEED) -> dict[str, Path]:
-    """Write ``train.jsonl`` and ``eval.jsonl`` under out_dir; return their paths by split."""
+def write_splits(out_dir: str | Path, splits: dict[str, list[dict]]) -> dict[str, Path]:
+    """Write each split's records to ``out_dir/SPLIT.jsonl``; return their paths by split."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for split, records in generate(seed).items():
+    for split, records in splits.items():
         path = out / f"{split}.jsonl"
         path.write_bytes(dumps_jsonl(records).encode("utf-8"))
         paths[split] = path
     return paths
+
+
+def write_split(out_dir: str | Path, seed: int = DEFAULT_SEED) -> dict[str, Path]:
+    """Write ``train.jsonl`` and ``eval.jsonl`` under out_dir; return their paths by split."""
+    return write_splits(out_dir, generate(seed))
 
 
 def generate_boundary_cases(n: int, seed: int, patents: Sequence[str | PatentSpec] | None = None,
