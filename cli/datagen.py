@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from patent_risk.cli.edge import ErrorReportingCommand
-from patent_risk.datagen.demo import DEFAULT_SEED, write_split
+from patent_risk.datagen.demo import DEFAULT_SEED, generate, write_splits
 
 
 @click.command(cls=ErrorReportingCommand)
@@ -27,17 +27,13 @@ def main(out_dir: str, seed: int | None, learning_check: bool) -> None:
     if learning_check:
         from patent_risk.datagen import learncheck
 
-        paths = learncheck.write_split(out_dir, learncheck.SEED if seed is None else seed)
+        splits = learncheck.generate(learncheck.SEED if seed is None else seed)
     else:
-        paths = write_split(out_dir, DEFAULT_SEED if seed is None else seed)
-    for split, path in paths.items():
-        n = path.read_bytes().count(b"\n")
-        click.echo(f"{split}: {n} records -> {path}")
+        splits = generate(DEFAULT_SEED if seed is None else seed)
+    for split, path in write_splits(out_dir, splits).items():
+        click.echo(f"{split}: {len(splits[split])} records -> {path}")
     if learning_check:
-        import json
-
-        train, dev = ([json.loads(line) for line in paths[s].read_text(encoding="utf-8").splitlines()] for s in ("train", "dev"))
-        for rule, acc in learncheck.rule_baselines(train, dev).items():
+        for rule, acc in learncheck.rule_baselines(splits["train"], splits["dev"]).items():
             click.echo(f"dev, {rule} rule: risk {acc['risk_accuracy']:.1%}, match {acc['match_accuracy']:.1%}")
 
 

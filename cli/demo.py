@@ -175,7 +175,6 @@ def main(verbose: bool) -> None:
     _run(["evaluate", "batch", "--data", EVAL_DATA, "--both", "--out", str(runs / "demo-base"),
           "--chunk-size", str(DEMO_CHUNK), "--max-model-len", "1024", *(["--verbose"] if verbose else [])],
          timings, "evaluate_base_both_arms")
-    base_run = base_arms["constrained"]
     majority = runs / "demo-majority"  # instant, so always written afresh from the training file as it is now
     if majority.exists():
         import shutil
@@ -185,7 +184,7 @@ def main(verbose: bool) -> None:
     # What the constraint buys: the base's two arms paired per sample on validity (a report of their own).
     _run(["evaluate", "report", str(base_arms["constrained"]), str(base_arms["unconstrained"]),
           "--out", str(report_dir / "constraint")], timings, "report_constraint")
-    _run(["evaluate", "report", str(arms["constrained"]), str(arms["unconstrained"]), str(base_run), str(majority),
+    _run(["evaluate", "report", str(arms["constrained"]), str(arms["unconstrained"]), str(base_arms["constrained"]), str(majority),
           "--by", "meta.novel", "--out", str(report_dir)], timings, "report")
     timings["total"] = round(time.time() - t_all, 1)
     (report_dir / "demo_timings.json").write_text(json.dumps(timings, indent=2) + "\n")

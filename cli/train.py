@@ -59,12 +59,8 @@ def train_qlora(config_path, overrides, prompt_template, resume, print_config) -
     cfg.prompt()
     from patent_risk.train.trainer import train
 
-    import os
-
-    # Under torchrun / accelerate launch every process runs this; the first one speaks and writes the adapter.
-    first = os.environ.get("RANK", "0") == "0"
-    result = train(cfg, resume=resume, log=click.echo if first else (lambda _line: None))
-    if first:
+    result = train(cfg, resume=resume, log=click.echo)
+    if result.manifest:  # under torchrun / accelerate launch: the first process's, the one that wrote it
         click.echo(str(result.adapter_dir))
 
 

@@ -36,6 +36,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterable
 
+from patent_risk.schemas.labels import MATCH_LABELS, RISK_LEVELS
 from patent_risk.schemas.risk_rules import all_elements
 
 from .demo import write_splits
@@ -43,7 +44,6 @@ from .patents import PATENTS, ElementSpec, PatentSpec
 
 SEED = 20261206
 SPLITS = {"train": 600, "dev": 120, "eval": 150}
-RISKS = ("높음", "애매", "낮음")
 STATE_MATCH = {"present": "대응", "absent": "미대응", "vague": "판단불가", "not_given": "판단불가"}
 MAX_NAME = 14
 INSIDE = Fraction(3, 10)  # a present value lies at least this share of the range from either end
@@ -162,7 +162,7 @@ def generate(seed: int = SEED) -> dict[str, list[dict[str, Any]]]:
     seen: set[str] = set()
     for split, n in SPLITS.items():
         rng = random.Random(f"{seed}:learncheck:{split}")
-        slots = [(PATENTS[i % len(PATENTS)], RISKS[(i // len(PATENTS)) % len(RISKS)]) for i in range(n)]
+        slots = [(PATENTS[i % len(PATENTS)], RISK_LEVELS[(i // len(PATENTS)) % len(RISK_LEVELS)]) for i in range(n)]
         rng.shuffle(slots)
         records = []
         for i, (patent, risk) in enumerate(slots):
@@ -181,9 +181,13 @@ def write_split(out_dir: str | Path, seed: int = SEED) -> dict[str, Path]:
     return write_splits(out_dir, generate(seed))
 
 
-def _most_common(values: Iterable[str]) -> str:
-    counts = Counter(values)
-    return max(sorted(counts), key=lambda v: counts[v])
+def _modes(pairs: Iterable[tuple[Any, str]], order: tuple[str, ...]) -> dict[Any, str]:
+    """For each key, its most frequent label; ties go to the label first in ``order`` (the schema's order, as
+    `evaluate baseline` breaks them)."""
+    counts: dict[Any, Counter] = {}
+    for key, label in pairs:
+        counts.setdefault(key, Counter())[label] += 1
+    return {k: min(c, key=lambda lab: (-c[lab], order.index(lab))) for k, c in counts.items()}
 
 
 def rule_answers(train: list[dict], rule: str) -> Any:
@@ -192,31 +196,17 @@ def rule_answers(train: list[dict], rule: str) -> Any:
     ``constant``: the most frequent risk level and match. ``position``: per element position (E1, E2, ...) the
     most frequent match there, and the most frequent risk level among records with as many elements.
     ``patent``: per patent its most frequent risk level and, per element, its most frequent match."""
-    if rule == "constant":
-        risk = _most_common(r["label"]["risk_level"] for r in train)
-        match = _most_common(m["match"] for r in train for m in r["label"]["matches"])
-        return lambda rec: (risk, {e["id"]: match for e in rec["elements"]})
-    if rule == "position":
-        by_pos: dict[str, list[str]] = {}
-        by_len: dict[int, list[str]] = {}
-        for r in train:
-            for m in r["label"]["matches"]:
-                by_pos.setdefault(m["element_id"], []).append(m["match"])
-            by_len.setdefault(len(r["elements"]), []).append(r["label"]["risk_level"])
-        pos = {k: _most_common(v) for k, v in by_pos.items()}
-        risk_len = {k: _most_common(v) for k, v in by_len.items()}
-        return lambda rec: (risk_len[len(rec["elements"])], {e["id"]: pos[e["id"]] for e in rec["elements"]})
-    if rule == "patent":
-        risk_p: dict[str, list[str]] = {}
-        match_p: dict[tuple[str, str], list[str]] = {}
-        for r in train:
-            risk_p.setdefault(r["patent_id"], []).append(r["label"]["risk_level"])
-            for m in r["label"]["matches"]:
-                match_p.setdefault((r["patent_id"], m["element_id"]), []).append(m["match"])
-        rp = {k: _most_common(v) for k, v in risk_p.items()}
-        mp = {k: _most_common(v) for k, v in match_p.items()}
-        return lambda rec: (rp[rec["patent_id"]], {e["id"]: mp[(rec["patent_id"], e["id"])] for e in rec["elements"]})
-    raise ValueError(f"rule {rule!r}: constant, position or patent")
+    risk_key, match_key = {
+        "constant": (lambda r: None, lambda r, eid: None),
+        "position": (lambda r: len(r["elements"]), lambda r, eid: eid),
+        "patent": (lambda r: r["patent_id"], lambda r, eid: (r["patent_id"], eid)),
+    }.get(rule, (None, None))
+    if risk_key is None:
+        raise ValueError(f"rule {rule!r}: constant, position or patent")
+    risk = _modes(((risk_key(r), r["label"]["risk_level"]) for r in train), RISK_LEVELS)
+    match = _modes(((match_key(r, m["element_id"]), m["match"]) for r in train for m in r["label"]["matches"]),
+                   MATCH_LABELS)
+    return lambda rec: (risk[risk_key(rec)], {e["id"]: match[match_key(rec, e["id"])] for e in rec["elements"]})
 
 
 RULES = ("constant", "position", "patent")

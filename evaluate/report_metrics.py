@@ -23,6 +23,9 @@ QUERY_HEAD_CHARS = 60
 EXAMPLE_IDS = 5
 
 
+_CUT = (pl.col("finish_reason") == "length").fill_null(False)  # the token budget ended the output
+
+
 def _headline_exprs() -> list[pl.Expr]:
     return [
         pl.len().alias("n"),
@@ -41,11 +44,9 @@ def _headline_exprs() -> list[pl.Expr]:
         pl.col("missing_elements").sum().alias("missing_elements"),
         # why an output is not valid, one kind each (invalid_kinds): cut off by the token budget; otherwise not
         # JSON; otherwise JSON the schema refuses; or valid JSON with element ids other than the record's
-        (~pl.col("valid") & (pl.col("finish_reason") == "length")).sum().alias("kind_truncated"),
-        (~pl.col("valid") & (pl.col("finish_reason") != "length").fill_null(True)
-         & (pl.col("status") == PARSE_FAILURE)).sum().alias("kind_not_json"),
-        (~pl.col("valid") & (pl.col("finish_reason") != "length").fill_null(True)
-         & (pl.col("status") == SCHEMA_FAILURE)).sum().alias("kind_schema"),
+        (~pl.col("valid") & _CUT).sum().alias("kind_truncated"),
+        (~pl.col("valid") & ~_CUT & (pl.col("status") == PARSE_FAILURE)).sum().alias("kind_not_json"),
+        (~pl.col("valid") & ~_CUT & (pl.col("status") == SCHEMA_FAILURE)).sum().alias("kind_schema"),
         (pl.col("valid") & (pl.col("record_valid") == False)).sum().alias("kind_wrong_ids"),  # noqa: E712 - null: ids unknown
     ]
 

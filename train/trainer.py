@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -58,12 +59,14 @@ def quantization_config(cfg: TrainConfig, compute_dtype):
         bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_quant_storage=compute_dtype)
 
 
+def _silent(_line: str) -> None:
+    pass
+
+
 def _cuda_device() -> int:
     """The GPU this process trains on: its LOCAL_RANK under `torchrun` / `accelerate launch` (one GPU per
     process: a 4-bit model cannot be moved after loading, so it must load on its own rank's device), else the
     current device."""
-    import os
-
     import torch
 
     local = os.environ.get("LOCAL_RANK")
@@ -144,7 +147,11 @@ def _check_reasons(cfg: TrainConfig, data, records) -> None:
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] = print) -> TrainResult:
+    """Train and export the adapter. Under `torchrun` / `accelerate launch` every process runs this; the first
+    (RANK 0) alone logs and writes the adapter, the others return an empty manifest."""
     data_file = cfg.training_file()  # refused before anything is imported or loaded
+    if os.environ.get("RANK", "0") != "0":
+        log = _silent
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import PrinterCallback, TrainingArguments, set_seed
 
