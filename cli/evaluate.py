@@ -14,6 +14,8 @@ MODEL_HELP = ("Base model: HF id, local folder, or an embedded model's name (gem
               "adapter's own base (its manifest.json, else adapter_config.json's base_model_name_or_path); without "
               "an adapter, the embedded Gemma 3 270M. A model that is neither the adapter's base nor made from it "
               "(`patent-risk train nf4-base`, `train merge`) is refused before the engine starts.")
+SCHEMA_HELP = ("Target output schema (docs/formats.md): v1, v2 (reasons) or v3 (element first). Default: the one the "
+               "adapter was trained to write (its manifest.json), else v1.")
 ALLOW_OTHER_HELP = "Decode the adapter on a --model that is not its base (nor made from it), on purpose."
 PROMPT_HELP = ("A Jinja template of the user turn over the record's fields (the format `patent-risk train qlora "
                "--prompt-template` takes). Default: the template the adapter was trained with (its manifest.json), else "
@@ -87,7 +89,7 @@ def validate(file, skip_bad) -> None:
 @click.option("--allow-other-base", is_flag=True, help=ALLOW_OTHER_HELP)
 @click.option("--engine-arg", "engine_arg", multiple=True, metavar="KEY=VALUE", help=ENGINE_ARG_HELP)
 @click.option("--prompt-template", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE", help=PROMPT_HELP)
-@click.option("--schema", "schema_name", default="v1", show_default=True, type=click.Choice(SCHEMA_NAMES), help="Target output schema.")
+@click.option("--schema", "schema_name", default=None, type=click.Choice(SCHEMA_NAMES), help=SCHEMA_HELP)
 @click.option("--backend", default="outlines", show_default=True, type=click.Choice(["outlines", "xgrammar", "guidance"]),
               help="vLLM structured-outputs backend (engine-wide; outlines = outlines-core).")
 @click.option("--server", default=None, metavar="URL", help="Use a running `vllm serve` (e.g. http://127.0.0.1:8000) instead of the offline engine.")
@@ -136,12 +138,13 @@ def batch(data, out, constrained, both, model, adapter, allow_other_base, engine
     log goes to OUT/engine.log (--verbose: to the terminal). If the engine fails, its log's last lines are
     shown with the error.
     """
-    from patent_risk.evaluate.batch import BatchConfig, max_lora_rank, run_batch, run_both_arms
+    from patent_risk.evaluate.batch import BatchConfig, default_schema, max_lora_rank, run_batch, run_both_arms
     from patent_risk.runtime.engines import VllmOffline, VllmServer
 
     if both == (constrained is not None):
         raise click.UsageError("give one of --constrained, --unconstrained or --both")
     spec = _adapter(adapter)
+    schema_name = default_schema(schema_name, [spec.path] if spec is not None else [])
     cfg = BatchConfig(data=data, out=out, constrained=bool(constrained), model=model, adapter=spec, schema_name=schema_name,
                       backend=backend, server=server, limit=limit, chunk_size=chunk_size, max_model_len=max_model_len,
                       skip_bad=skip_bad, merged=merged, engine_args=_engine_args(engine_arg, server),
@@ -204,7 +207,7 @@ def batch(data, out, constrained, both, model, adapter, allow_other_base, engine
 @click.option("--hf-threads", type=int, default=None,
               help="hf, hf-outlines: torch threads (default: every core). On a busy machine fewer threads than cores "
                    "avoid OpenMP spin-waiting (measured here: 2 threads 10x slower than 1 while other jobs ran).")
-@click.option("--schema", "schema_name", default="v1", show_default=True, type=click.Choice(SCHEMA_NAMES), help="Target output schema.")
+@click.option("--schema", "schema_name", default=None, type=click.Choice(SCHEMA_NAMES), help=SCHEMA_HELP)
 @click.option("--max-model-len", type=int, default=2048, show_default=True, help="vLLM configurations.")
 @click.option("--gpu-memory-utilization", type=float, default=None,
               help="vLLM: share of GPU memory vLLM may take. On the CPU build the default sizes the KV cache for "
@@ -256,8 +259,10 @@ def bench(data, adapter, model, allow_other_base, engine_arg, prompt_template, c
     """
     from patent_risk.bench.offline import run_bench
     from patent_risk.bench.offline_configs import BenchOptions, parse_configs
+    from patent_risk.evaluate.batch import default_schema
 
     spec = _adapter(adapter)
+    schema_name = default_schema(schema_name, [spec.path])
     opts = BenchOptions(data=data, adapter_name=spec.name, adapter_path=spec.path, model=model,
                         configs=parse_configs(configs), limit=limit, hf_limit=hf_limit, batch_size=batch_size, out=out,
                         schema_name=schema_name, max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
@@ -313,13 +318,16 @@ def baseline(train_path, data, out, schema_name) -> None:
 @click.option("--prompt-template", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE",
               help="A Jinja template of the user turn for every point, the base's too. Default: the one the adapters were "
                    "trained with (they must agree), else the built-in prompt.")
+@click.option("--schema", "schema_name", default=None, type=click.Choice(SCHEMA_NAMES),
+              help="Output schema every point is decoded and scored in. Default: the one the adapters were trained to "
+                   "write (they must agree), else v1.")
 @click.option("--chunk-size", default=160, show_default=True, help="Records decoded together.")
 @click.option("--max-model-len", default=1024, show_default=True, help="Context length of the engine.")
 @click.option("--backend", default="outlines", show_default=True, help="Structured-outputs backend.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--verbose", "-v", is_flag=True, help="vLLM's own log on the terminal (default: each run's engine.log).")
-def curve(adapters, data, out, budget_s, base, every, final_only, model, allow_other_base, engine_arg, prompt_template, chunk_size,
-          max_model_len, backend, no_progress, verbose) -> None:
+def curve(adapters, data, out, budget_s, base, every, final_only, model, allow_other_base, engine_arg, prompt_template, schema_name,
+          chunk_size, max_model_len, backend, no_progress, verbose) -> None:
     """Learning curves on a dev split: every kept checkpoint of each adapter (ADAPTER_DIR.checkpoints/checkpoint-N)
     and the adapter itself, decoded constrained on --data by one vLLM engine, against training time; then the
     declared choice rule: the highest mean of dev risk and match accuracy within --budget-s (ties: less training).
@@ -353,7 +361,7 @@ def curve(adapters, data, out, budget_s, base, every, final_only, model, allow_o
     scored = evaluate_points(points, data, out_dir, make_engine, chunk_size=chunk_size, max_model_len=max_model_len,
                              model=model, log=click.echo, progress=not no_progress, quiet=not verbose,
                              engine_args=engine_args, allow_other_base=allow_other_base,
-                             prompt_template=prompt_template)
+                             prompt_template=prompt_template, schema_name=schema_name)
     chosen = write_curve(scored, out_dir, data, budget_s)
     click.echo((out_dir / "curve.md").read_text(encoding="utf-8"))
     click.echo(f"{out_dir / 'curve.png'}\n{out_dir / 'curve.json'}")

@@ -212,6 +212,20 @@ def adapter_schema(adapter_dir: str | Path) -> str | None:
     return schema.get("name") if isinstance(schema, dict) and isinstance(schema.get("name"), str) else None
 
 
+def default_schema(given: str | None, adapter_dirs: list[str | Path]) -> str:
+    """The output schema to decode and score: ``given``, else the one the adapters were trained to write (their
+    manifests; they must agree), else v1."""
+    if given:
+        return given
+    found: dict[str, list[str]] = {}
+    for d in adapter_dirs:
+        found.setdefault(adapter_schema(d) or "v1", []).append(str(d))
+    if len(found) > 1:
+        listing = "; ".join(f"{', '.join(ds)}: {name}" for name, ds in found.items())
+        raise UserError(f"the adapters were trained to write different output schemas ({listing}): give one with --schema")
+    return next(iter(found), "v1")
+
+
 def adapter_prompt(adapter_dir: str | Path, log: Callable[[str], None] = print) -> Prompt:
     """The prompt the adapter's manifest records it was trained with (its template), else the built-in prompt."""
     from patent_risk.runtime.adapters import read_manifest

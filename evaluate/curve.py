@@ -137,21 +137,24 @@ def evaluate_points(points: Sequence[Checkpoint], data: str, out: Path,
                     make_engine: Callable[[str, AdapterSpec], Engine], *, chunk_size: int, max_model_len: int,
                     model: str | None = None, log: Callable[[str], None] = print, progress: bool = True, quiet: bool = True,
                     engine_args: dict[str, Any] | None = None, allow_other_base: bool = False,
-                    prompt_template: str | None = None) -> list[Point]:
+                    prompt_template: str | None = None, schema_name: str | None = None) -> list[Point]:
     """Each checkpoint decoded constrained on ``data`` into OUT/runs/VARIANT-stepN (an ordinary run directory:
     resumed, and skipped when finished), all on one engine started with the first adapter, on ``model`` (default:
     the adapters' recorded base; one that is not every adapter's base is refused first: runtime.bases), every
     point (the untrained base too) with one prompt: ``prompt_template``'s, else the one the adapters were
-    trained with (they must agree)."""
+    trained with (they must agree); in ``schema_name``, else the schema the adapters were trained to write (they
+    must agree, too)."""
     from patent_risk.runtime.bases import settle_model
     from patent_risk.schemas.prompt import load_prompt_template
 
-    from .batch import adapter_prompt
+    from .batch import adapter_prompt, default_schema
 
     adapters = [p.adapter for p in points if p.adapter is not None]
     if not adapters:
         raise UserError("no adapter to evaluate: a curve needs at least one trained adapter")
     model = settle_model(model, list(adapters), allow_other_base=allow_other_base, log=log)
+    schema_name = default_schema(schema_name, list(dict.fromkeys(p.adapter for p in points if p.adapter is not None and p.final))
+                                 or adapters[:1])
     if prompt_template:
         prompt = load_prompt_template(prompt_template)
     else:
@@ -159,7 +162,7 @@ def evaluate_points(points: Sequence[Checkpoint], data: str, out: Path,
         by_hash = {}
         for d in finals or adapters[:1]:
             found = adapter_prompt(d, log)
-            by_hash.setdefault(found.fingerprint("v1"), (found, []))[1].append(str(d))
+            by_hash.setdefault(found.fingerprint(schema_name), (found, []))[1].append(str(d))
         if len(by_hash) > 1:
             listing = "; ".join(f"{', '.join(ds)}: {pr.source or 'built-in ' + pr.version}" for pr, ds in by_hash.values())
             raise UserError(f"the adapters were trained with different prompts ({listing}): a curve compares recipes on "
@@ -182,7 +185,7 @@ def evaluate_points(points: Sequence[Checkpoint], data: str, out: Path,
                 engine.use_adapter(spec)
                 return Borrowed(engine)
 
-            cfg = BatchConfig(data=data, out=str(run_dir), constrained=True, model=model, adapter=spec,
+            cfg = BatchConfig(data=data, out=str(run_dir), constrained=True, model=model, adapter=spec, schema_name=schema_name,
                               chunk_size=chunk_size, max_model_len=max_model_len, engine_args=dict(engine_args or {}),
                               allow_other_base=allow_other_base, base_settled=True, prompt=prompt)
             run_batch(cfg, make, log=log, progress=progress, quiet=quiet)
