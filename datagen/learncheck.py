@@ -5,17 +5,17 @@ data/learncheck/).
 
 The demo task hangs on numbers near range boundaries, unit conversions and which ingredient belongs to which
 class; Gemma 3 270M does not learn it on a CPU in any budget tried. Here each element's match is decided by what
-the query says about that element, in plain words, every element named in the claim's order after its id ("E1
-폴리아미드계 겔화제 22중량%"). Design rounds on the dev split (docs/2026-12-06-learning-check.md): round 1 named the
-elements in a random order and left out the ones not given (the model began to read the query after 160
-steps); round 2 named every element in order, without ids (not learnt in 160 steps); round 3 adds the ids.
+the query says about that element in plain words: every element named in the claim's order after its id, one
+status word per state first ("E1 있음 무기자차 18중량%", "E3 없음 실리콘 오일", "E2 미기재 산화아연"). Five design rounds on
+the dev split (docs/2026-12-06-learning-check.md): random order with the not-given left out; every element in
+order; after its id; the deciding words right after the id; one word per state (this one). None is learnt within
+the issue's budget (about 95 steps of the demo recipe): the model begins to read the query after 80-120 steps.
 
-    present    the element's name with a value well inside the claimed range (the claim's own unit; at least
-               30% of the range from either end), or "함유" for an element without a range   -> 대응
-    absent     the element's name and "없음" or "무첨가" (never for a measured property)          -> 미대응
-    vague      the element's name and a word instead of a value ("적정량", "소량"; a property:
-               "적당", "보통"; only for elements with a range)                                 -> 판단불가
-    not_given  the element's name and "미기재" or "정보 없음"                                   -> 판단불가
+    present    "있음", the element's name and, for an element with a range, a value well inside it (the
+               claim's own unit; at least 30% of the range from either end)                     -> 대응
+    absent     "없음" and the name (never for a measured property)                               -> 미대응
+    vague      "모호" and the name (only for elements with a range)                               -> 판단불가
+    not_given  "미기재" and the name                                                              -> 판단불가
 
 risk_level follows from the matches by the demo's rule (schemas.risk_rules ``all-elements``): every element
 대응 -> 높음, any 미대응 -> 낮음, else 애매. Each split holds the risk levels in equal shares and the patents in
@@ -50,10 +50,7 @@ INSIDE = Fraction(3, 10)  # a present value lies at least this share of the rang
 P_UNKNOWN_AMBIGUOUS = 0.4  # 애매: each element unknown (vague or not given) with this chance, at least one
 P_ABSENT_LOW = 0.35  # 낮음: each element that can be absent is, with this chance, at least one
 P_UNKNOWN_LOW = 0.3  # 낮음: each other element unknown with this chance, else present
-_ABSENT = ("없음", "무첨가")
-_NOT_GIVEN = ("미기재", "정보 없음")
-_VAGUE_AMOUNT = ("적정량", "소량")
-_VAGUE_PROPERTY = ("적당", "보통")
+STATUS = {"present": "있음", "absent": "없음", "vague": "모호", "not_given": "미기재"}  # round 5: one word per state
 
 
 def element_name(el: ElementSpec) -> str:
@@ -91,24 +88,20 @@ def _number(value: Fraction) -> str:
 
 
 def _statement(rng: random.Random, el: ElementSpec, state: str) -> str:
+    """What the query says of an element: one status word per state first, right after the element's id
+    (round 5), then the element's name and, for a present element with a range, its value."""
     name = element_name(el)
-    if state == "not_given":
-        return f"{name} {rng.choice(_NOT_GIVEN)}"
-    if state == "absent":
-        return f"{name} {rng.choice(_ABSENT)}"
-    if state == "vague":
-        return f"{name} {rng.choice(_VAGUE_PROPERTY if el.kind == 'property' else _VAGUE_AMOUNT)}"
-    if not el.numeric:
-        return f"{name} 함유"
+    if state != "present" or not el.numeric:
+        return f"{STATUS[state]} {name}"
     value = _number(_present_value(rng, el))
     if el.unit == "pH" or el.unit == "SPF":
-        return f"{name} {value}"
-    return f"{name} {value}{el.unit}"
+        return f"{STATUS[state]} {name} {value}"
+    return f"{STATUS[state]} {name} {value}{el.unit}"
 
 
 def _reason(el: ElementSpec, state: str, statement: str) -> str:
     name = el.role
-    return {"present": f"{statement}, 범위 안" if el.numeric else f"{name} 함유",
+    return {"present": f"{statement.split(' ', 1)[1]}, 범위 안" if el.numeric else f"{name} 함유",
             "absent": f"{name} 없음", "vague": f"{name} 수치 없음(모호)", "not_given": f"{name} 미기재"}[state][:40]
 
 
@@ -142,7 +135,7 @@ def plan_states(rng: random.Random, patent: PatentSpec, risk: str) -> dict[str, 
 def make_record(rng: random.Random, patent: PatentSpec, risk: str, record_id: str, split: str) -> dict[str, Any]:
     states = plan_states(rng, patent, risk)
     statements = {e.id: _statement(rng, e, states[e.id]) for e in patent.elements}
-    said = [f"{eid} {s}" for eid, s in statements.items()]  # round 3: each statement tagged with its element's id
+    said = [f"{eid} {s}" for eid, s in statements.items()]  # each statement after its element's id
     code = f"{rng.choice(patent.code_prefixes)}-{rng.randint(100, 999)}"
     query = f"{code} {rng.choice(patent.forms)}: " + ", ".join(said)
     matches = [{"element_id": e.id, "match": STATE_MATCH[states[e.id]],

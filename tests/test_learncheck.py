@@ -46,31 +46,27 @@ def test_labels_follow_from_what_the_query_says(split):
         stated = body.split(", ")
         assert [s.split(" ", 1)[0] for s in stated] == [e["id"] for e in rec["elements"]]
         stated = [s.split(" ", 1)[1] for s in stated]
-        # every element stated once, in the claim's order
-        assert [s.startswith(learncheck.element_name(el) + " ") for s, el in zip(stated, patent.elements)] \
-            == [True] * len(patent.elements) == [True] * len(stated), (rec["id"], stated)
-        for m in rec["label"]["matches"]:
-            el = patent.element(m["element_id"])
+        for m, el, said in zip(rec["label"]["matches"], patent.elements, stated, strict=True):
+            assert m["element_id"] == el.id
             state = rec["meta"]["states"][el.id]
             assert m["match"] == learncheck.STATE_MATCH[state]
+            # the state's one word first, right after the id, then the element's name
             name = learncheck.element_name(el)
-            mine = [s for s in stated if s.startswith(name + " ")]
-            assert len(mine) == 1, (rec["id"], el.id, stated)
-            word = mine[0][len(name) + 1:]
-            if state == "not_given":
-                assert word in ("미기재", "정보 없음")
-            elif state == "absent":
-                assert el.kind != "property" and word in ("없음", "무첨가")
-            elif state == "vague":
-                assert el.numeric and word in ("적정량", "소량", "적당", "보통")
-            elif el.numeric:  # present: a value well inside the claimed range, in the claim's unit
+            assert said.startswith(f"{learncheck.STATUS[state]} {name}"), (rec["id"], el.id, said)
+            rest = said[len(learncheck.STATUS[state]) + len(name) + 1:]
+            if state == "absent":
+                assert el.kind != "property"
+            if state == "vague":
+                assert el.numeric
+            if state == "present" and el.numeric:  # a value well inside the claimed range, in the claim's unit
+                word = rest.removeprefix(" ")
                 value = float(word.removesuffix(el.unit)) if el.unit not in ("pH", "SPF") else float(word)
                 lo = float(el.lo)
                 hi = float(el.hi) if el.hi is not None else 2 * lo
                 margin = float(learncheck.INSIDE) * (hi - lo) if el.hi is not None else 0.5 * lo - 1e-9
                 assert lo + margin - 1e-9 <= value <= hi - (margin if el.hi is not None else 0) + 1e-9, (rec["id"], el.id, word)
             else:
-                assert word == "함유"
+                assert rest == "", (rec["id"], el.id, said)
         assert rec["label"]["risk_level"] == all_elements(m["match"] for m in rec["label"]["matches"])
 
 
