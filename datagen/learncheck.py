@@ -90,18 +90,16 @@ def _number(value: Fraction) -> str:
 def _statement(rng: random.Random, el: ElementSpec, state: str) -> str:
     """What the query says of an element: one status word per state first, right after the element's id
     (round 5), then the element's name and, for a present element with a range, its value."""
-    name = element_name(el)
+    said = f"{STATUS[state]} {element_name(el)}"
     if state != "present" or not el.numeric:
-        return f"{STATUS[state]} {name}"
+        return said
     value = _number(_present_value(rng, el))
-    if el.unit == "pH" or el.unit == "SPF":
-        return f"{STATUS[state]} {name} {value}"
-    return f"{STATUS[state]} {name} {value}{el.unit}"
+    return f"{said} {value}" if el.unit in ("pH", "SPF") else f"{said} {value}{el.unit}"
 
 
 def _reason(el: ElementSpec, state: str, statement: str) -> str:
     name = el.role
-    return {"present": f"{statement.split(' ', 1)[1]}, 범위 안" if el.numeric else f"{name} 함유",
+    return {"present": f"{statement.removeprefix(STATUS['present'] + ' ')}, 범위 안" if el.numeric else f"{name} 함유",
             "absent": f"{name} 없음", "vague": f"{name} 수치 없음(모호)", "not_given": f"{name} 미기재"}[state][:40]
 
 

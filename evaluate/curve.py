@@ -153,14 +153,13 @@ def evaluate_points(points: Sequence[Checkpoint], data: str, out: Path,
     if not adapters:
         raise UserError("no adapter to evaluate: a curve needs at least one trained adapter")
     model = settle_model(model, list(adapters), allow_other_base=allow_other_base, log=log)
-    schema_name = default_schema(schema_name, list(dict.fromkeys(p.adapter for p in points if p.adapter is not None and p.final))
-                                 or adapters[:1])
+    finals = list(dict.fromkeys(p.adapter for p in points if p.adapter is not None and p.final)) or adapters[:1]
+    schema_name = default_schema(schema_name, finals)
     if prompt_template:
         prompt = load_prompt_template(prompt_template)
     else:
-        finals = list(dict.fromkeys(p.adapter for p in points if p.adapter is not None and p.final))
         by_hash = {}
-        for d in finals or adapters[:1]:
+        for d in finals:
             found = adapter_prompt(d, log)
             by_hash.setdefault(found.fingerprint(schema_name), (found, []))[1].append(str(d))
         if len(by_hash) > 1:
