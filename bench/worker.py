@@ -26,6 +26,7 @@ from typing import Any
 import click
 
 from patent_risk.runtime.artifacts import atomic_write_text
+from patent_risk.runtime.engine_death import EngineDied
 from patent_risk.runtime.procs import CpuWindow
 
 from .offline_configs import COMPILE_WHAT, CONFIGS, PREPARE, phase_file
@@ -327,7 +328,10 @@ def main(config: str, spec: Path, out: Path) -> None:
     else:
         rows = json.loads(Path(spec_doc["requests"]).read_text(encoding="utf-8"))[:spec_doc["limits"][config]]
         runner = run_hf if CONFIGS[config].engine == "hf" else run_vllm
-        result = runner(config, spec_doc, rows, out)
+        try:
+            result = runner(config, spec_doc, rows, out)
+        except EngineDied as e:  # one line the parent reports as this configuration's failure (bench.offline)
+            raise SystemExit(f"error: {e}") from None
         outputs_dir = Path(spec_doc["outputs_dir"])
         outputs_dir.mkdir(parents=True, exist_ok=True)
         with open(outputs_dir / f"{config}.jsonl", "w", encoding="utf-8") as f:

@@ -18,6 +18,8 @@ from typing import Any, Callable, Iterator
 from patent_risk.runtime.artifacts import atomic_write_text, describe_path, file_sha256
 from patent_risk.runtime.embedded import default_model_label, resolve_model
 from patent_risk.runtime.engine_log import ENGINE_LOG, engine_output
+from patent_risk.runtime import engine_death
+from patent_risk.runtime.engine_death import EngineDied
 from patent_risk.runtime.engines import AdapterSpec, Engine, EngineFailure, GenResult
 from patent_risk.runtime.requests import build_requests, max_tokens_summary, sampling_summary
 from patent_risk.schemas.errors import UserError
@@ -82,8 +84,6 @@ def result_row(rec: Record, res: GenResult) -> dict[str, Any]:
     }
     if res.ttft_s is not None:
         row["ttft_s"] = res.ttft_s
-    if res.chunk_wall_s is not None:
-        row["chunk_wall_s"] = res.chunk_wall_s
     if rec.meta is not None:
         row["meta"] = rec.meta
     return row
@@ -337,7 +337,11 @@ def _run_locked(cfg: BatchConfig, records: list[Record], run_dir: Path, make_eng
         return BatchSummary(run_dir, len(records), len(records), 0, 0.0, 0, {})
 
     with engine_output(run_dir / ENGINE_LOG if quiet else None):
-        return _run_engine(cfg, records, todo, run_dir, make_engine(model_path), model_path, info, old_info, progress)
+        try:
+            engine = make_engine(model_path)
+        except EngineDied as e:  # at start-up: nothing written by this invocation
+            raise engine_death.with_log(e, run_dir / ENGINE_LOG, len(done), len(records)) from None
+        return _run_engine(cfg, records, todo, run_dir, engine, model_path, info, old_info, progress)
 
 
 def _run_engine(cfg: BatchConfig, records: list[Record], todo: list[Record], run_dir: Path, engine: Engine,
@@ -363,7 +367,10 @@ def _run_engine(cfg: BatchConfig, records: list[Record], todo: list[Record], run
         requests = [r for r in requests if r.record_id in todo_ids]
         by_id = {r.id: r for r in todo}
         compiled_before = _compiled_seconds(engine)
-        summary = _generate_into(run_dir / RESULTS, requests, by_id, engine, cfg.chunk_size, progress)
+        try:
+            summary = _generate_into(run_dir / RESULTS, requests, by_id, engine, cfg.chunk_size, progress)
+        except EngineDied as e:  # the rows written so far stay; the lock is released on the way out
+            raise engine_death.with_log(e, run_dir / ENGINE_LOG, len(finished_ids(run_dir)), len(records)) from None
         info["finished_at"] = _now()
         info["generation_s"] = round(summary[0] + float(old_info.get("generation_s", 0.0) if old_info else 0.0), 3)
         # of which: compiling this run's new outlines schemas before their chunk was submitted (once per schema;
@@ -458,6 +465,10 @@ def _count_finish(run_dir: Path) -> dict[str, int]:
 
 
 def _generate_into(results: Path, requests, by_id, engine: Engine, chunk_size: int, progress: bool) -> tuple[float, int]:
+    """Decode ``requests`` chunk by chunk into ``results``. An engine with ``generate_iter`` (both of this project's)
+    yields each row as its request finishes: it is written and flushed at once, so that a failure or an engine's
+    death loses only the requests still in flight and the file is valid JSONL at every moment. Another engine's
+    chunk is written when it has finished."""
     from patent_risk.runtime.progress import progress_bar
 
     t0 = time.perf_counter()
@@ -468,40 +479,20 @@ def _generate_into(results: Path, requests, by_id, engine: Engine, chunk_size: i
         try:
             for start in range(0, len(requests), chunk_size):
                 chunk = requests[start:start + chunk_size]
-                # A server engine yields rows as requests finish: each is written and flushed at once, so a
-                # failure later in the chunk loses none of them. The offline engine decodes the chunk together.
                 failure = None
-                live = not streaming and getattr(engine, "reports_progress", False)
-                counted = [0, 0]  # requests and output tokens of this chunk the bar has shown as they finished
-
-                def finished(n: int, out_tokens: int) -> None:
-                    counted[0] += n
-                    counted[1] += out_tokens
-                    bar.update(n)
-                    bar.set_postfix(tok_s=f"{(tokens + counted[1]) / (time.perf_counter() - t0):.1f}", refresh=False)
-
                 try:
-                    if streaming:
-                        outs = streaming(chunk)
-                    else:
-                        outs = engine.generate(chunk, on_finished=finished) if live else engine.generate(chunk)
+                    outs = streaming(chunk) if streaming else engine.generate(chunk)
                 except EngineFailure as e:  # requests that failed inside the engine are never rows
                     outs, failure = e.kept, e
-                for o in outs:
+                for o in outs:  # a generator raises EngineFailure or EngineDied after its last row
                     f.write((json.dumps(result_row(by_id[o.record_id], o), ensure_ascii=False) + "\n").encode("utf-8"))
-                    if streaming:
-                        f.flush()
+                    f.flush()
                     tokens += o.output_tokens
-                    if not live:
-                        bar.update(1)
-                if live and counted[0] != len(outs):  # what the engine reported live against the rows written
-                    bar.update(len(outs) - counted[0])
+                    bar.update(1)
+                    bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - t0):.1f}", refresh=False)
                 if failure is not None:
                     raise failure
-                f.flush()
                 os.fsync(f.fileno())
-                elapsed = time.perf_counter() - t0
-                bar.set_postfix(tok_s=f"{tokens / elapsed:.1f}", refresh=False)
         finally:
             f.flush()
             os.fsync(f.fileno())

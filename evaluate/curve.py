@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from patent_risk.runtime.artifacts import atomic_write_text
+from patent_risk.runtime.engine_death import EngineDied
 from patent_risk.runtime.engines import AdapterSpec, Engine
 from patent_risk.schemas.errors import UserError
 from patent_risk.schemas.labels import RISK_LEVELS
@@ -187,7 +188,12 @@ def evaluate_points(points: Sequence[Checkpoint], data: str, out: Path,
             cfg = BatchConfig(data=data, out=str(run_dir), constrained=True, model=model, adapter=spec, schema_name=schema_name,
                               chunk_size=chunk_size, max_model_len=max_model_len, engine_args=dict(engine_args or {}),
                               allow_other_base=allow_other_base, base_settled=True, prompt=prompt)
-            run_batch(cfg, make, log=log, progress=progress, quiet=quiet)
+            try:
+                run_batch(cfg, make, log=log, progress=progress, quiet=quiet)
+            except EngineDied as e:
+                raise EngineDied(f"{e}. The curve stopped at point {i} of {len(points)} ({run_dir.name}); the {len(scored)} "
+                                 f"finished point(s) are kept under {out / 'runs'}, and re-running the same command skips "
+                                 "them") from None
             m = score_run(run_dir)
             scored.append(Point(cp.variant, cp.step, cp.train_s, None if cp.adapter is None else str(cp.adapter),
                                 str(run_dir), **m))

@@ -3,7 +3,9 @@ runtime.requests; everything it returns is plain data."""
 from __future__ import annotations
 
 import os
+import re
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
@@ -11,6 +13,8 @@ from typing import Any, Callable, Protocol
 from patent_risk.schemas.errors import UserError
 from patent_risk.schemas.prompt import chat_format, fold_system
 
+from . import engine_death
+from .engine_death import EngineDied
 from .requests import GenRequest
 
 BACKENDS = ("outlines", "xgrammar", "guidance")
@@ -25,8 +29,7 @@ ENGINE_FAILURE_REASONS = ("abort", "error")
 class GenResult:
     """One request's outcome. ``latency_s``: this request's own time from being queued to its last token
     (vLLM's per-request stats offline; the HTTP round trip through a server), None when the engine gave
-    no per-request timing. ``chunk_wall_s``: offline, the wall time of the whole chunk decoded together
-    (the same for every row of a chunk, and named so)."""
+    no per-request timing."""
 
     record_id: str
     raw_output: str
@@ -35,7 +38,6 @@ class GenResult:
     output_tokens: int
     latency_s: float | None
     cached_tokens: int = 0  # prompt tokens vLLM's prefix cache served (offline engine)
-    chunk_wall_s: float | None = None
     ttft_s: float | None = None  # queued to first token, where the engine reports it
 
 
@@ -72,6 +74,33 @@ def _request_timing(out) -> tuple[float | None, float | None]:
     if not queued or not last or last < queued:
         return None, None
     return round(last - queued, 4), (round(first - queued, 4) if first >= queued else None)
+
+
+def _failed_procs(message: str) -> dict[str, int | None] | None:
+    """vLLM's start-up failure "Failed core proc(s): {'EngineCore_DP0': -9}" as {name: exit code}; None when
+    the message is not that one."""
+    import ast
+
+    m = re.search(r"Failed core proc\(s\): (\{.*?\})", message)
+    if not m:
+        return None
+    try:
+        procs = ast.literal_eval(m.group(1))
+    except (ValueError, SyntaxError):
+        return {}
+    return {str(k): v for k, v in procs.items()} if isinstance(procs, dict) else {}
+
+
+def _exit_codes(procs, wait_s: float = 3.0) -> dict[str, int]:
+    """{name: exit code} of the engine's processes that have exited. vLLM's own monitor reaps them at the same
+    moment from its thread (a second waitpid finds none and reads as "still running"), so the codes are read
+    again until both agree or ``wait_s`` has passed."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        codes = {p.name: p.exitcode for p in procs}
+        if all(c is not None for c in codes.values()) or time.monotonic() > deadline:
+            return {k: v for k, v in codes.items() if v is not None}
+        time.sleep(0.05)
 
 
 class EngineFailure(UserError):
@@ -112,59 +141,6 @@ class Engine(Protocol):
 class AdapterSpec:
     name: str
     path: str
-
-
-def _progress_hook(on_finished: Callable[[int, int], None]):
-    """A stand-in for the tqdm class vLLM's offline loop takes as ``use_tqdm``: its "Processed prompts" bar
-    calls ``on_finished`` instead of drawing (vLLM reads ``format_dict['elapsed']`` and sets ``postfix``);
-    other bars it makes (rendering the prompts) are silent."""
-
-    class Hook:
-        def __init__(self, iterable=None, *args, total=None, desc=None, **kwargs):
-            self.iterable, self.n, self.postfix, self.t0 = iterable, 0, "", time.perf_counter()
-
-        def __iter__(self):
-            return iter(self.iterable if self.iterable is not None else ())
-
-        @property
-        def format_dict(self):
-            self.elapsed = max(time.perf_counter() - self.t0, 1e-9)  # the value vLLM divided by, kept
-            return {"elapsed": self.elapsed}
-
-        def update(self, n=1):
-            self.n += n
-
-        def refresh(self):
-            pass
-
-        def close(self):
-            pass
-
-    class Prompts(Hook):
-        """Tracks vLLM's output-token total through the postfix it sets, and reports each step's finished
-        requests with their tokens."""
-
-        tokens = 0
-
-        def update(self, n=1):
-            super().update(n)
-            total = _postfix_output_tokens(self.postfix, getattr(self, "elapsed", 0.0))
-            on_finished(n, max(0, total - self.tokens) if total is not None else 0)
-            if total is not None:
-                self.tokens = total
-
-    def factory(*args, **kwargs):
-        return Prompts(*args, **kwargs) if kwargs.get("desc") == "Processed prompts" else Hook(*args, **kwargs)
-
-    return factory
-
-
-def _postfix_output_tokens(postfix: str, elapsed: float) -> int | None:
-    """vLLM's bar postfix gives its output-token total divided by ``elapsed`` (to 2 decimals): back to a count."""
-    import re
-
-    m = re.search(r"output: ([0-9.]+) toks/s", postfix or "")
-    return round(float(m.group(1)) * elapsed) if m else None
 
 
 def _applied(llm, args: dict[str, Any]) -> dict[str, Any]:
@@ -229,11 +205,23 @@ class VllmOffline:
 
         # Stats are on for per-request timing only; their periodic throughput lines would flood the log.
         logging.getLogger("vllm.v1.metrics.loggers").setLevel(logging.WARNING)
-        self.llm = LLM(**kwargs)
+        self.death: str | None = None  # set by the watchdog when the engine core dies (_watch_engine_core)
+        self._closing = threading.Event()
+        self._oom_before = engine_death.oom_kills()
+        try:
+            self.llm = LLM(**kwargs)
+        except RuntimeError as e:  # vLLM's start-up watch: "Failed core proc(s): {'EngineCore_DP0': -9}"
+            procs = _failed_procs(str(e))
+            if procs is None:
+                raise
+            raise EngineDied(engine_death.describe(procs, self._oom_before, engine_death.oom_kills(),
+                                                   "during start-up")) from None
+        self._watch_engine_core()
         applied = _applied(self.llm, given)
         self._tokenizer = self.llm.get_tokenizer()
         self.chat_format = chat_format(self._tokenizer)
         self.precompiled: dict[str, float | int] = {}  # outlines schemas compiled before generation (totals)
+        self._memory_warned = False
         self.description = {"name": "vllm", "version": vllm_version(), "mode": "offline", "backend": backend,
                             "structured_outputs_config": kwargs["structured_outputs_config"],
                             "dtype": kwargs["dtype"], "max_model_len": max_model_len,
@@ -279,34 +267,124 @@ class VllmOffline:
         return SamplingParams(temperature=0.0, max_tokens=req.max_tokens, seed=self._seed,
                               structured_outputs=structured)
 
-    reports_progress = True  # generate() takes on_finished: called as each request of the chunk finishes
+    def _watch_engine_core(self) -> None:
+        """Turn the engine core's death into vLLM's own EngineDeadError for whoever waits on it.
+
+        vLLM watches its engine-core processes (their sentinels, MPClient's monitor thread) and marks the client
+        dead, but its synchronous client then stops its output thread without telling the queue that
+        ``LLM``'s loop blocks on, so an offline run waits for ever (vLLM 0.32; a server's async client does
+        put the error on its queue). This thread waits on the same sentinels and, when one fires while the
+        engine is in use, records the cause and puts EngineDeadError on that queue and on every pending
+        utility call. An engine core run in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0) needs no watch."""
+        client = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        manager = getattr(getattr(client, "resources", None), "engine_manager", None)
+        procs = list(getattr(manager, "processes", None) or [])
+        outputs = getattr(client, "outputs_queue", None)
+        if not procs or outputs is None:
+            return
+
+        def watch() -> None:
+            from multiprocessing import connection
+
+            while not self._closing.is_set():
+                if connection.wait([p.sentinel for p in procs], timeout=0.5):
+                    break
+            if self._closing.is_set():
+                return
+            codes = _exit_codes(procs)
+            self.death = engine_death.describe(codes,
+                                               self._oom_before, engine_death.oom_kills(), "while decoding")
+            from vllm.v1.engine.exceptions import EngineDeadError
+
+            outputs.put_nowait(EngineDeadError())
+            for fut in list(getattr(client, "utility_results", {}).values()):
+                if not fut.done():
+                    fut.set_exception(EngineDeadError())
+
+        threading.Thread(target=watch, daemon=True, name="patent-risk-engine-watch").start()
+
+    def _died(self, exc: BaseException) -> EngineDied | None:
+        """The run's error when ``exc`` came from a dead engine core (None: it did not)."""
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        if self.death is None and not isinstance(exc, EngineDeadError):
+            return None
+        return EngineDied(self.death or f"vLLM's engine core died while decoding ({type(exc).__name__}: {exc})")
 
     def generate(self, requests: list[GenRequest],
                  on_finished: Callable[[int, int], None] | None = None) -> list[GenResult]:
-        """The chunk decoded together. ``on_finished(requests, output_tokens)`` is called as requests finish
-        (vLLM's progress hook), so that a progress bar moves during a chunk, not only after it."""
-        t0 = time.perf_counter()
+        """The chunk decoded together, its results in the requests' order (generate_iter)."""
+        got: list[tuple[int, GenResult]] = []
+        try:
+            for item in self._decode(requests, on_finished):
+                got.append(item)
+        except EngineFailure as e:
+            e.kept = [r for _, r in sorted(got, key=lambda x: x[0])]
+            raise
+        return [r for _, r in sorted(got, key=lambda x: x[0])]
+
+    def generate_iter(self, requests: list[GenRequest]):
+        """Yield each result as its request finishes, so that the caller writes it at once: an engine that dies
+        mid-chunk loses only the requests still in flight. Requests that failed inside the engine are never
+        yielded; after the others, EngineFailure names them. A dead engine core raises EngineDied."""
+        for _, res in self._decode(requests, None):
+            yield res
+
+    def _decode(self, requests: list[GenRequest], on_finished: Callable[[int, int], None] | None):
+        """(index in ``requests``, result) as each request finishes: the requests enqueued together
+        (``LLM.enqueue_chat``), then vLLM's engine stepped as ``LLM``'s own loop steps it."""
+        if self.death is not None:
+            raise EngineDied(self.death)
         if self.description["backend"] == "outlines":
             self._precompile([r.json_schema for r in requests if r.json_schema is not None])
-        progress = False if on_finished is None else _progress_hook(on_finished)
-        outputs = self.llm.chat([self.messages(r) for r in requests], [self.sampling_params(r) for r in requests],
-                                use_tqdm=progress, lora_request=self._lora_request())
-        elapsed = time.perf_counter() - t0
-        results: list[GenResult] = []
-        for req, out in zip(requests, outputs):
-            comp = out.outputs[0]
-            latency, ttft = _request_timing(out)
-            results.append(GenResult(record_id=req.record_id, raw_output=comp.text,
-                                     finish_reason=str(comp.finish_reason), prompt_tokens=len(out.prompt_token_ids or []),
-                                     output_tokens=len(comp.token_ids), latency_s=latency, ttft_s=ttft,
-                                     chunk_wall_s=round(elapsed, 3),
-                                     cached_tokens=int(getattr(out, "num_cached_tokens", 0) or 0)))
-        failed = [r for r in results if r.finish_reason in ENGINE_FAILURE_REASONS]
+        engine = self.llm.llm_engine
+        pending: dict[str, int] = {}
+        internal: dict[str, str] = {}
+        failed: list[GenResult] = []
+        yielded = 0
+        try:
+            ids = self.llm.enqueue_chat([self.messages(r) for r in requests],
+                                        [self.sampling_params(r) for r in requests],
+                                        use_tqdm=False, lora_request=self._lora_request())
+            # enqueue_chat returns vLLM's internal ids ("7-1a2b3c4d": LLM's counter and a random suffix); its
+            # outputs carry the counter's id ("7")
+            internal = dict(zip((rid.split("-", 1)[0] for rid in ids), ids))
+            pending = {ext: i for i, ext in enumerate(internal)}
+            while pending and engine.has_unfinished_requests():
+                for out in engine.step():
+                    if not out.finished or out.request_id not in pending:
+                        continue
+                    i = pending.pop(out.request_id)
+                    res = self._result(requests[i], out)
+                    if res.finish_reason in ENGINE_FAILURE_REASONS:
+                        failed.append(res)
+                        continue
+                    if on_finished is not None:
+                        on_finished(1, res.output_tokens)
+                    yielded += 1
+                    yield i, res
+        except Exception as exc:
+            died = self._died(exc)
+            if died is not None:
+                raise died from None
+            raise
+        finally:
+            if pending and self.death is None:  # the caller stopped early: leave nothing behind in the engine
+                try:
+                    engine.abort_request([internal[ext] for ext in pending], internal=True)
+                except Exception:  # noqa: BLE001 - the engine is going down with the caller
+                    pass
         if failed:
-            kept = [r for r in results if r.finish_reason not in ENGINE_FAILURE_REASONS]
-            raise engine_failure(failed, len(results), "vLLM's offline engine",
-                                 self.description["env"].get("VLLM_REGEX_COMPILATION_TIMEOUT_S"), kept)
-        return results
+            raise engine_failure(failed, len(requests), "vLLM's offline engine",
+                                 self.description["env"].get("VLLM_REGEX_COMPILATION_TIMEOUT_S"), [], yielded)
+
+    @staticmethod
+    def _result(req: GenRequest, out) -> GenResult:
+        comp = out.outputs[0]
+        latency, ttft = _request_timing(out)
+        return GenResult(record_id=req.record_id, raw_output=comp.text, finish_reason=str(comp.finish_reason),
+                         prompt_tokens=len(out.prompt_token_ids or []), output_tokens=len(comp.token_ids),
+                         latency_s=latency, ttft_s=ttft, cached_tokens=int(getattr(out, "num_cached_tokens", 0) or 0))
 
     def _precompile(self, schemas: list[dict[str, Any]]) -> None:
         """outlines: the chunk's new schemas compiled on every core into the disk cache before it is submitted
@@ -315,18 +393,33 @@ class VllmOffline:
             return
         from patent_risk.runtime import outlines_cache
 
+        sizes: dict[str, int] = {}
         try:
-            stats = outlines_cache.precompile(self.llm, schemas)
+            stats = outlines_cache.precompile(self.llm, schemas, sizes=sizes)
         except Exception as exc:  # noqa: BLE001 - only a head start: the engine compiles them itself
             print(f"warning: compiling the chunk's outlines schemas ahead failed ({type(exc).__name__}: {exc}); "
                   "the engine compiles them itself, on its one grammar thread", file=sys.stderr)
             stats = {"failed": len(schemas)}
         for k, v in stats.items():
             self.precompiled[k] = v if k == "threads" else round(self.precompiled.get(k, 0) + v, 3)
+        self._guard_memory(sizes)
+
+    def _guard_memory(self, sizes: dict[str, int]) -> None:
+        """Before a chunk is submitted: warn, with the fix, when its distinct schemas' outlines indexes (measured in
+        the compiled cache) would not fit the memory available (runtime.memory_guard). Once per engine."""
+        from patent_risk.runtime import memory_guard
+
+        if self._memory_warned or not sizes:
+            return
+        warning = memory_guard.index_warning(sizes, memory_guard.available_bytes())
+        if warning:
+            self._memory_warned = True
+            print(warning, file=sys.stderr, flush=True)  # the terminal, also while vLLM's log goes to engine.log
 
     def close(self) -> None:
         import gc
 
+        self._closing.set()  # a shutdown, not a death
         engine = getattr(self.llm, "llm_engine", None)
         shutdown = getattr(getattr(engine, "engine_core", None), "shutdown", None)
         if callable(shutdown):

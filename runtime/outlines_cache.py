@@ -82,7 +82,9 @@ def retrying_disk_cache(stock: type) -> type:
     257-532 MB serialized, and 147 requests of four such schemas took the engine core to 13.7 GB and the OOM
     killer (measured here, 2026-12-03; the front end then waited for ever). Here the deserialized indexes of the
     last ``MEMO_INDEXES`` keys are kept in memory and shared, as vLLM's own in-memory cache (disk cache off)
-    shares them: an index is read-only once built, each request's ``Guide`` keeps its own state."""
+    shares them: an index is read-only once built, each request's ``Guide`` keeps its own state. The memo is bounded
+    by bytes as well (runtime.memory_guard.memo_budget_bytes: half the memory available when it opens), so that
+    many free-text schemas over a long run do not pile up."""
     if getattr(stock, "_patent_risk_retrying", False):
         return stock
 
@@ -93,8 +95,11 @@ def retrying_disk_cache(stock: type) -> type:
         _patent_risk_retrying = True
 
         def __init__(self, path: str):
-            self._memo: OrderedDict = OrderedDict()
+            from patent_risk.runtime.memory_guard import memo_budget_bytes
+
+            self._memo: OrderedDict = OrderedDict()  # key -> (index, its serialized bytes)
             self._memo_lock = threading.Lock()  # vLLM compiles grammars on a thread pool
+            self._memo_budget = memo_budget_bytes()
             for attempt in range(OPEN_ATTEMPTS):
                 try:
                     super().__init__(path)
@@ -104,21 +109,30 @@ def retrying_disk_cache(stock: type) -> type:
                         raise
                     time.sleep(0.05 * 2 ** attempt)
 
+        def stored_bytes(self, key: str) -> int | None:
+            """The serialized size of ``key``'s entry in the disk cache (None: not there)."""
+            row = self._db.execute("SELECT length(value) FROM cache WHERE key=?", (key,)).fetchone()
+            return None if row is None else int(row[0])
+
         def _remember(self, key: str, value):
             if not isinstance(value, str):
+                size = self.stored_bytes(key) or 0
                 with self._memo_lock:
-                    self._memo[key] = value
+                    self._memo[key] = (value, size)
                     self._memo.move_to_end(key)
-                    while len(self._memo) > MEMO_INDEXES:
+                    # bounded by bytes (the indexes of free-text schemas are hundreds of MB each) and by count;
+                    # the newest always stays. An evicted index lives on in the requests still decoding with it.
+                    while len(self._memo) > 1 and (len(self._memo) > MEMO_INDEXES or
+                                                   sum(b for _, b in self._memo.values()) > self._memo_budget):
                         self._memo.popitem(last=False)
             return value
 
         def _recall(self, key: str):
             with self._memo_lock:
-                value = self._memo.get(key)
-                if value is not None:
+                entry = self._memo.get(key)
+                if entry is not None:
                     self._memo.move_to_end(key)
-                return value
+                return None if entry is None else entry[0]
 
         def __contains__(self, key: str) -> bool:
             return self._recall(key) is not None or super().__contains__(key)
@@ -171,7 +185,8 @@ def register() -> None:
     install()
 
 
-def precompile(llm, schemas: list[dict], threads: int | None = None) -> dict[str, float | int]:
+def precompile(llm, schemas: list[dict], threads: int | None = None,
+               sizes: dict[str, int] | None = None) -> dict[str, float | int]:
     """Compile, before a batch is generated, the outlines indexes of its distinct JSON schemas that the disk
     cache lacks, on ``threads`` threads (default: every core) of this (the front-end) process, into the disk
     cache the engine core reads: vLLM then finds each one there instead of compiling it on its single grammar
@@ -183,7 +198,8 @@ def precompile(llm, schemas: list[dict], threads: int | None = None) -> dict[str
     cache as the engine core; an already cached schema costs a lookup), one backend and one SQLite connection
     per thread, all opened here before the threads start (two connections opening a fresh cache file at once
     can be refused). A schema that fails here (a compile timeout, say) is left to the engine, which reports it
-    as the engine failure it is. Needs the disk cache (``VLLM_V1_USE_OUTLINES_CACHE``) and this plugin's key, else
+    as the engine failure it is. ``sizes``, when given, receives each schema's serialized index size in the disk
+    cache (runtime.memory_guard turns them into memory). Needs the disk cache (``VLLM_V1_USE_OUTLINES_CACHE``) and this plugin's key, else
     nothing is done: another process could not find the result."""
     import json
     import queue
@@ -217,9 +233,19 @@ def precompile(llm, schemas: list[dict], threads: int | None = None) -> dict[str
             be = local.backend = backends.get_nowait()
         try:
             be.compile_grammar(StructuredOutputOptions.JSON, spec)
-            return True
         except Exception:  # noqa: BLE001 - the engine compiles it again and reports the failure itself
             return False
+        if sizes is not None:
+            try:  # the same key as the backend's _compile_index
+                from outlines_core import json_schema
+
+                key = f"{be.vocabulary._hash}_{json_schema.build_regex_from_schema(spec)}"
+                size = be.cache.stored_bytes(key) if hasattr(be.cache, "stored_bytes") else None
+                if size is not None:
+                    sizes[spec] = size
+            except Exception:  # noqa: BLE001 - the size is only for a warning
+                pass
+        return True
 
     with ThreadPoolExecutor(n) as pool:
         ok = list(pool.map(one, specs))

@@ -15,6 +15,7 @@ import pytest
 
 from patent_risk.evaluate.batch import BatchConfig, run_batch
 from patent_risk.runtime.engines import ENGINE_FAILURE_REASONS
+from patent_risk.runtime.requests import build_requests
 
 from .conftest import EVAL, ROOT, Borrowed
 
@@ -117,3 +118,21 @@ def test_a_compiled_schema_is_stored_once_and_later_runs_compile_nothing(engine,
         (stored_key,) = con.execute("SELECT key FROM cache WHERE rowid = ?", (first[0],)).fetchone()
     assert stored_key.startswith(key + "_"), (stored_key[:80], key)
     print(f"time to first token: {ttft[0]:.2f} s with the compile, {ttft[1]:.2f} s from the cache")
+
+
+def test_the_memory_guard_warns_before_a_chunk_whose_indexes_would_not_fit(engine, eval_records, monkeypatch, capsys):
+    """The outlines indexes of a chunk's distinct schemas are measured in the compiled cache before it is submitted;
+    with less memory available than they need (faked here: 1 KiB), one warning says so with the fix, and the
+    chunk still decodes."""
+    from patent_risk.runtime import memory_guard
+
+    monkeypatch.setattr(memory_guard, "available_bytes", lambda: 2**10)
+    monkeypatch.setattr(engine, "_memory_warned", False)
+    reqs = build_requests(eval_records[:2], "v1", True, engine.count_tokens)
+    results = engine.generate(reqs)
+    err = capsys.readouterr().err
+    assert err.count("warning: the ") == 1 and "distinct JSON schema(s) decoded together" in err, err
+    assert "1 KiB is available" in err and "--chunk-size" in err
+    assert [r.record_id for r in results] == [r.record_id for r in reqs]
+    engine.generate(reqs)
+    assert "warning: the " not in capsys.readouterr().err  # once per engine

@@ -138,3 +138,32 @@ def test_every_lookup_of_a_schema_shares_one_index(tmp_path, gemma_tokenizer):
     for i in range(outlines_cache.MEMO_INDEXES + 1):
         reader._remember(f"x{i}", index)
     assert "k" not in reader._memo and reader["k"] is not first  # forgotten, read again from the file
+
+
+def test_the_shared_indexes_are_bounded_by_bytes(tmp_path, gemma_tokenizer, monkeypatch):
+    """Free-text schemas' indexes are hundreds of MB each: the memo keeps the newest within a byte budget
+    (PATENT_RISK_OUTLINES_MEMO_BYTES; default half the available memory), not only 128 of them. The newest stays
+    even when it alone is over the budget; an evicted one is read again from the file."""
+    import outlines_core as oc
+    from vllm.v1.structured_output import utils
+
+    stock = utils.OutlinesDiskCache
+    while getattr(stock, "_patent_risk_retrying", False):
+        stock = stock.__mro__[1]
+    cache_class = outlines_cache.retrying_disk_cache(stock)
+    vocab = oc.Vocabulary(gemma_tokenizer.eos_token_id, utils._reduced_vocabulary(gemma_tokenizer))
+    small, large = oc.Index('"(높음|애매|낮음)"', vocab), oc.Index('"[가-힣]{0,3}"', vocab)
+    writer = cache_class(str(tmp_path))
+    writer["small"], writer["large"] = small, large
+    s, l = writer.stored_bytes("small"), writer.stored_bytes("large")
+    assert 0 < s < l and writer.stored_bytes("absent") is None
+    monkeypatch.setenv("PATENT_RISK_OUTLINES_MEMO_BYTES", str(l + s - 1))
+    reader = cache_class(str(tmp_path))
+    first = reader["small"]
+    assert reader["small"] is first
+    reader["large"]
+    assert list(reader._memo) == ["large"]  # both would be over the budget: the older went
+    assert reader["small"] is not first and list(reader._memo) == ["small"]
+    monkeypatch.setenv("PATENT_RISK_OUTLINES_MEMO_BYTES", "1")
+    tiny = cache_class(str(tmp_path))
+    assert tiny["large"] is tiny["large"]  # over the budget alone, still kept while it is the newest

@@ -114,9 +114,11 @@ def test_each_row_has_its_own_latency(engine, eval_records):
     differ; with one budget for all, four prompts prefilled in one step finish together and can tie."""
     reqs = [r.__class__(r.record_id, r.messages, 4 * (i + 1), None)
             for i, r in enumerate(build_requests(eval_records[:4], "v1", False, engine.count_tokens))]
+    t0 = time.perf_counter()
     results = engine.generate(reqs)
+    wall = time.perf_counter() - t0
     for r in results:
-        assert r.latency_s is not None and 0 < r.latency_s <= r.chunk_wall_s + 0.05, r
+        assert r.latency_s is not None and 0 < r.latency_s <= wall + 0.05, r
         assert r.ttft_s is not None and 0 < r.ttft_s <= r.latency_s
     assert len({r.latency_s for r in results}) > 1, [r.latency_s for r in results]
 
