@@ -22,6 +22,7 @@ class BenchConfig:
     backend: str | None  # structured-outputs backend (None: unconstrained)
     description: str
     eager: bool = False  # vLLM without torch.compile, as vLLM's CPU build runs every LoRA engine
+    label_probs: bool = False  # each decision's label probabilities read (runtime.label_probs): their cost
 
 
 CONFIGS: dict[str, BenchConfig] = {c.name: c for c in (
@@ -36,6 +37,12 @@ CONFIGS: dict[str, BenchConfig] = {c.name: c for c in (
                 "vLLM offline, adapter as LoRA, structured outputs with the xgrammar backend"),
     BenchConfig("vllm-guidance", "vllm", "lora", True, "guidance",
                 "vLLM offline, adapter as LoRA, structured outputs with the guidance (llguidance) backend"),
+    BenchConfig("vllm-probs", "vllm", "lora", False, None,
+                "vLLM offline, adapter as LoRA, unconstrained, with label probabilities (the cost of reading them)",
+                label_probs=True),
+    BenchConfig("vllm-outlines-probs", "vllm", "lora", True, "outlines",
+                "vLLM offline, adapter as LoRA, outlines backend, with label probabilities (the cost of reading them)",
+                label_probs=True),
     BenchConfig("merged", "vllm", "merged", False, None, "vLLM offline, adapter merged into the base (no LoRA), unconstrained"),
     BenchConfig("merged-outlines", "vllm", "merged", True, "outlines",
                 "vLLM offline, adapter merged into the base (no LoRA), structured outputs with the outlines backend"),
@@ -45,7 +52,8 @@ CONFIGS: dict[str, BenchConfig] = {c.name: c for c in (
 )}
 
 
-DEFAULT_CONFIGS = tuple(CONFIGS)
+# every configuration but the label-probability ones (ask for those by name: their cost against their twins)
+DEFAULT_CONFIGS = tuple(name for name, c in CONFIGS.items() if not c.label_probs)
 
 
 # What `compile_s` means, per kind of run (written into the output).

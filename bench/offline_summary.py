@@ -110,6 +110,10 @@ RATIO_SPECS = (
     ("vLLM + LoRA / HF + PEFT, unconstrained", "vllm", "hf", ("output_tok_s", "samples_s")),
     ("constrained / unconstrained, HF + PEFT", "hf-outlines", "hf", ("output_tok_s", "samples_s")),
     ("constrained / unconstrained, merged", "merged-outlines", "merged", ("output_tok_s", "samples_s")),
+    ("with / without label probabilities, unconstrained", "vllm-probs", "vllm",
+     ("output_tok_s", "samples_s", "output_tok_s_warm", "samples_s_warm")),
+    ("with / without label probabilities, constrained (outlines)", "vllm-outlines-probs", "vllm-outlines",
+     ("output_tok_s", "samples_s", "output_tok_s_warm", "samples_s_warm")),
 )
 
 
@@ -126,7 +130,8 @@ def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 IDENTICAL_PAIRS = (("vllm", "merged"), ("vllm-outlines", "merged-outlines"), ("vllm", "hf"),
-                   ("hf-outlines", "vllm-outlines"), ("vllm-outlines", "vllm-xgrammar"), ("vllm-outlines", "vllm-guidance"))
+                   ("hf-outlines", "vllm-outlines"), ("vllm-outlines", "vllm-xgrammar"), ("vllm-outlines", "vllm-guidance"),
+                   ("vllm", "vllm-probs"), ("vllm-outlines", "vllm-outlines-probs"))
 
 
 def read_outputs(outputs_dir: Path, config: str) -> dict[str, str] | None:

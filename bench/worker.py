@@ -273,8 +273,8 @@ def run_vllm(name: str, spec: dict[str, Any], rows: list[dict[str, Any]], out: P
         if cfg.constrained:
             setup_s, compile_cold, compile_warm = measure_vllm_compile(engine.llm, cfg.backend, measured)
             compile_s = sum(compile_cold)
-        reqs = [GenRequest(r["record_id"], r["messages"], r["max_tokens"], r["json_schema"] if cfg.constrained else None)
-                for r in rows]
+        reqs = [GenRequest(r["record_id"], r["messages"], r["max_tokens"], r["json_schema"] if cfg.constrained else None,
+                           label_probs=cfg.label_probs) for r in rows]
         _phase(out, "gen")
         window = CpuWindow()
         t0 = time.perf_counter()

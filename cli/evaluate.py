@@ -109,13 +109,17 @@ def validate(file, skip_bad) -> None:
               help="Offline only: merge the adapter into the base (cached under artifacts/merged/) and run without LoRA. "
                    "Same outputs (evaluate bench compares them); faster on vLLM's CPU build, where the LoRA ops cost "
                    "about 30% of the throughput.")
+@click.option("--label-probs/--no-label-probs", default=True, show_default=True,
+              help="Offline: each row records, at each decision (risk_level, every element's match), the probability of "
+                   "each label and the label mass (runtime/label_probs.py). It changes no output. A run keeps the "
+                   "setting it started with.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--verbose", "-v", is_flag=True,
               help="Show the engine's own log (vLLM's INFO/WARNING lines, from its start to its close) on the terminal "
                    "instead of writing it to OUT/engine.log.")
 def batch(data, out, constrained, both, model, adapter, allow_other_base, engine_arg, prompt_template, schema_name, backend, server, api_key,
           max_concurrency, max_retries, request_timeout, limit, chunk_size, max_model_len, gpu_memory_utilization,
-          skip_bad, merged, no_progress, verbose) -> None:
+          skip_bad, merged, label_probs, no_progress, verbose) -> None:
     """Run a dataset through vLLM into a run directory (results.jsonl + run.json).
 
     \b
@@ -148,7 +152,10 @@ def batch(data, out, constrained, both, model, adapter, allow_other_base, engine
     cfg = BatchConfig(data=data, out=out, constrained=bool(constrained), model=model, adapter=spec, schema_name=schema_name,
                       backend=backend, server=server, limit=limit, chunk_size=chunk_size, max_model_len=max_model_len,
                       skip_bad=skip_bad, merged=merged, engine_args=_engine_args(engine_arg, server),
-                      allow_other_base=allow_other_base, prompt_template=prompt_template)
+                      allow_other_base=allow_other_base, prompt_template=prompt_template, label_probs=label_probs)
+    if server and label_probs:
+        click.echo("note: label probabilities are read by the offline engine only in this version; rows through "
+                   "--server carry none (run.json: label_probs false)", err=True)
     if merged and server:
         raise click.UsageError("--merge is for the offline engine; a server serves what it was started with")
     if server:
@@ -198,8 +205,9 @@ def batch(data, out, constrained, both, model, adapter, allow_other_base, engine
               help="vLLM configurations: one of vLLM's engine arguments (see evaluate batch --help). Repeatable.")
 @click.option("--prompt-template", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE", help=PROMPT_HELP)
 @click.option("--configs", "configs", default=None, metavar="NAME,NAME,...",
-              help="Configurations to run, in this order (default: all): hf, hf-outlines, vllm, vllm-outlines, "
-                   "vllm-xgrammar, vllm-guidance, merged, merged-outlines, merged-eager.")
+              help="Configurations to run, in this order (default: all but the -probs ones): hf, hf-outlines, vllm, "
+                   "vllm-outlines, vllm-xgrammar, vllm-guidance, merged, merged-outlines, merged-eager; vllm-probs and "
+                   "vllm-outlines-probs read label probabilities (their cost against vllm and vllm-outlines).")
 @click.option("--limit", type=int, default=32, show_default=True, help="Samples for every configuration but hf-outlines.")
 @click.option("--hf-limit", type=int, default=8, show_default=True,
               help="Samples for hf-outlines (one record at a time, slow); its rates are per sample, so ratios stay fair.")
@@ -240,6 +248,7 @@ def bench(data, adapter, model, allow_other_base, engine_arg, prompt_template, c
       merged           vLLM offline, adapter merged into the base (patent-risk train merge, once, temporary), no LoRA
       merged-outlines  the same, constrained, outlines backend
       merged-eager     merged, unconstrained, torch.compile off (as vLLM's CPU build runs LoRA engines)
+      vllm-probs, vllm-outlines-probs   vllm and vllm-outlines reading label probabilities (not in the default)
 
     \b
     Per configuration: samples, output tokens, load_s (model load + warm-up), gen_s (generation only),
@@ -382,7 +391,10 @@ def curve(adapters, data, out, budget_s, base, every, final_only, model, allow_o
 @click.option("--pairs", default="reference", show_default=True, type=click.Choice(["reference", "within-arm", "all"]),
               help="Which runs are compared (McNemar, paired bootstrap): each against the reference run; every pair "
                    "of runs of the same arm (constrained with constrained, unconstrained with unconstrained); or every pair.")
-def report(run_dirs, out, baseline, by, risk_rule, pairs) -> None:
+@click.option("--calibration", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE",
+              help="A decision rule `evaluate calibrate` fitted on a dev run: applied to each run (refused for a run that "
+                   "holds any of the dev records).")
+def report(run_dirs, out, baseline, by, risk_rule, pairs, calibration) -> None:
     """Score runs and compare them side by side (docs/formats.md section 4).
 
     \b
@@ -392,11 +404,45 @@ def report(run_dirs, out, baseline, by, risk_rule, pairs) -> None:
     from patent_risk.evaluate.report import write_report
 
     rep = write_report([Path(d) for d in run_dirs], Path(out), baseline=baseline, by=list(by), risk_rule=risk_rule,
-                       pairs=pairs)
+                       pairs=pairs, calibration=calibration)
     for w in getattr(rep, "warnings", []) or []:
         click.echo(f"warning: {w}", err=True)
     click.echo(rep.summary_markdown)
     click.echo(f"\nreport: {Path(out) / 'report.html'}\nmarkdown: {Path(out) / 'report.md'}\nmetrics: {Path(out) / 'metrics.json'}")
+
+
+
+@main.command()
+@click.argument("dev_run", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The calibration file to write (JSON).")
+@click.option("--accuracy", default=0.95, show_default=True, type=click.FloatRange(0.0, 1.0),
+              help="Keep the decisions whose confidence reaches a threshold chosen for at least this accuracy.")
+@click.option("--ambiguous-recall", default=0.9, show_default=True, type=click.FloatRange(0.0, 1.0),
+              help="Choose the P(애매) threshold that reaches this recall of gold 애매.")
+def calibrate(dev_run, out, accuracy, ambiguous_recall) -> None:
+    """Fit a decision rule on a DEV run (label probabilities in its rows, gold in its records): temperature
+    scaling per field, a confidence threshold at --accuracy, and a P(애매) threshold at --ambiguous-recall.
+
+    \b
+    evaluate batch --constrained --adapter mine=DIR --data dev.jsonl --out runs/dev
+    evaluate calibrate runs/dev --out calibration.json
+    evaluate report runs/eval --calibration calibration.json --out reports/eval
+    """
+    from patent_risk.evaluate import calibrate as cal
+    from patent_risk.evaluate.rundir import read_run
+
+    run = read_run(Path(dev_run))
+    doc = cal.fit(run.rows, accuracy=accuracy, ambiguous_recall=ambiguous_recall)
+    doc["dev_run"] = str(dev_run)
+    cal.write(doc, out)
+    for field, f in doc["fields"].items():
+        keep = f.get("keep") or {}
+        click.echo(f"{field}: {f['decisions']} dev decisions, temperature {f['temperature']}, keep "
+                   f"{keep.get('coverage', 0):.1%} at confidence >= {keep.get('threshold')} for {accuracy:.0%} accuracy")
+    amb = doc["fields"].get("risk_level", {}).get("ambiguous") or {}
+    if amb:
+        click.echo(f"애매: threshold {amb.get('threshold')} ({amb.get('why') or 'recall ' + format(amb.get('recall', 0), '.1%')})")
+    click.echo(out)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from patent_risk.schemas.output import load_schema, schema_hash
 from patent_risk.schemas.prompt import BUILTIN, Prompt, check_renders, load_prompt_template, prompt_from_record
 from patent_risk.schemas.records import Record, load_dataset
 
-from .provenance import differences
+from .provenance import resume_differences
 from .rundir import RESULTS, RUN_JSON, read_info, read_results, repair_torn_tail
 
 RUN_FORMAT_VERSION = 3  # 2: identity keyed on content (evaluate.provenance), structured_outputs, max_tokens;
@@ -55,6 +55,7 @@ class BatchConfig:
     allow_other_base: bool = False  # decode the adapter on a --model that is not its base, on purpose
     prompt_template: str | None = None  # --prompt-template FILE; None: the adapter's recorded prompt, else p1
     prompt: Prompt | None = None  # what renders the records (settle_prompt), the same for both arms
+    label_probs: bool = True  # each decision's label probabilities in every row (offline engine only, for now)
     base_settled: bool = field(default=False, repr=False)  # settle_base has run
 
 
@@ -84,6 +85,8 @@ def result_row(rec: Record, res: GenResult) -> dict[str, Any]:
     }
     if res.ttft_s is not None:
         row["ttft_s"] = res.ttft_s
+    if res.label_probs is not None:
+        row["label_probs"] = res.label_probs
     if rec.meta is not None:
         row["meta"] = rec.meta
     return row
@@ -139,7 +142,13 @@ def provenance(cfg: BatchConfig, model_path: str, engine_desc: dict[str, Any], n
         "engine": engine_desc,
         "engine_args": dict(cfg.engine_args),
         "sampling": sampling_summary(cfg.seed),
+        "label_probs": reads_label_probs(cfg),
     }
+
+
+def reads_label_probs(cfg: BatchConfig) -> bool:
+    """Whether this run's rows carry label probabilities: asked for, and offline (through --server not yet)."""
+    return cfg.label_probs and not cfg.server
 
 
 def write_json(path: Path, obj: dict[str, Any]) -> None:
@@ -176,7 +185,7 @@ def check_resumable(cfg: BatchConfig, model_path: str, n_records: int) -> tuple[
     info = provenance(cfg, model_path, engine_identity(cfg), n_records)
     info_path = Path(cfg.out) / RUN_JSON
     old = read_info(cfg.out)
-    refuse_other_settings(info_path, [] if old is None else differences(old, info))
+    refuse_other_settings(info_path, [] if old is None else resume_differences(old, info))
     return info, old
 
 
@@ -195,7 +204,7 @@ def stale_differences(cfg: BatchConfig, log: Callable[[str], None] = print) -> l
     settle_base(cfg, log)
     n = len(load_dataset(cfg.data, skip_bad=cfg.skip_bad, limit=cfg.limit).records)
     info = provenance(cfg, resolve_model(cfg.model, log), engine_identity(cfg), n)
-    return differences(read_info(cfg.out) or {}, info)
+    return resume_differences(read_info(cfg.out) or {}, info)
 
 
 def _compiled_seconds(engine: Engine) -> float:
@@ -359,7 +368,8 @@ def _run_engine(cfg: BatchConfig, records: list[Record], todo: list[Record], run
         else:
             info["started_at"] = _now()
         info["finished_at"] = None
-        requests = build_requests(records, cfg.schema_name, cfg.constrained, engine.count_tokens, cfg.prompt)
+        requests = build_requests(records, cfg.schema_name, cfg.constrained, engine.count_tokens, cfg.prompt,
+                                  label_probs=info["label_probs"])
         info["max_tokens"] = max_tokens_summary(requests)
         write_json(info_path, info)
 

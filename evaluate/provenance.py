@@ -107,6 +107,19 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return out
 
 
+def resume_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What refuses a resume: the identity lines, and whether rows carry label probabilities (it changes no output,
+    so two runs that differ in it stay comparable, but one run's rows must all have them or none). A run.json
+    from before they existed had none."""
+    out = differences(old, new)
+    x, y = bool(old.get("label_probs", False)), bool(new.get("label_probs", False))
+    if x != y:
+        flag = "--label-probs" if x else "--no-label-probs"
+        out.append(f"label_probs: {_show(x)} -> {_show(y)} (this run's rows were written {'with' if x else 'without'} "
+                   f"label probabilities: finish it with {flag})")
+    return out
+
+
 def comparison_differences(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[str] | None:
     """What differs between two compared runs: the identity lines, then the max_tokens budget when both
     recorded it (it follows from model, schema and records, so it never blocks a resume, but a reader of

@@ -134,14 +134,19 @@ def _state_differences(comparisons: list[dict[str, Any]], infos: dict[str, dict[
 
 
 def build_report(run_dirs: Sequence[str | Path], baseline: str | None = None, by: Sequence[str] = (),
-                 bootstrap: int = 1000, seed: int = 0, risk_rule: str | None = None, pairs: str = "reference") -> Report:
+                 bootstrap: int = 1000, seed: int = 0, risk_rule: str | None = None, pairs: str = "reference",
+                 calibration: str | Path | None = None) -> Report:
     """Score run directories and build the report (nothing is written).
 
     ``baseline`` names the reference run (default: the first); ``by`` lists slice fields
     (``patent_id`` or ``meta.*`` paths); ``bootstrap`` resamples (0: no bootstrap intervals) with ``seed``;
     ``risk_rule`` names the rule (schemas.risk_rules) each run's ``risk_consistent`` is scored with;
-    ``pairs`` which runs are compared (``reference``, ``within-arm``, ``all``: report_compare.run_pairs).
+    ``pairs`` which runs are compared (``reference``, ``within-arm``, ``all``: report_compare.run_pairs);
+    ``calibration`` a file `evaluate calibrate` wrote on a dev run, applied to each run (evaluate.calibrate).
     """
+    from . import calibrate
+
+    cal_doc = None if calibration is None else calibrate.load(calibration)
     rule = None if risk_rule is None else risk_rules.risk_rule(risk_rule)
     if pairs not in PAIR_MODES:
         raise UserError(f"pairs: {pairs!r} is not one of {', '.join(PAIR_MODES)}")
@@ -159,6 +164,9 @@ def build_report(run_dirs: Sequence[str | Path], baseline: str | None = None, by
         _check_fields(by, scored.samples)
         warnings = [w for r in runs for w in r.warnings]
         runs_m = run_metrics(runs, scored, by, warnings, risk_rule)
+        if cal_doc is not None:
+            for r in runs:
+                runs_m[r.name]["calibrated"] = calibrate.apply(cal_doc, r.rows, r.name, str(calibration))
         names = [r.name for r in runs]
         pair_list = run_pairs(names, reference, pairs, {n: runs_m[n]["constrained"] for n in names})
         comparisons = compare_runs(scored, names, reference, bootstrap, seed, pairs=pair_list)
@@ -190,10 +198,10 @@ def build_report(run_dirs: Sequence[str | Path], baseline: str | None = None, by
 
 def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, baseline: str | None = None,
                  by: Sequence[str] = (), bootstrap: int = 1000, seed: int = 0, risk_rule: str | None = None,
-                 pairs: str = "reference") -> Report:
+                 pairs: str = "reference", calibration: str | Path | None = None) -> Report:
     """``build_report``, then write ``out_dir``/metrics.json, report.md and report.html (``out_dir`` is created)."""
     report = build_report(run_dirs, baseline=baseline, by=by, bootstrap=bootstrap, seed=seed, risk_rule=risk_rule,
-                          pairs=pairs)
+                          pairs=pairs, calibration=calibration)
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)

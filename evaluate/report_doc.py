@@ -380,6 +380,7 @@ def build_document(metrics: dict[str, Any]) -> list[Block]:
     blocks += [Heading(2, "Runs"), _overview(metrics),
                Heading(2, "Side by side"), _side_by_side(metrics)]
     blocks += _comparisons(metrics)
+    blocks += _calibration(runs)
     blocks.append(Heading(2, "Confusion matrices"))
     for name, r in runs.items():
         blocks.append(Heading(3, run_label(name, r)))
@@ -403,6 +404,78 @@ def build_document(metrics: dict[str, Any]) -> list[Block]:
                     blocks += [Text(f"{name}: risk_level confusion, then match confusion ({s['n']} samples)"),
                                confusion_table(s["risk_confusion"], RISK_LEVELS), confusion_table(s["match_confusion"], MATCH_LABELS)]
     blocks += _per_run_lists(runs)
+    return blocks
+
+
+CALIBRATION_FIELDS = (("risk_level", "risk_level"), ("match", "match (each element)"))
+
+
+def _calibration(runs: dict[str, Any]) -> list[Block]:
+    """How sure the model was, and whether that means something: per run and field, ECE, Brier, AURC and what a
+    confidence threshold would keep at 95% accuracy; a reliability diagram per run and field, a risk-coverage
+    chart per field. Nothing when no run has label probabilities."""
+    have = {n: r["calibration"] for n, r in runs.items() if r.get("calibration")}
+    if not have:
+        return []
+    blocks: list[Block] = [Heading(2, "Confidence and calibration"), Text(
+        "At each decision the model's probability of each label (runtime/label_probs.py): confidence is the "
+        "probability of the label it wrote. ECE: 10 equal-width confidence bins, |accuracy - confidence| weighted by "
+        "share (0 is calibrated). Brier: squared distance of the label probabilities from the gold label (a uniform "
+        "guess over 3 labels: 0.667). AURC: mean error of the decisions kept, most confident first, over every "
+        "coverage (lower is better; a model that answers a constant has nothing to rank and scores its error rate). "
+        "Keep @95%: the share of decisions a confidence threshold keeps with at least 95% accuracy among them, the rest "
+        "to a person. Later decisions of an answer are conditional on its earlier ones.")]
+    rows = []
+    for name, c in have.items():
+        for key, label in CALIBRATION_FIELDS:
+            f = c[key]
+            keep = next((k for k in f["keep_at_accuracy"] if k["accuracy"] == 0.95), None)
+            kept = "—" if keep is None or not keep["kept"] else f"{pct(keep['coverage'])} (≥ {fmt_num(keep['threshold'])})"
+            rows.append([name, label, str(f["decisions"]), pct(f["accuracy"]), fmt_num(f["mean_confidence"]),
+                         fmt_num(f["ece"]), fmt_num(f["brier"]), fmt_num(f["aurc"]), kept])
+    blocks.append(Table(["run", "field", "decisions", "accuracy", "mean confidence", "ECE", "Brier", "AURC", "keep @95%"], rows))
+    notes = [f"{n}: {c['rows_without_decision_points']} row(s) without decision points (not valid JSON), "
+             f"{c['decisions_unread']} decision(s) unread" for n, c in have.items()
+             if c["rows_without_decision_points"] or c["decisions_unread"]]
+    if notes:
+        blocks.append(Bullets(notes))
+    blocks += _calibrated(runs)
+    for key, label in CALIBRATION_FIELDS:
+        for name, c in have.items():
+            if c[key]["decisions"]:
+                blocks.append(Figure("reliability", f"{name}: {label}, reliability", {"bins": c[key]["ece_bins"]}))
+        blocks.append(Figure("risk_coverage", f"{label}: risk-coverage", {"runs": {
+            n: {**c[key]["risk_coverage"], "aurc": c[key]["aurc"]} for n, c in have.items() if c[key]["decisions"]}}))
+    return blocks
+
+
+def _calibrated(runs: dict[str, Any]) -> list[Block]:
+    """The dev-fitted rule (`evaluate calibrate`, `--calibration FILE`) applied to each run."""
+    have = {n: r["calibrated"] for n, r in runs.items() if r.get("calibrated")}
+    if not have:
+        return []
+    source = next(iter(have.values()))["source"]
+    blocks: list[Block] = [Heading(3, "Calibrated on a dev run"), Text(
+        f"{source}: temperature scaling per field and a confidence threshold, fitted on a dev run (never this one), "
+        "applied here. Kept: the decisions at or above the threshold, with their accuracy; the rest go to a person. "
+        "애매 rule: risk_level called 애매 whenever its probability reaches the threshold.")]
+    rows, amb_rows = [], []
+    for name, c in have.items():
+        for key, label in CALIBRATION_FIELDS:
+            f = c.get(key)
+            if not f:
+                continue
+            rule = f.get("threshold_rule")
+            kept = "—" if not rule else (f"{pct(rule['coverage'])} at ≥ {fmt_num(rule['threshold'])}: "
+                                         f"{pct(rule['accuracy_kept'])} right (dev target {pct(rule['dev_accuracy_target'])})")
+            rows.append([name, label, fmt_num(f["temperature"], 2), fmt_num(f["ece"]), fmt_num(f["brier"]), fmt_num(f["aurc"]), kept])
+            amb = f.get("ambiguous_rule")
+            if amb:
+                amb_rows.append([name, fmt_num(amb["threshold"]), f"{pct(amb['recall_written'])} -> {pct(amb['recall'])}",
+                                 f"{pct(amb['accuracy_written'])} -> {pct(amb['accuracy'])}", str(amb["other_called_ambiguous"])])
+    blocks.append(Table(["run", "field", "T", "ECE", "Brier", "AURC", "kept"], rows))
+    if amb_rows:
+        blocks.append(Table(["run", "P(애매) ≥", "애매 recall", "risk accuracy", "others called 애매"], amb_rows))
     return blocks
 
 

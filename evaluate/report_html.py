@@ -90,6 +90,61 @@ def per_class_svg(data: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def _plot_frame(parts: list[str], left: int, top: int, size: int, x_label: str, y_label: str) -> None:
+    """Axes from 0 to 1 on both sides of a ``size`` square, with ticks at 0, 0.5 and 1."""
+    parts.append(f'<rect x="{left}" y="{top}" width="{size}" height="{size}" fill="none" stroke="#bbb"/>')
+    for t in (0.0, 0.5, 1.0):
+        parts.append(_text(left + size * t, top + size + 12, f"{t:.1f}", size=10, fill="#777"))
+        parts.append(_text(left - 6, top + size * (1 - t), f"{t:.1f}", anchor="end", size=10, fill="#777"))
+    parts.append(_text(left + size / 2, top + size + 28, x_label, size=11))
+    parts.append(_text(left - 38, top + size / 2, y_label, size=11))
+
+
+def reliability_svg(data: dict[str, Any]) -> str:
+    """A reliability diagram: each confidence bin's accuracy against its mean confidence (circle area ~ decisions),
+    the diagonal a perfectly calibrated model."""
+    left, top, size = 56, 12, 220
+    parts = [f'<svg width="{left + size + 20}" height="{top + size + 40}" role="img" font-family="{escape(FONT)}">']
+    _plot_frame(parts, left, top, size, "confidence (the written label's probability)", "accuracy")
+    parts.append(f'<line x1="{left}" y1="{top + size}" x2="{left + size}" y2="{top}" stroke="#999" stroke-dasharray="4 3"/>')
+    n_all = sum(b["n"] for b in data["bins"]) or 1
+    for b in data["bins"]:
+        if not b["n"]:
+            continue
+        x, y = left + size * b["confidence"], top + size * (1 - b["accuracy"])
+        r = 3 + 9 * (b["n"] / n_all) ** 0.5
+        tip = (f"{b['low']:.1f}-{b['high']:.1f}: {b['n']} decisions, mean confidence {b['confidence']:.3f}, "
+               f"accuracy {b['accuracy']:.3f}")
+        parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r:.1f}" fill="{RUN_COLOURS[0]}" fill-opacity="0.75">'
+                     f'<title>{escape(tip)}</title></circle>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def risk_coverage_svg(data: dict[str, Any]) -> str:
+    """Error rate of the decisions kept against the share kept (most confident first), one line per run."""
+    left, top, size = 56, 12, 220
+    runs = data["runs"]
+    height = top + size + 40 + 16 * len(runs)
+    top_err = max([max(c["error"], default=0.0) for c in runs.values()] + [0.05])
+    parts = [f'<svg width="{left + size + 200}" height="{height}" role="img" font-family="{escape(FONT)}">']
+    _plot_frame(parts, left, top, size, "coverage (share of decisions kept)", "error")
+    parts.append(_text(left - 6, top + 8, f"(top {top_err:.2f})", anchor="end", size=9, fill="#999"))
+    for k, (name, c) in enumerate(runs.items()):
+        colour = RUN_COLOURS[k % len(RUN_COLOURS)]
+        pts = " ".join(f"{left + size * x:.1f},{top + size * (1 - e / top_err):.1f}" for x, e in zip(c["coverage"], c["error"]))
+        parts.append(f'<polyline points="{pts}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        y = top + size + 44 + 16 * k
+        parts.append(f'<rect x="{left}" y="{y - 5}" width="10" height="10" fill="{colour}"/>')
+        aurc = "—" if c.get("aurc") is None else f"{c['aurc']:.3f}"
+        parts.append(_text(left + 14, y, f"{name} (AURC {aurc})", anchor="start", size=11))
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+FIGURES = {"reliability": reliability_svg, "risk_coverage": risk_coverage_svg}
+
+
 def _html_table(t: Table) -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in t.headers)
     body = []
@@ -100,12 +155,23 @@ def _html_table(t: Table) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def _anchor(text: str, seen: dict[str, int]) -> str:
+    """A heading's id, to link to a section (report.html#confidence-and-calibration): words joined by hyphens,
+    a number added when the same heading comes again."""
+    import re
+
+    slug = re.sub(r"[^\w]+", "-", text.lower()).strip("-") or "section"
+    seen[slug] = seen.get(slug, 0) + 1
+    return slug if seen[slug] == 1 else f"{slug}-{seen[slug]}"
+
+
 def render_html(blocks: list[Block], title: str = "Evaluation report") -> str:
     """The blocks as a self-contained UTF-8 HTML page."""
     parts = []
+    ids: dict[str, int] = {}
     for b in blocks:
         if isinstance(b, Heading):
-            parts.append(f"<h{b.level}>{escape(b.text)}</h{b.level}>")
+            parts.append(f'<h{b.level} id="{_anchor(b.text, ids)}">{escape(b.text)}</h{b.level}>')
         elif isinstance(b, Text):
             parts.append(f"<p>{escape(b.text)}</p>")
         elif isinstance(b, Bullets):
@@ -113,7 +179,10 @@ def render_html(blocks: list[Block], title: str = "Evaluation report") -> str:
         elif isinstance(b, Table):
             parts.append(_html_table(b))
         elif isinstance(b, Figure):
-            svg = confusion_svg(b.data["matrix"], b.data["labels"]) if b.kind == "confusion" else per_class_svg(b.data)
+            if b.kind in FIGURES:
+                svg = FIGURES[b.kind](b.data)
+            else:
+                svg = confusion_svg(b.data["matrix"], b.data["labels"]) if b.kind == "confusion" else per_class_svg(b.data)
             parts.append(f"<figure>{svg}<figcaption>{escape(b.title)}</figcaption></figure>")
     return ("<!DOCTYPE html>\n<html lang=\"ko\">\n<head>\n<meta charset=\"utf-8\">\n"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"

@@ -13,6 +13,7 @@ import polars as pl
 from patent_risk.schemas.labels import INVALID, MATCH_LABELS, RISK_LEVELS
 from patent_risk.schemas.output import current_schema_hash, load_schema, schema_hash
 
+from .calibration import run_calibration
 from .rundir import Run
 from .scoring import (NO_VALUE, PARSE_FAILURE, SCHEMA_FAILURE, SLICE_PREFIX, Scored, empty_matrix, match_confusion,
                       per_class, risk_confusion)
@@ -284,6 +285,7 @@ def run_metrics(runs: Sequence[Run], scored: Scored, by: Sequence[str], warnings
             "invalid_outputs": invalid.get(run.name, []),
             "slices": {f: slices[f].get(run.name, {}) for f in by},
             "warnings": list(run.warnings),
+            "calibration": run_calibration(run.rows),
         })
         out[run.name] = entry
     return out

@@ -39,6 +39,7 @@ class GenResult:
     latency_s: float | None
     cached_tokens: int = 0  # prompt tokens vLLM's prefix cache served (offline engine)
     ttft_s: float | None = None  # queued to first token, where the engine reports it
+    label_probs: dict[str, Any] | None = None  # each decision's label probabilities (runtime.label_probs), if asked
 
 
 def vllm_version() -> str:
@@ -222,6 +223,7 @@ class VllmOffline:
         self.chat_format = chat_format(self._tokenizer)
         self.precompiled: dict[str, float | int] = {}  # outlines schemas compiled before generation (totals)
         self._memory_warned = False
+        self._first_ids: dict[str, dict[str, int]] | None = None
         self.description = {"name": "vllm", "version": vllm_version(), "mode": "offline", "backend": backend,
                             "structured_outputs_config": kwargs["structured_outputs_config"],
                             "dtype": kwargs["dtype"], "max_model_len": max_model_len,
@@ -264,8 +266,33 @@ class VllmOffline:
 
         options = req.structured_outputs()
         structured = None if options is None else StructuredOutputsParams(**options)
+        label_ids = sorted({t for ids in self.label_first_ids().values() for t in ids.values()}) if req.label_probs else None
         return SamplingParams(temperature=0.0, max_tokens=req.max_tokens, seed=self._seed,
-                              structured_outputs=structured)
+                              structured_outputs=structured, logprob_token_ids=label_ids)
+
+    def label_first_ids(self) -> dict[str, dict[str, int]]:
+        """Each field's labels' first token ids on this model's tokenizer (runtime.label_probs)."""
+        if self._first_ids is None:
+            from patent_risk.runtime.label_probs import first_token_ids
+
+            self._first_ids = first_token_ids(lambda s: self._tokenizer(s, add_special_tokens=False)["input_ids"])
+        return self._first_ids
+
+    def _label_probs(self, answer: str, comp) -> dict[str, Any]:
+        """The decisions' label probabilities from a finished completion's returned log-probabilities."""
+        from functools import lru_cache
+
+        from patent_risk.runtime.label_probs import label_probabilities
+
+        ids = list(comp.token_ids)
+        wanted = {t for f in self.label_first_ids().values() for t in f.values()}
+        steps = [{t: lp.logprob for t, lp in (pos or {}).items() if t in wanted} for pos in (comp.logprobs or [])]
+
+        @lru_cache(maxsize=None)
+        def prefix_chars(k: int) -> int:
+            return len(self._tokenizer.decode(ids[:k], skip_special_tokens=True))
+
+        return label_probabilities(answer, ids, steps, self.label_first_ids(), prefix_chars)
 
     def _watch_engine_core(self) -> None:
         """Turn the engine core's death into vLLM's own EngineDeadError for whoever waits on it.
@@ -356,6 +383,8 @@ class VllmOffline:
                         continue
                     i = pending.pop(out.request_id)
                     res = self._result(requests[i], out)
+                    if requests[i].label_probs and res.finish_reason not in ENGINE_FAILURE_REASONS:
+                        res.label_probs = self._label_probs(res.raw_output, out.outputs[0])
                     if res.finish_reason in ENGINE_FAILURE_REASONS:
                         failed.append(res)
                         continue

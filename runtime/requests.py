@@ -20,6 +20,7 @@ class GenRequest:
     messages: list[dict[str, str]]
     max_tokens: int
     json_schema: dict[str, Any] | None  # None: unconstrained
+    label_probs: bool = False  # read each decision's label probabilities (runtime.label_probs)
 
     def structured_outputs(self) -> dict[str, Any] | None:
         """vLLM's ``structured_outputs`` for this request: ``StructuredOutputsParams(**it)`` offline, the
@@ -35,7 +36,8 @@ class GenRequest:
 
 
 def build_requests(records: list[Record], schema_name: str, constrained: bool,
-                   count_tokens: Callable[[str], int], prompt: Prompt | None = None) -> list[GenRequest]:
+                   count_tokens: Callable[[str], int], prompt: Prompt | None = None,
+                   label_probs: bool = False) -> list[GenRequest]:
     """One request per record, its messages rendered by ``prompt`` (None: the built-in prompt)."""
     schema = load_schema(schema_name)
     out = []
@@ -45,6 +47,7 @@ def build_requests(records: list[Record], schema_name: str, constrained: bool,
             messages=render_messages(rec, schema_name, prompt),
             max_tokens=max_tokens_budget(schema_name, rec.element_ids, count_tokens),
             json_schema=specialize(schema, rec.element_ids) if constrained else None,
+            label_probs=label_probs,
         ))
     return out
 

@@ -469,3 +469,56 @@ def test_invalid_outputs_by_kind_and_validity_paired(tmp_path):
     assert c["record_valid"]["mcnemar"]["b"] == 4
     assert "json_valid 100.0% (5/5) → 40.0% (2/5) (McNemar exact p = 0.25, b = 3, c = 0)" in report.summary_markdown
     assert "1 / 1 / 1 / 1" in report.markdown  # the side-by-side line of kinds
+
+
+def _probs_row(rid: str, gold: str, written: str, conf: float) -> dict:
+    """A one-element sample that wrote ``written`` for risk with confidence ``conf`` (the rest split evenly), and
+    대응 for E1 with confidence 0.9."""
+    risk = {lab: (conf if lab == written else (1 - conf) / 2) for lab in ("높음", "애매", "낮음")}
+    lp = {"risk_level": {"label": written, "probs": risk, "mass": 0.99},
+          "matches": [{"element_id": "E1", "label": "대응", "probs": {"대응": 0.9, "판단불가": 0.05, "미대응": 0.05}, "mass": 1.0}]}
+    return simple(rid, gold, written, label_probs=lp)
+
+
+def test_calibration_section_from_rows_with_label_probabilities(tmp_path):
+    """Runs whose rows carry label probabilities get ECE, Brier, AURC and the keep-at-95% rule in metrics.json,
+    the table in report.md and a reliability diagram and risk-coverage chart in report.html; a run without
+    them has no calibration and the report says nothing of it."""
+    rows = [_probs_row(f"s{i}", "높음", "높음" if i < 8 else "낮음", 0.95 if i < 8 else 0.5) for i in range(10)]
+    rows.append(simple("s10", "애매", None, label_probs={"missing": "the answer is not valid JSON: no decision point"}))
+    sure = write_run(tmp_path / "sure", rows, info(True))
+    plain = write_run(tmp_path / "plain", [simple(f"s{i}", "높음", "높음") for i in range(11)], info(False))
+    report = write_report([plain, sure], tmp_path / "out", bootstrap=200, seed=1)
+    assert report.metrics["runs"]["plain"]["calibration"] is None
+    cal = report.metrics["runs"]["sure"]["calibration"]
+    risk = cal["risk_level"]
+    assert cal["rows_with_probabilities"] == 10 and cal["rows_without_decision_points"] == 1
+    assert risk["decisions"] == 10 and risk["accuracy"] == 0.8
+    assert risk["ece"] == pytest.approx(0.8 * abs(1 - 0.95) + 0.2 * abs(0 - 0.5))
+    assert risk["aurc"] == pytest.approx((0 * 8 + 1 / 9 + 2 / 10) / 10)
+    assert risk["keep_at_accuracy"][0]["coverage"] == 0.8 and risk["keep_at_accuracy"][0]["threshold"] == 0.95
+    md = report.markdown
+    assert "## Confidence and calibration" in md and "| sure | risk_level | 10 | 80.0% |" in md
+    assert "sure: 1 row(s) without decision points" in md
+    html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert html.count("reliability</figcaption>") == 2 and html.count("risk-coverage</figcaption>") == 2
+    assert '<h2 id="confidence-and-calibration">' in html  # a link to the section: report.html#confidence-and-calibration
+    assert check_contract("metrics", report.metrics_path).returncode == 0
+
+
+def test_report_applies_a_dev_calibration_and_refuses_one_fitted_on_its_own_records(tmp_path):
+    from patent_risk.evaluate import calibrate
+
+    dev_rows = [_probs_row(f"d{i}", "높음" if i % 2 else "애매", "높음", 0.9) for i in range(12)]
+    for r in dev_rows:
+        r["query"] = "dev " + r["query"]
+    eval_rows = [_probs_row(f"s{i}", "높음", "높음" if i % 4 else "낮음", 0.9) for i in range(12)]
+    dev = write_run(tmp_path / "dev", dev_rows, info(True))
+    ev = write_run(tmp_path / "eval", eval_rows, info(True))
+    calibrate.write(calibrate.fit(dev_rows, accuracy=0.9), tmp_path / "cal.json")
+    report = write_report([ev], tmp_path / "out", bootstrap=0, calibration=tmp_path / "cal.json")
+    got = report.metrics["runs"]["eval"]["calibrated"]
+    assert got["source"].endswith("cal.json") and got["risk_level"]["temperature"] > 0
+    assert "### Calibrated on a dev run" in report.markdown
+    with pytest.raises(UserError, match="that are in run dev"):
+        write_report([dev], tmp_path / "out2", bootstrap=0, calibration=tmp_path / "cal.json")

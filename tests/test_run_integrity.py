@@ -58,6 +58,7 @@ def _cfg(base: BatchConfig, **over) -> BatchConfig:
     ({"backend": "xgrammar"}, 'backend: "outlines" -> "xgrammar"'),
     ({"merged": True}, 'adapter_mode: "lora" -> "merged"'),
     ({"seed": 3}, "sampling.seed: 0 -> 3"),
+    ({"label_probs": False}, "label_probs: true -> false (this run's rows were written with label probabilities"),
 ])
 def test_finished_run_refuses_other_settings_before_any_engine(finished_run, change, named):
     """Item 1: a finished run directory used to say "nothing left to do" and exit 0 whatever the settings."""
