@@ -144,3 +144,64 @@ def run_calibration(rows: Sequence[dict[str, Any]], bins: int = 10) -> dict[str,
             "keep_at_accuracy": [coverage_at_accuracy(col["confidence"], col["correct"], a) for a in ACCURACY_TARGETS],
         }
     return out
+
+
+def keyed_decisions(rows: Sequence[dict[str, Any]]) -> dict[str, dict[tuple[str, str | None], tuple[float, bool]]]:
+    """Per field, {(sample id, element id or None): (confidence, right)} of the rows' read decisions with gold."""
+    from patent_risk.runtime.label_probs import FIELDS
+
+    out: dict[str, dict[tuple[str, str | None], tuple[float, bool]]] = {f: {} for f in FIELDS}
+    for row in rows:
+        lp, gold = row.get("label_probs"), row.get("gold") or {}
+        if not isinstance(lp, dict) or "missing" in lp:
+            continue
+        gold_match = {m["element_id"]: m["match"] for m in gold.get("matches", [])}
+        reads = [("risk_level", None, lp.get("risk_level"), gold.get("risk_level"))]
+        reads += [("match", m.get("element_id"), m, gold_match.get(m.get("element_id"))) for m in lp.get("matches", [])]
+        for field, element, d, want in reads:
+            if d and "probs" in d and want in FIELDS[field] and d.get("label") in FIELDS[field]:
+                out[field].setdefault((row["id"], element), (d["probs"][d["label"]], d["label"] == want))
+    return out
+
+
+def paired_calibration(ref_rows: Sequence[dict[str, Any]], run_rows: Sequence[dict[str, Any]], n_resamples: int = 1000,
+                       seed: int = 0) -> dict[str, Any] | None:
+    """ECE and AURC of two runs on the decisions both read, their difference (run - reference) and a paired
+    bootstrap 95% interval resampling samples (a sample's element decisions move together); None when either run
+    has no label probabilities."""
+    ref, run = keyed_decisions(ref_rows), keyed_decisions(run_rows)
+    if not any(ref.values()) or not any(run.values()):
+        return None
+    out: dict[str, Any] = {}
+    rng = np.random.default_rng(seed)
+    for field in ref:
+        keys = sorted(set(ref[field]) & set(run[field]), key=lambda k: (k[0], k[1] or ""))
+        if not keys:
+            out[field] = None
+            continue
+        by_sample: dict[str, list[int]] = {}
+        for i, k in enumerate(keys):
+            by_sample.setdefault(k[0], []).append(i)
+        groups = list(by_sample.values())
+        a = np.array([ref[field][k] for k in keys], dtype=float)
+        b = np.array([run[field][k] for k in keys], dtype=float)
+
+        def stats(idx: np.ndarray) -> tuple[float, float, float, float]:
+            ea, _ = ece(a[idx, 0], a[idx, 1].astype(bool))
+            eb, _ = ece(b[idx, 0], b[idx, 1].astype(bool))
+            return ea, eb, risk_coverage(a[idx, 0], a[idx, 1].astype(bool))[2], risk_coverage(b[idx, 0], b[idx, 1].astype(bool))[2]
+
+        point = stats(np.arange(len(keys)))
+        entry: dict[str, Any] = {"decisions": len(keys), "samples": len(groups)}
+        draws = []
+        for _ in range(n_resamples):
+            pick = rng.integers(0, len(groups), len(groups))
+            draws.append(stats(np.concatenate([groups[j] for j in pick])))
+        d = np.array(draws) if draws else np.empty((0, 4))
+        for j, name in ((0, "ece"), (2, "aurc")):
+            diff = point[j + 1] - point[j]
+            ci = (None if not len(d) else [round(float(x), 4) for x in np.percentile(d[:, j + 1] - d[:, j], [2.5, 97.5])])
+            entry[name] = {"reference": round(point[j], 4), "run": round(point[j + 1], 4), "difference": round(diff, 4),
+                           "ci95": ci}
+        out[field] = entry
+    return out

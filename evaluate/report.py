@@ -145,6 +145,7 @@ def build_report(run_dirs: Sequence[str | Path], baseline: str | None = None, by
     ``calibration`` a file `evaluate calibrate` wrote on a dev run, applied to each run (evaluate.calibrate).
     """
     from . import calibrate
+    from .calibration import paired_calibration
 
     cal_doc = None if calibration is None else calibrate.load(calibration)
     rule = None if risk_rule is None else risk_rules.risk_rule(risk_rule)
@@ -171,6 +172,9 @@ def build_report(run_dirs: Sequence[str | Path], baseline: str | None = None, by
         pair_list = run_pairs(names, reference, pairs, {n: runs_m[n]["constrained"] for n in names})
         comparisons = compare_runs(scored, names, reference, bootstrap, seed, pairs=pair_list)
         _state_differences(comparisons, {r.name: r.info for r in runs})
+        rows_of = {r.name: r.rows for r in runs}
+        for c in comparisons:  # ECE and AURC paired, where both runs read label probabilities
+            c["calibration"] = paired_calibration(rows_of[c["reference"]], rows_of[c["run"]], bootstrap, seed)
     warnings += [f"{c['run']} vs {c['reference']}: {c['note']}" for c in comparisons if c["note"]]
     metrics: dict[str, Any] = {
         "format_version": FORMAT_VERSION,

@@ -288,6 +288,18 @@ def _comparisons(metrics: dict[str, Any]) -> list[Block]:
     blocks.append(Table(["run vs " + metrics["reference"] if mode == "reference" else "run vs reference", "common samples", "json_valid gain", "risk accuracy Δ [95% CI]",
                          "McNemar b / c", "p (exact)", "match accuracy Δ [95% CI]", "flipped"], rows, row_headers=True))
     blocks.append(Bullets([comparison_sentence(c) for c in comps]))
+    cal_rows = []
+    for c in comps:
+        for key, label in CALIBRATION_FIELDS:
+            f = (c.get("calibration") or {}).get(key)
+            if f:
+                cal_rows.append([f"{c['run']} vs {c['reference']}", label, str(f["decisions"]),
+                                 f"{fmt_num(f['ece']['reference'])} -> {fmt_num(f['ece']['run'])}", _ci_num(f["ece"]),
+                                 f"{fmt_num(f['aurc']['reference'])} -> {fmt_num(f['aurc']['run'])}", _ci_num(f["aurc"])])
+    if cal_rows:
+        blocks += [Text("Calibration, paired on the decisions both runs read (lower is better for both): ECE and AURC, "
+                        "reference -> run, and the difference's paired bootstrap 95% interval."),
+                   Table(["pair", "field", "decisions", "ECE", "ECE Δ [95% CI]", "AURC", "AURC Δ [95% CI]"], cal_rows)]
     blocks.append(Heading(3, "What differs between the compared runs"))
     blocks.append(Bullets([f"{c['run']} vs {c['reference']}: {differs_words(c)}" for c in comps]))
     for c in comps:
@@ -298,6 +310,11 @@ def _comparisons(metrics: dict[str, Any]) -> list[Block]:
         blocks.append(Table(["id", "gold", f"{c['reference']} predicted", f"{c['run']} predicted", "run is"], rows))
         blocks += _listed(len(c["flipped"]))
     return blocks
+
+
+def _ci_num(block: dict[str, Any]) -> str:
+    ci = block.get("ci95")
+    return f"{block['difference']:+.3f}" + ("" if not ci else f" [{ci[0]:+.3f}, {ci[1]:+.3f}]")
 
 
 def differs_words(c: dict[str, Any]) -> str:

@@ -292,7 +292,8 @@ class VllmOffline:
         def prefix_chars(k: int) -> int:
             return len(self._tokenizer.decode(ids[:k], skip_special_tokens=True))
 
-        return label_probabilities(answer, ids, steps, self.label_first_ids(), prefix_chars)
+        return label_probabilities(answer, ids, steps, self.label_first_ids(), prefix_chars,
+                                   lambda t: repr(self._tokenizer.convert_ids_to_tokens(t)))
 
     def _watch_engine_core(self) -> None:
         """Turn the engine core's death into vLLM's own EngineDeadError for whoever waits on it.

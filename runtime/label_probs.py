@@ -110,11 +110,14 @@ def _token_at(offset: int, n_tokens: int, prefix_chars: Callable[[int], int]) ->
 
 
 def label_probabilities(answer: str, token_ids: Sequence[int], token_logprobs: Sequence[dict[int, float]],
-                        first_ids: dict[str, dict[str, int]], prefix_chars: Callable[[int], int]) -> dict[str, Any]:
+                        first_ids: dict[str, dict[str, int]], prefix_chars: Callable[[int], int],
+                        token_name: Callable[[int], str] = str) -> dict[str, Any]:
     """The row's ``label_probs``: for risk_level and each match, the probability of each label (renormalized over
     the field's first tokens), the label mass and the label written; or ``{"missing": reason}`` when the answer
     has no decision points to read (not valid JSON). A decision whose label does not begin a token, or begins
-    with a token that is not a label's first token, gets ``"unread"`` with the reason instead of probabilities."""
+    with a token that is not a label's first token (``token_name`` names it), gets ``"unread"`` with the reason
+    instead of probabilities: a grammar lets a label be spelled in other tokens, e.g. byte tokens, whose
+    probabilities a first token cannot give."""
     points = decision_points(answer)
     if points is None:
         return {"missing": "the answer is not valid JSON: no decision point"}
@@ -127,7 +130,8 @@ def label_probabilities(answer: str, token_ids: Sequence[int], token_logprobs: S
         if k is None or k >= len(token_logprobs):
             read["unread"] = "the label does not begin a token"
         elif token_ids[k] not in ids.values():
-            read["unread"] = f"the label begins with token {token_ids[k]}, not a {p.field} label's first token"
+            read["unread"] = (f"the label begins with token {token_ids[k]} ({token_name(token_ids[k])}), not a {p.field} "
+                              "label's first token: spelled another way (e.g. in byte tokens)")
         else:
             lp = token_logprobs[k]
             raw = {label: (math.exp(lp[t]) if t in lp and lp[t] is not None and lp[t] > -math.inf else 0.0)

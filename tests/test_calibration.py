@@ -137,3 +137,26 @@ def test_calibrate_command_writes_the_file_and_says_the_rule(tmp_path):
     empty = write_run(tmp_path / "empty", [{k: v for k, v in r.items() if k != "label_probs"} for r in _dev_rows()], None)
     bad = CliRunner().invoke(main, ["calibrate", str(empty), "--out", str(tmp_path / "x.json")])
     assert bad.exit_code == 2 and "no label probabilities" in bad.output
+
+
+def test_paired_calibration_compares_two_runs_on_the_decisions_both_read():
+    from patent_risk.evaluate.calibration import paired_calibration
+
+    def rows(conf_right: float, conf_wrong: float):
+        out = []
+        for i in range(30):
+            right = i % 3 != 0
+            lab = "높음" if right else "낮음"
+            c = conf_right if right else conf_wrong
+            probs = {"높음": c if right else (1 - c) / 2, "애매": (1 - c) / 2, "낮음": c if not right else (1 - c) / 2}
+            out.append({"id": f"s{i}", "gold": {"risk_level": "높음", "matches": []},
+                        "label_probs": {"risk_level": {"label": lab, "probs": probs, "mass": 1.0}, "matches": []}})
+        return out
+    ranked, flat = rows(0.9, 0.6), rows(0.9, 0.9)  # the same answers; only the first ranks its errors last
+    got = paired_calibration(flat, ranked, n_resamples=300, seed=1)
+    risk = got["risk_level"]
+    assert risk["decisions"] == 30 and risk["samples"] == 30
+    assert risk["aurc"]["run"] < risk["aurc"]["reference"] and risk["aurc"]["ci95"][1] < 0  # better ranking, sure of it
+    assert risk["ece"]["difference"] == pytest.approx(risk["ece"]["run"] - risk["ece"]["reference"], abs=1e-4)
+    assert got["match"] is None  # no match decisions read
+    assert paired_calibration(flat, [{"id": "s0", "gold": None}]) is None

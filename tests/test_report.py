@@ -503,6 +503,13 @@ def test_calibration_section_from_rows_with_label_probabilities(tmp_path):
     html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert html.count("reliability</figcaption>") == 2 and html.count("risk-coverage</figcaption>") == 2
     assert '<h2 id="confidence-and-calibration">' in html  # a link to the section: report.html#confidence-and-calibration
+    assert report.metrics["comparisons"][0]["calibration"] is None  # plain has no probabilities to pair
+    flat = write_run(tmp_path / "flat", [_probs_row(f"s{i}", "높음", "높음" if i >= 2 else "낮음", 0.9) for i in range(10)],
+                     info(True))  # as sure as ever when wrong: nothing to rank by
+    paired = write_report([flat, sure], tmp_path / "out2", bootstrap=200, seed=1)
+    risk = paired.metrics["comparisons"][0]["calibration"]["risk_level"]
+    assert risk["decisions"] == 10 and risk["aurc"]["run"] < risk["aurc"]["reference"]  # sure ranks its errors last
+    assert "Calibration, paired on the decisions both runs read" in paired.markdown
     assert check_contract("metrics", report.metrics_path).returncode == 0
 
 
