@@ -90,14 +90,16 @@ def per_class_svg(data: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def _plot_frame(parts: list[str], left: int, top: int, size: int, x_label: str, y_label: str) -> None:
-    """Axes from 0 to 1 on both sides of a ``size`` square, with ticks at 0, 0.5 and 1."""
+def _plot_frame(parts: list[str], left: int, top: int, size: int, x_label: str, y_label: str, y_max: float = 1.0) -> None:
+    """Axes of a ``size`` square, x from 0 to 1 and y from 0 to ``y_max``, ticks at both ends and the middle; the
+    y label written upwards left of the ticks."""
     parts.append(f'<rect x="{left}" y="{top}" width="{size}" height="{size}" fill="none" stroke="#bbb"/>')
     for t in (0.0, 0.5, 1.0):
         parts.append(_text(left + size * t, top + size + 12, f"{t:.1f}", size=10, fill="#777"))
-        parts.append(_text(left - 6, top + size * (1 - t), f"{t:.1f}", anchor="end", size=10, fill="#777"))
+        parts.append(_text(left - 6, top + size * (1 - t), f"{t * y_max:.2f}", anchor="end", size=10, fill="#777"))
     parts.append(_text(left + size / 2, top + size + 28, x_label, size=11))
-    parts.append(_text(left - 38, top + size / 2, y_label, size=11))
+    x, y = left - 42, top + size / 2
+    parts.append(f'<g transform="rotate(-90 {x:.1f} {y:.1f})">{_text(x, y, y_label, size=11)}</g>')
 
 
 def reliability_svg(data: dict[str, Any]) -> str:
@@ -128,8 +130,7 @@ def risk_coverage_svg(data: dict[str, Any]) -> str:
     height = top + size + 40 + 16 * len(runs)
     top_err = max([max(c["error"], default=0.0) for c in runs.values()] + [0.05])
     parts = [f'<svg width="{left + size + 200}" height="{height}" role="img" font-family="{escape(FONT)}">']
-    _plot_frame(parts, left, top, size, "coverage (share of decisions kept)", "error")
-    parts.append(_text(left - 6, top + 8, f"(top {top_err:.2f})", anchor="end", size=9, fill="#999"))
+    _plot_frame(parts, left, top, size, "coverage (share of decisions kept)", "error of the decisions kept", top_err)
     for k, (name, c) in enumerate(runs.items()):
         colour = RUN_COLOURS[k % len(RUN_COLOURS)]
         pts = " ".join(f"{left + size * x:.1f},{top + size * (1 - e / top_err):.1f}" for x, e in zip(c["coverage"], c["error"]))
