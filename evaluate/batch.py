@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from contextlib import contextmanager
+from functools import lru_cache
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -142,13 +143,31 @@ def provenance(cfg: BatchConfig, model_path: str, engine_desc: dict[str, Any], n
         "engine": engine_desc,
         "engine_args": dict(cfg.engine_args),
         "sampling": sampling_summary(cfg.seed),
-        "label_probs": reads_label_probs(cfg),
+        "label_probs": reads_label_probs(cfg, model_path),
     }
 
 
-def reads_label_probs(cfg: BatchConfig) -> bool:
-    """Whether this run's rows carry label probabilities: asked for, and offline (through --server not yet)."""
-    return cfg.label_probs and not cfg.server
+def reads_label_probs(cfg: BatchConfig, model_path: str) -> bool:
+    """Whether this run's rows carry label probabilities: asked for, offline (through --server not yet), and the
+    model's tokenizer starts each label of a field with its own token (label_probs_unreadable)."""
+    return cfg.label_probs and not cfg.server and label_probs_unreadable(model_path) is None
+
+
+@lru_cache(maxsize=8)
+def label_probs_unreadable(model_path: str) -> str | None:
+    """Why ``model_path``'s tokenizer cannot give label probabilities (None: it can): runtime.label_probs reads a
+    label's first token, so a tokenizer that starts two labels of a field with the same token (a byte-level BPE
+    on Korean: SmolLM2 starts 높음 and 낮음 with 'ë') cannot tell them apart there."""
+    from transformers import AutoTokenizer
+
+    from patent_risk.runtime.label_probs import first_token_ids
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    try:
+        first_token_ids(lambda text: tok(text, add_special_tokens=False)["input_ids"])
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def write_json(path: Path, obj: dict[str, Any]) -> None:
@@ -338,6 +357,8 @@ def _run_locked(cfg: BatchConfig, records: list[Record], run_dir: Path, make_eng
                 f"decodes and scores schema {cfg.schema_name}; pass --schema {trained} to evaluate what it learnt")
     model_path = resolve_model(cfg.model, log)
     info, old_info = check_resumable(cfg, model_path, len(records))
+    if cfg.label_probs and not cfg.server and not info["label_probs"]:
+        log(f"note: no label probabilities for this model: {label_probs_unreadable(model_path)}")
     todo = [r for r in records if r.id not in done]
     if done:
         log(f"resuming {run_dir}: {len(done & {r.id for r in records})} of {len(records)} samples already done")

@@ -88,8 +88,8 @@ def first_token_ids(encode: Callable[[str], list[int]]) -> dict[str, dict[str, i
     for field, labels in FIELDS.items():
         ids = {label: encode(label)[0] for label in labels}
         if len(set(ids.values())) != len(ids):
-            raise ValueError(f"the tokenizer starts two {field} labels with the same token ({ids}): label "
-                             "probabilities need distinct first tokens")
+            raise ValueError(f"the tokenizer starts two {field} labels with the same token ({ids}); label "
+                             "probabilities are read from each label's own first token")
         out[field] = ids
     return out
 

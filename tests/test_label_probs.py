@@ -119,3 +119,16 @@ def test_label_probabilities_change_no_output_and_read_every_decision(engine, ev
             assert [m["element_id"] for m in lp["matches"]] == rec.element_ids
             assert read and all("probs" in m for m in lp["matches"]) and "probs" in lp["risk_level"]
     assert read > 0 or not constrained
+
+
+def test_a_tokenizer_that_starts_two_labels_alike_gives_runs_without_label_probabilities(smollm2_model, gemma_model):
+    """SmolLM2's byte-level BPE starts 높음 and 낮음 with the same token ('ë'): its runs record label_probs false
+    (with a note) instead of failing; Gemma 3's tokenizer can."""
+    from patent_risk.evaluate.batch import BatchConfig, label_probs_unreadable, reads_label_probs
+
+    reason = label_probs_unreadable(str(smollm2_model))
+    assert reason is not None and "same token" in reason and "risk_level" in reason
+    assert label_probs_unreadable(str(gemma_model)) is None
+    cfg = BatchConfig(data="d.jsonl", out="o", constrained=True)
+    assert not reads_label_probs(cfg, str(smollm2_model)) and reads_label_probs(cfg, str(gemma_model))
+    assert not reads_label_probs(BatchConfig(data="d", out="o", constrained=True, server="http://x"), str(gemma_model))
