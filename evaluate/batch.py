@@ -162,7 +162,10 @@ def label_probs_unreadable(model_path: str) -> str | None:
 
     from patent_risk.runtime.label_probs import first_token_ids
 
-    tok = AutoTokenizer.from_pretrained(model_path)
+    try:
+        tok = AutoTokenizer.from_pretrained(model_path)
+    except (OSError, ValueError) as e:  # the engine would say more; here only the label probabilities are at stake
+        return f"its tokenizer could not be read ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
     try:
         first_token_ids(lambda text: tok(text, add_special_tokens=False)["input_ids"])
     except ValueError as e:

@@ -132,3 +132,4 @@ def test_a_tokenizer_that_starts_two_labels_alike_gives_runs_without_label_proba
     cfg = BatchConfig(data="d.jsonl", out="o", constrained=True)
     assert not reads_label_probs(cfg, str(smollm2_model)) and reads_label_probs(cfg, str(gemma_model))
     assert not reads_label_probs(BatchConfig(data="d", out="o", constrained=True, server="http://x"), str(gemma_model))
+    assert "could not be read" in label_probs_unreadable(str(gemma_model) + "-absent")  # said, not raised
