@@ -84,8 +84,7 @@ def _ambiguous_rule(probs: np.ndarray, gold: np.ndarray, written: np.ndarray, re
 
 def fit(rows: Sequence[dict[str, Any]], accuracy: float = 0.95, ambiguous_recall: float = 0.9) -> dict[str, Any]:
     """The calibration file's content from a dev run's rows (UserError when they carry no label probabilities)."""
-    found = decisions(rows)
-    counts = found.pop("counts")
+    found, counts = decisions(rows)
     if not any(found[f]["confidence"] for f in FIELDS):
         raise UserError("the dev run's rows carry no label probabilities with gold labels (run `evaluate batch` with "
                         "--label-probs, the default, on a labelled dev split)")
@@ -133,8 +132,7 @@ def apply(doc: dict[str, Any], rows: Sequence[dict[str, Any]], run_name: str, so
         raise UserError(f"{source}: fitted on {len(overlap)} record(s) that are in run {run_name} (e.g. id "
                         f"{overlap[0]!r}, compared by content): a calibration must come from a dev split that the "
                         "evaluated run does not contain")
-    found = decisions(rows)
-    found.pop("counts")
+    found, _ = decisions(rows)
     out: dict[str, Any] = {"source": source}
     for field, col in found.items():
         spec = doc["fields"].get(field) or {}

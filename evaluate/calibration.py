@@ -82,14 +82,15 @@ def coverage_at_accuracy(confidence: Sequence[float], correct: Sequence[bool], a
 ACCURACY_TARGETS = (0.95, 0.9)
 
 
-def decisions(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, list[Any]]]:
-    """The rows' read decisions that have a gold label, per field: confidence (the written label's probability),
-    the field's label probabilities (in the labels' order), the gold and written labels' indexes, and whether the
-    written label was right. Also counts, per run, the rows with no probabilities and the decisions left unread."""
+def decisions(rows: Sequence[dict[str, Any]]) -> tuple[dict[str, dict[str, list[Any]]], dict[str, int]]:
+    """The rows' read decisions that have a gold label, per field: their key (sample id, element id or None),
+    confidence (the written label's probability), the field's label probabilities (in the labels' order), the gold
+    and written labels' indexes, and whether the written label was right; and the counts of rows, rows with
+    probabilities, rows without decision points and decisions left unread."""
     from patent_risk.runtime.label_probs import FIELDS
 
-    out: dict[str, dict[str, list[Any]]] = {f: {"confidence": [], "probs": [], "gold": [], "written": [], "correct": []}
-                                            for f in FIELDS}
+    out: dict[str, dict[str, list[Any]]] = {
+        f: {"key": [], "confidence": [], "probs": [], "gold": [], "written": [], "correct": []} for f in FIELDS}
     counts = {"rows": len(rows), "rows_with": 0, "rows_missing": 0, "unread": 0}
     for row in rows:
         lp, gold = row.get("label_probs"), row.get("gold")
@@ -100,9 +101,9 @@ def decisions(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, list[Any]]]
             continue
         counts["rows_with"] += 1
         gold_match = {m["element_id"]: m["match"] for m in (gold or {}).get("matches", [])}
-        reads = [("risk_level", lp.get("risk_level"), (gold or {}).get("risk_level"))]
-        reads += [("match", m, gold_match.get(m.get("element_id"))) for m in lp.get("matches", [])]
-        for field, d, want in reads:
+        reads = [("risk_level", None, lp.get("risk_level"), (gold or {}).get("risk_level"))]
+        reads += [("match", m.get("element_id"), m, gold_match.get(m.get("element_id"))) for m in lp.get("matches", [])]
+        for field, element, d, want in reads:
             if not d:
                 continue
             if "probs" not in d:
@@ -112,21 +113,20 @@ def decisions(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, list[Any]]]
             if want not in labels or d.get("label") not in labels:
                 continue  # no gold to judge against, or a written value that is no label
             col = out[field]
+            col["key"].append((row.get("id"), element))
             col["confidence"].append(d["probs"][d["label"]])
             col["probs"].append([d["probs"][lab] for lab in labels])
             col["gold"].append(labels.index(want))
             col["written"].append(labels.index(d["label"]))
             col["correct"].append(d["label"] == want)
-    out["counts"] = counts  # type: ignore[assignment]
-    return out
+    return out, counts
 
 
 def run_calibration(rows: Sequence[dict[str, Any]], bins: int = 10) -> dict[str, Any] | None:
     """metrics.json's ``calibration`` of one run: per field ECE (with its bin table), Brier, AURC with the
     risk-coverage curve, and the coverage a user could keep at each of ACCURACY_TARGETS; None when no row carries
     label probabilities (a run made without them)."""
-    found = decisions(rows)
-    counts = found.pop("counts")
+    found, counts = decisions(rows)
     if counts["rows_with"] == 0 and counts["rows_missing"] == 0:
         return None
     out: dict[str, Any] = {"rows_with_probabilities": counts["rows_with"],
@@ -147,20 +147,15 @@ def run_calibration(rows: Sequence[dict[str, Any]], bins: int = 10) -> dict[str,
 
 
 def keyed_decisions(rows: Sequence[dict[str, Any]]) -> dict[str, dict[tuple[str, str | None], tuple[float, bool]]]:
-    """Per field, {(sample id, element id or None): (confidence, right)} of the rows' read decisions with gold."""
-    from patent_risk.runtime.label_probs import FIELDS
-
-    out: dict[str, dict[tuple[str, str | None], tuple[float, bool]]] = {f: {} for f in FIELDS}
-    for row in rows:
-        lp, gold = row.get("label_probs"), row.get("gold") or {}
-        if not isinstance(lp, dict) or "missing" in lp:
-            continue
-        gold_match = {m["element_id"]: m["match"] for m in gold.get("matches", [])}
-        reads = [("risk_level", None, lp.get("risk_level"), gold.get("risk_level"))]
-        reads += [("match", m.get("element_id"), m, gold_match.get(m.get("element_id"))) for m in lp.get("matches", [])]
-        for field, element, d, want in reads:
-            if d and "probs" in d and want in FIELDS[field] and d.get("label") in FIELDS[field]:
-                out[field].setdefault((row["id"], element), (d["probs"][d["label"]], d["label"] == want))
+    """Per field, {(sample id, element id or None): (confidence, right)} of the rows' decisions (``decisions``; the
+    first when a key repeats)."""
+    found, _ = decisions(rows)
+    out: dict[str, dict[tuple[str, str | None], tuple[float, bool]]] = {}
+    for field, col in found.items():
+        keyed: dict[tuple[str, str | None], tuple[float, bool]] = {}
+        for k, c, ok in zip(col["key"], col["confidence"], col["correct"]):
+            keyed.setdefault(k, (c, ok))
+        out[field] = keyed
     return out
 
 
