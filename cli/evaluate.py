@@ -110,9 +110,10 @@ def validate(file, skip_bad) -> None:
                    "Same outputs (evaluate bench compares them); faster on vLLM's CPU build, where the LoRA ops cost "
                    "about 30% of the throughput.")
 @click.option("--label-probs/--no-label-probs", default=True, show_default=True,
-              help="Offline: each row records, at each decision (risk_level, every element's match), the probability of "
-                   "each label and the label mass (runtime/label_probs.py). It changes no output. A run keeps the "
-                   "setting it started with.")
+              help="Each row records, at each decision (risk_level, every element's match), the probability of "
+                   "each label and the label mass (runtime/label_probs.py). It changes no output. Through --server: "
+                   "vLLM's logprob_token_ids extension; a server that refuses or ignores it gives rows without, and "
+                   "one warning. A run keeps the setting it started with.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--verbose", "-v", is_flag=True,
               help="Show the engine's own log (vLLM's INFO/WARNING lines, from its start to its close) on the terminal "
@@ -153,9 +154,6 @@ def batch(data, out, constrained, both, model, adapter, allow_other_base, engine
                       backend=backend, server=server, limit=limit, chunk_size=chunk_size, max_model_len=max_model_len,
                       skip_bad=skip_bad, merged=merged, engine_args=_engine_args(engine_arg, server),
                       allow_other_base=allow_other_base, prompt_template=prompt_template, label_probs=label_probs)
-    if server and label_probs:
-        click.echo("note: label probabilities are read by the offline engine only in this version; rows through "
-                   "--server carry none (run.json: label_probs false)", err=True)
     if merged and server:
         raise click.UsageError("--merge is for the offline engine; a server serves what it was started with")
     if server:
@@ -166,7 +164,7 @@ def batch(data, out, constrained, both, model, adapter, allow_other_base, engine
         def make_engine(model_path):
             served = spec.name if spec else model_path
             return VllmServer(server, served, model_path, api_key=api_key, max_concurrency=max_concurrency,
-                              max_retries=max_retries, timeout=request_timeout, backend=cfg.backend)
+                              max_retries=max_retries, timeout=request_timeout, backend=cfg.backend, log=click.echo)
     elif merged:
         if spec is None:
             raise click.UsageError("--merge needs --adapter NAME=DIR")

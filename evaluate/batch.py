@@ -56,7 +56,7 @@ class BatchConfig:
     allow_other_base: bool = False  # decode the adapter on a --model that is not its base, on purpose
     prompt_template: str | None = None  # --prompt-template FILE; None: the adapter's recorded prompt, else p1
     prompt: Prompt | None = None  # what renders the records (settle_prompt), the same for both arms
-    label_probs: bool = True  # each decision's label probabilities in every row (offline engine only, for now)
+    label_probs: bool = True  # each decision's label probabilities in every row
     base_settled: bool = field(default=False, repr=False)  # settle_base has run
 
 
@@ -148,9 +148,10 @@ def provenance(cfg: BatchConfig, model_path: str, engine_desc: dict[str, Any], n
 
 
 def reads_label_probs(cfg: BatchConfig, model_path: str) -> bool:
-    """Whether this run's rows carry label probabilities: asked for, offline (through --server not yet), and the
-    model's tokenizer starts each label of a field with its own token (label_probs_unreadable)."""
-    return cfg.label_probs and not cfg.server and label_probs_unreadable(model_path) is None
+    """Whether this run's rows carry label probabilities: asked for, and the model's tokenizer starts each label of
+    a field with its own token (label_probs_unreadable). Through --server, a server that refuses or ignores vLLM's
+    logprob_token_ids still gives rows, each saying so (runtime.engines.VllmServer)."""
+    return cfg.label_probs and label_probs_unreadable(model_path) is None
 
 
 @lru_cache(maxsize=8)
@@ -360,7 +361,7 @@ def _run_locked(cfg: BatchConfig, records: list[Record], run_dir: Path, make_eng
                 f"decodes and scores schema {cfg.schema_name}; pass --schema {trained} to evaluate what it learnt")
     model_path = resolve_model(cfg.model, log)
     info, old_info = check_resumable(cfg, model_path, len(records))
-    if cfg.label_probs and not cfg.server and not info["label_probs"]:
+    if cfg.label_probs and not info["label_probs"]:
         log(f"note: no label probabilities for this model: {label_probs_unreadable(model_path)}")
     todo = [r for r in records if r.id not in done]
     if done:

@@ -86,18 +86,22 @@ def decisions(rows: Sequence[dict[str, Any]]) -> tuple[dict[str, dict[str, list[
     """The rows' read decisions that have a gold label, per field: their key (sample id, element id or None),
     confidence (the written label's probability), the field's label probabilities (in the labels' order), the gold
     and written labels' indexes, and whether the written label was right; and the counts of rows, rows with
-    probabilities, rows without decision points and decisions left unread."""
+    probabilities, rows without decision points, rows whose engine returned no probabilities (a server that
+    refuses or ignores vLLM's logprob_token_ids) and decisions left unread."""
     from patent_risk.runtime.label_probs import FIELDS
 
     out: dict[str, dict[str, list[Any]]] = {
         f: {"key": [], "confidence": [], "probs": [], "gold": [], "written": [], "correct": []} for f in FIELDS}
-    counts = {"rows": len(rows), "rows_with": 0, "rows_missing": 0, "unread": 0}
+    counts = {"rows": len(rows), "rows_with": 0, "rows_missing": 0, "rows_unavailable": 0, "unread": 0}
     for row in rows:
         lp, gold = row.get("label_probs"), row.get("gold")
         if not isinstance(lp, dict):
             continue
         if "missing" in lp:
             counts["rows_missing"] += 1
+            continue
+        if "unavailable" in lp:
+            counts["rows_unavailable"] += 1
             continue
         counts["rows_with"] += 1
         gold_match = {m["element_id"]: m["match"] for m in (gold or {}).get("matches", [])}
@@ -127,10 +131,11 @@ def run_calibration(rows: Sequence[dict[str, Any]], bins: int = 10) -> dict[str,
     risk-coverage curve, and the coverage a user could keep at each of ACCURACY_TARGETS; None when no row carries
     label probabilities (a run made without them)."""
     found, counts = decisions(rows)
-    if counts["rows_with"] == 0 and counts["rows_missing"] == 0:
+    if counts["rows_with"] == 0 and counts["rows_missing"] == 0 and counts["rows_unavailable"] == 0:
         return None
     out: dict[str, Any] = {"rows_with_probabilities": counts["rows_with"],
                            "rows_without_decision_points": counts["rows_missing"],
+                           "rows_without_probabilities": counts["rows_unavailable"],
                            "decisions_unread": counts["unread"]}
     for field, col in found.items():
         value, table = ece(col["confidence"], col["correct"], bins)

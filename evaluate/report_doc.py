@@ -454,6 +454,9 @@ def _calibration(runs: dict[str, Any]) -> list[Block]:
     notes = [f"{n}: {c['rows_without_decision_points']} row(s) without decision points (not valid JSON), "
              f"{c['decisions_unread']} decision(s) unread" for n, c in have.items()
              if c["rows_without_decision_points"] or c["decisions_unread"]]
+    notes += [f"{n}: {c['rows_without_probabilities']} row(s) whose engine returned no label probabilities (a server "
+              "that refuses or ignores vLLM's logprob_token_ids; the rows say why)" for n, c in have.items()
+              if c.get("rows_without_probabilities")]
     if notes:
         blocks.append(Bullets(notes))
     blocks += _calibrated(runs)

@@ -104,6 +104,28 @@ def _exit_codes(procs, wait_s: float = 3.0) -> dict[str, int]:
         time.sleep(0.05)
 
 
+def _label_first_ids(tokenizer) -> dict[str, dict[str, int]]:
+    from patent_risk.runtime.label_probs import first_token_ids
+
+    return first_token_ids(lambda s: tokenizer(s, add_special_tokens=False)["input_ids"])
+
+
+def _read_label_probs(tokenizer, first_ids: dict[str, dict[str, int]], answer: str, ids: list[int],
+                      steps: list[dict[int, float]]) -> dict[str, Any]:
+    """runtime.label_probs.label_probabilities with ``tokenizer`` as the detokenizer: the same reading whichever
+    engine returned the token ids and their log-probabilities."""
+    from functools import lru_cache
+
+    from patent_risk.runtime.label_probs import label_probabilities
+
+    @lru_cache(maxsize=None)
+    def prefix_chars(k: int) -> int:
+        return len(tokenizer.decode(ids[:k], skip_special_tokens=True))
+
+    return label_probabilities(answer, ids, steps, first_ids, prefix_chars,
+                               lambda t: repr(tokenizer.convert_ids_to_tokens(t)))
+
+
 class EngineFailure(UserError):
     """Requests that failed inside the engine (ENGINE_FAILURE_REASONS). ``kept``: the same call's results
     that did not fail, for the caller to write before it stops."""
@@ -273,27 +295,14 @@ class VllmOffline:
     def label_first_ids(self) -> dict[str, dict[str, int]]:
         """Each field's labels' first token ids on this model's tokenizer (runtime.label_probs)."""
         if self._first_ids is None:
-            from patent_risk.runtime.label_probs import first_token_ids
-
-            self._first_ids = first_token_ids(lambda s: self._tokenizer(s, add_special_tokens=False)["input_ids"])
+            self._first_ids = _label_first_ids(self._tokenizer)
         return self._first_ids
 
     def _label_probs(self, answer: str, comp) -> dict[str, Any]:
         """The decisions' label probabilities from a finished completion's returned log-probabilities."""
-        from functools import lru_cache
-
-        from patent_risk.runtime.label_probs import label_probabilities
-
-        ids = list(comp.token_ids)
         wanted = {t for f in self.label_first_ids().values() for t in f.values()}
         steps = [{t: lp.logprob for t, lp in (pos or {}).items() if t in wanted} for pos in (comp.logprobs or [])]
-
-        @lru_cache(maxsize=None)
-        def prefix_chars(k: int) -> int:
-            return len(self._tokenizer.decode(ids[:k], skip_special_tokens=True))
-
-        return label_probabilities(answer, ids, steps, self.label_first_ids(), prefix_chars,
-                                   lambda t: repr(self._tokenizer.convert_ids_to_tokens(t)))
+        return _read_label_probs(self._tokenizer, self.label_first_ids(), answer, list(comp.token_ids), steps)
 
     def _watch_engine_core(self) -> None:
         """Turn the engine core's death into vLLM's own EngineDeadError for whoever waits on it.
@@ -393,6 +402,11 @@ class VllmOffline:
                         on_finished(1, res.output_tokens)
                     yielded += 1
                     yield i, res
+            if pending:  # vLLM has nothing left to run, yet these never finished: never a silent gap in the rows
+                lost = [requests[i].record_id for i in pending.values()]
+                raise UserError(f"vLLM's offline engine finished without answering {len(lost)} of {len(requests)} "
+                                f"request(s) (e.g. {lost[0]!r}); every finished row is kept: re-run the same command "
+                                "to resume")
         except Exception as exc:
             died = self._died(exc)
             if died is not None:
@@ -467,7 +481,7 @@ class VllmServer:
 
     def __init__(self, url: str, served_model: str, tokenizer_model: str, api_key: str | None = None,
                  max_concurrency: int = 8, max_retries: int = 4, timeout: float = 300.0, seed: int = 0,
-                 backend: str | None = None):
+                 backend: str | None = None, log: Callable[[str], None] | None = None):
         import openai
         from transformers import AutoTokenizer
 
@@ -480,6 +494,13 @@ class VllmServer:
         self._openai = openai
         self._tokenizer = AutoTokenizer.from_pretrained(tokenizer_model)
         self.chat_format = chat_format(self._tokenizer)
+        self._log = log or (lambda line: print(line, file=sys.stderr))
+        # Label probabilities through vLLM's `logprob_token_ids` extension: None until a server's answer shows
+        # whether it honours it; the reason it does not, once known (then no request asks again).
+        self._probs_lock = threading.Lock()
+        self._probs_honoured: bool | None = None
+        self._probs_refused: str | None = None
+        self._first_ids: dict[str, dict[str, int]] | None = None
         try:
             models = [m.id for m in self.client.models.list().data]
         except openai.APIConnectionError as e:
@@ -495,18 +516,62 @@ class VllmServer:
     def count_tokens(self, text: str) -> int:
         return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def label_first_ids(self) -> dict[str, dict[str, int]]:
+        """Each field's labels' first token ids on the served model's tokenizer (runtime.label_probs)."""
+        if self._first_ids is None:
+            self._first_ids = _label_first_ids(self._tokenizer)
+        return self._first_ids
+
+    def _probs_unavailable(self, reason: str) -> dict[str, str]:
+        """Stop asking this server for label probabilities, warn once, and say why in the row."""
+        with self._probs_lock:
+            if self._probs_refused is None and not self._probs_honoured:
+                self._probs_refused = reason
+                self._log(f"warning: {reason}; rows from this server carry no label probabilities "
+                          "(the run goes on; --no-label-probs stops asking)")
+        return {"unavailable": self._probs_refused or reason}
+
+    def _create(self, req: GenRequest, extra: dict[str, Any]):
+        messages = fold_system(req.messages) if self.chat_format == "fold" else req.messages
+        return self.client.chat.completions.create(model=self.served_model, messages=messages, temperature=0.0,
+                                                   max_tokens=req.max_tokens, seed=self._seed, extra_body=extra)
+
     def _one(self, req: GenRequest) -> GenResult:
         extra = req.chat_body_extra()
+        ask = req.label_probs and self._probs_refused is None
+        wanted = {t for f in self.label_first_ids().values() for t in f.values()} if ask else set()
+        probs_extra = {"logprobs": True, "logprob_token_ids": sorted(wanted), "return_tokens_as_token_ids": True}
         t0 = time.perf_counter()
-        messages = fold_system(req.messages) if self.chat_format == "fold" else req.messages
-        resp = self.client.chat.completions.create(model=self.served_model, messages=messages, temperature=0.0,
-                                                   max_tokens=req.max_tokens, seed=self._seed, extra_body=extra)
+        label_probs: dict[str, Any] | None = None
+        try:
+            resp = self._create(req, {**(extra or {}), **probs_extra} if ask else extra)
+        except (self._openai.BadRequestError, self._openai.UnprocessableEntityError) as e:  # 400/422: refused as such
+            if not ask or self._probs_honoured:
+                raise
+            resp = self._create(req, extra)  # the same without the extension; its own error, if any, is raised
+            label_probs = self._probs_unavailable(f"the server at {self.url} refused logprob_token_ids ({e})")
+            ask = False
         choice = resp.choices[0]
         usage = resp.usage
-        return GenResult(record_id=req.record_id, raw_output=choice.message.content or "",
+        answer = choice.message.content or ""
+        if ask:
+            from patent_risk.runtime.label_probs import openai_steps
+
+            logprobs = choice.logprobs.model_dump() if choice.logprobs is not None else None
+            read = openai_steps(None if logprobs is None else logprobs.get("content"), wanted)
+            if read is None:
+                label_probs = self._probs_unavailable(
+                    f"the server at {self.url} returned no log-probabilities for the labels' first tokens (it ignores "
+                    "vLLM's logprob_token_ids / return_tokens_as_token_ids)")
+            else:
+                self._probs_honoured = True
+                label_probs = _read_label_probs(self._tokenizer, self.label_first_ids(), answer, *read)
+        elif req.label_probs and label_probs is None:  # an earlier answer showed the server gives none
+            label_probs = {"unavailable": self._probs_refused}
+        return GenResult(record_id=req.record_id, raw_output=answer,
                          finish_reason=str(choice.finish_reason), prompt_tokens=usage.prompt_tokens if usage else 0,
                          output_tokens=usage.completion_tokens if usage else 0,
-                         latency_s=round(time.perf_counter() - t0, 3))
+                         latency_s=round(time.perf_counter() - t0, 3), label_probs=label_probs)
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         return list(self.generate_iter(requests))

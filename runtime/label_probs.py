@@ -144,3 +144,41 @@ def label_probabilities(answer: str, token_ids: Sequence[int], token_logprobs: S
         else:
             matches.append({"element_id": p.element_id, **read})
     return {"risk_level": risk, "matches": matches}
+
+
+TOKEN_ID_PREFIX = "token_id:"  # how vLLM's OpenAI server names a token with return_tokens_as_token_ids
+
+
+def _token_id(token: Any) -> int | None:
+    if isinstance(token, str) and token.startswith(TOKEN_ID_PREFIX):
+        try:
+            return int(token[len(TOKEN_ID_PREFIX):])
+        except ValueError:
+            return None
+    return None
+
+
+def openai_steps(content: Sequence[dict[str, Any]] | None,
+                 wanted: set[int]) -> tuple[list[int], list[dict[int, float]]] | None:
+    """A chat completion's ``choices[0].logprobs.content`` (asked with ``logprobs``, ``logprob_token_ids`` and
+    ``return_tokens_as_token_ids``) as the answer's token ids and, per step, the ``wanted`` ids' log-probabilities:
+    what ``label_probabilities`` reads. None when the server did not return what was asked: no logprobs, a token
+    not named ``token_id:N``, or a step without every wanted id (a server that ignores the extension)."""
+    if content is None:
+        return None
+    ids: list[int] = []
+    steps: list[dict[int, float]] = []
+    for entry in content:
+        tid = _token_id(entry.get("token"))
+        if tid is None:
+            return None
+        top: dict[int, float] = {}
+        for alt in entry.get("top_logprobs") or []:
+            t = _token_id(alt.get("token"))
+            if t in wanted and alt.get("logprob") is not None:
+                top[t] = float(alt["logprob"])
+        if not wanted <= top.keys():
+            return None
+        ids.append(tid)
+        steps.append(top)
+    return ids, steps

@@ -1,9 +1,12 @@
 """A fault-injecting HTTP proxy in front of the real vLLM server: it forwards requests unchanged, except
 the ones its plan picks, which get an HTTP 5xx, a slow answer, a dropped connection, or nothing at all
-(the proxy stops listening: connection refused, as when the server is killed)."""
+(the proxy stops listening: connection refused, as when the server is killed); or which it answers as a server
+without vLLM's logprob_token_ids extension would: refusing a request that names it (HTTP 400), or ignoring it
+(forwarded without it)."""
 from __future__ import annotations
 
 import http.server
+import json
 import socket
 import threading
 import time
@@ -11,7 +14,9 @@ import urllib.error
 import urllib.request
 from typing import Callable
 
-# plan(n) -> action for the n-th (1-based) POST: "forward", "503", "500", "drop", "slow:SECONDS"
+# plan(n) -> action for the n-th (1-based) POST: "forward", "503", "500", "drop", "slow:SECONDS",
+# "refuse-extension" (400 when the body names logprob_token_ids), "ignore-extension" (forwarded without the
+# logprob_token_ids and return_tokens_as_token_ids fields)
 Plan = Callable[[int], str]
 
 
@@ -47,7 +52,8 @@ class FaultProxy:
 
             def _forward(self, body: bytes | None):
                 req = urllib.request.Request(proxy.upstream + self.path, data=body, method=self.command,
-                                             headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
+                                             headers={k: v for k, v in self.headers.items()
+                                                      if k.lower() not in ("host", "content-length")})
                 try:
                     with urllib.request.urlopen(req, timeout=600) as r:
                         status, headers, payload = r.status, r.headers, r.read()
@@ -95,6 +101,22 @@ class FaultProxy:
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
+                if action == "refuse-extension" and b'"logprob_token_ids"' in body:
+                    proxy._count(action)
+                    payload = (b'{"error": {"message": "Unrecognized request argument supplied: logprob_token_ids", '
+                               b'"type": "invalid_request_error", "code": 400}}')
+                    self.send_response(400)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                if action == "ignore-extension" and b'"logprob_token_ids"' in body:
+                    proxy._count(action)
+                    doc = json.loads(body)
+                    doc.pop("logprob_token_ids", None)
+                    doc.pop("return_tokens_as_token_ids", None)
+                    body = json.dumps(doc).encode()
                 if action.startswith("slow:"):
                     proxy._count("slow")
                     time.sleep(float(action.split(":", 1)[1]))

@@ -131,5 +131,21 @@ def test_a_tokenizer_that_starts_two_labels_alike_gives_runs_without_label_proba
     assert label_probs_unreadable(str(gemma_model)) is None
     cfg = BatchConfig(data="d.jsonl", out="o", constrained=True)
     assert not reads_label_probs(cfg, str(smollm2_model)) and reads_label_probs(cfg, str(gemma_model))
-    assert not reads_label_probs(BatchConfig(data="d", out="o", constrained=True, server="http://x"), str(gemma_model))
+    assert reads_label_probs(BatchConfig(data="d", out="o", constrained=True, server="http://x"), str(gemma_model))
+    assert not reads_label_probs(BatchConfig(data="d", out="o", constrained=True, label_probs=False), str(gemma_model))
     assert "could not be read" in label_probs_unreadable(str(gemma_model) + "-absent")  # said, not raised
+
+
+def test_openai_steps_reads_token_ids_and_says_when_the_server_ignored_the_extension():
+    from patent_risk.runtime.label_probs import openai_steps
+
+    wanted = {1, 2}
+    step = {"token": "token_id:7", "logprob": -0.1,
+            "top_logprobs": [{"token": "token_id:7", "logprob": -0.1}, {"token": "token_id:1", "logprob": -2.0},
+                             {"token": "token_id:2", "logprob": -9999.0}]}
+    assert openai_steps([step, {**step, "token": "token_id:1"}], wanted) == ([7, 1], [{1: -2.0, 2: -9999.0}] * 2)
+    assert openai_steps([], wanted) == ([], [])  # an empty answer: nothing to read, not a refusal
+    assert openai_steps(None, wanted) is None  # no logprobs at all
+    assert openai_steps([{**step, "token": "높"}], wanted) is None  # tokens as text: return_tokens_as_token_ids ignored
+    assert openai_steps([{**step, "top_logprobs": []}], wanted) is None  # logprob_token_ids ignored
+    assert openai_steps([{**step, "top_logprobs": step["top_logprobs"][:2]}], wanted) is None
