@@ -189,8 +189,11 @@ def batch(data, out, constrained, both, model, adapter, allow_other_base, engine
     summaries = run(cfg, make_engine, log=click.echo, progress=not no_progress, quiet=not verbose)
     for summary in summaries if both else [summaries]:
         if summary.generated:
-            click.echo(f"{summary.run_dir}: {summary.generated} samples in {summary.seconds:.0f} s "
-                       f"({summary.generated / summary.seconds:.2f} samples/s, {summary.output_tokens / summary.seconds:.1f} output tok/s); "
+            decode_s = max(summary.seconds - summary.compile_s, 1e-9)
+            compiled = f", of which {summary.compile_s:.0f} s compiling new schemas" if summary.compile_s >= 0.5 else ""
+            click.echo(f"{summary.run_dir}: {summary.generated} samples in {summary.seconds:.0f} s{compiled} "
+                       f"({summary.generated / decode_s:.2f} samples/s, {summary.output_tokens / decode_s:.1f} output tok/s"
+                       f"{' without the compile' if compiled else ''}); "
                        f"finish reasons {summary.finish_reasons}" + ("" if verbose else f"; engine log {summary.run_dir / ENGINE_LOG}"))
 
 

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 from patent_risk.runtime.artifacts import atomic_write_text, describe_path, file_sha256
 from patent_risk.runtime.embedded import default_model_label, resolve_model
 from patent_risk.runtime.engine_log import ENGINE_LOG, engine_output
-from patent_risk.runtime import engine_death
+from patent_risk.runtime import engine_death, machine
 from patent_risk.runtime.engine_death import EngineDied
 from patent_risk.runtime.engines import AdapterSpec, Engine, EngineFailure, GenResult
 from patent_risk.runtime.requests import build_requests, max_tokens_summary, sampling_summary
@@ -69,6 +69,7 @@ class BatchSummary:
     seconds: float
     output_tokens: int
     finish_reasons: dict[str, int]
+    compile_s: float = 0.0  # of ``seconds``: compiling the run's new outlines schemas (not decoding)
 
 
 def result_row(rec: Record, res: GenResult) -> dict[str, Any]:
@@ -86,6 +87,8 @@ def result_row(rec: Record, res: GenResult) -> dict[str, Any]:
     }
     if res.ttft_s is not None:
         row["ttft_s"] = res.ttft_s
+    if res.cached_tokens is not None:
+        row["cached_tokens"] = res.cached_tokens  # prompt tokens the prefix cache served
     if res.label_probs is not None:
         row["label_probs"] = res.label_probs
     if rec.meta is not None:
@@ -401,23 +404,62 @@ def _run_engine(cfg: BatchConfig, records: list[Record], todo: list[Record], run
         todo_ids = {r.id for r in todo}
         requests = [r for r in requests if r.record_id in todo_ids]
         by_id = {r.id: r for r in todo}
+        prefix_cache = _empty_prefix_cache(engine)
+        grammar_before = dict(getattr(engine, "precompiled", None) or {})
         compiled_before = _compiled_seconds(engine)
         try:
-            summary = _generate_into(run_dir / RESULTS, requests, by_id, engine, cfg.chunk_size, progress)
+            totals = _generate_into(run_dir / RESULTS, requests, by_id, engine, cfg.chunk_size, progress)
         except EngineDied as e:  # the rows written so far stay; the lock is released on the way out
             raise engine_death.with_log(e, run_dir / ENGINE_LOG, len(finished_ids(run_dir)), len(records)) from None
         info["finished_at"] = _now()
-        info["generation_s"] = round(summary[0] + float(old_info.get("generation_s", 0.0) if old_info else 0.0), 3)
+        info["generation_s"] = round(totals.seconds + float(old_info.get("generation_s", 0.0) if old_info else 0.0), 3)
         # of which: compiling this run's new outlines schemas before their chunk was submitted (once per schema;
         # a later run finds them in the disk cache). Engines that compile nothing here record 0.
         compiled = _compiled_seconds(engine) - compiled_before
         info["precompile_s"] = round(compiled + float(old_info.get("precompile_s", 0.0) if old_info else 0.0), 3)
         info["counts"] = {"samples": len(records), "finish_reasons": _count_finish(run_dir)}
+        info["conditions"] = list(old_info.get("conditions", []) if old_info else []) + [{
+            "samples": len(todo), "machine": machine.describe(), "mode": engine.description.get("mode"),
+            "shared_with": getattr(engine, "shared_with", None), "prefix_cache": prefix_cache,
+            "prompt_tokens": totals.prompt_tokens, "cached_prompt_tokens": totals.cached_tokens,
+            "grammar_cache": _grammar_cache(engine, grammar_before, cfg.constrained),
+            "chunk_size": cfg.chunk_size, "max_num_seqs": getattr(engine, "max_num_seqs", None),
+            "max_concurrency": getattr(engine, "max_concurrency", None), "label_probs": bool(info["label_probs"])}]
         write_json(info_path, info)
     finally:
         engine.close()
-    return BatchSummary(run_dir, len(records), len(records) - len(todo), len(todo), summary[0], summary[1],
-                        info["counts"]["finish_reasons"])
+    return BatchSummary(run_dir, len(records), len(records) - len(todo), len(todo), totals.seconds, totals.output_tokens,
+                        info["counts"]["finish_reasons"], compile_s=compiled)
+
+
+def _empty_prefix_cache(engine: Engine) -> str:
+    """The prefix cache's state as this run begins, emptied where it may hold earlier prompts: an engine that has
+    served requests (lent by an earlier run, ``Borrowed.shared_with``, or reused by a caller) or a server (which
+    anyone's requests may have filled) is reset (vLLM's reset_prefix_cache; a server through its development
+    endpoint). "empty (a fresh engine)", "reset", or "not reset: why" (then the rows' cached_tokens say what the
+    cache served)."""
+    from patent_risk.evaluate.conditions import EMPTY_STATES
+
+    server = engine.description.get("mode") == "server"
+    if not server and getattr(engine, "shared_with", None) is None and not getattr(engine, "requests_since_reset", 1):
+        return EMPTY_STATES[0]
+    reset = getattr(engine, "reset_prefix_cache", None)
+    return reset() if callable(reset) else "not reset: the engine has no reset_prefix_cache"
+
+
+def _grammar_cache(engine: Engine, before: dict[str, Any], constrained: bool) -> str | None:
+    """Whether this run's schemas' outlines indexes were in the disk cache when the run needed them: "warm" (all),
+    "cold" (none: compiled by this run, precompile_s), "partly cold"; None for an unconstrained run. Other backends
+    (and a server) compile inside vLLM on a schema's first request, within the run's time."""
+    if not constrained:
+        return None
+    backend = engine.description.get("backend")
+    after = getattr(engine, "precompiled", None) or {}
+    schemas = int(after.get("schemas", 0) - before.get("schemas", 0))
+    if engine.description.get("mode") == "server" or backend != "outlines" or not schemas:
+        return f"compiled inside vLLM ({backend})"
+    found = int(after.get("found_cached", 0) - before.get("found_cached", 0))
+    return "warm" if found == schemas else "cold" if found == 0 else "partly cold"
 
 
 ARM_ORDER = ("constrained", "unconstrained")
@@ -429,10 +471,11 @@ def arm_dirs(out: str) -> dict[str, str]:
 
 
 class _SharedEngine:
-    """One engine for several runs: started by the first run that needs it, closed by ``close_all``."""
+    """One engine for several runs: started by the first run that needs it, closed by ``close_all``. Each later run
+    borrows it with the run before it named (``Borrowed.shared_with``), so that its prefix cache is emptied first."""
 
     def __init__(self, make_engine: Callable[[str], Engine]):
-        self._make, self.engine, self.started_in = make_engine, None, None
+        self._make, self.engine, self.started_in, self.last_run = make_engine, None, None, None
 
     def factory(self, run_dir: Path) -> Callable[[str], Engine]:
         def make(model_path: str) -> Engine:
@@ -441,7 +484,9 @@ class _SharedEngine:
             elif self.started_in is not None:
                 print(f"this run shares the engine started for {self.started_in}: the engine's own log is "
                       f"{self.started_in / ENGINE_LOG}", file=sys.__stdout__, flush=True)  # into this run's engine.log
-            return Borrowed(self.engine)
+            lent = Borrowed(self.engine, shared_with=None if self.last_run is None else str(self.last_run))
+            self.last_run = run_dir
+            return lent
         return make
 
     def close_all(self, quiet: bool) -> None:
@@ -452,10 +497,12 @@ class _SharedEngine:
 
 class Borrowed:
     """An engine lent to one run (run_batch closes what make_engine gives it): everything but ``close``, which
-    its owner does."""
+    its owner does. ``shared_with``: the run that used it before this one (None: none did), whose prompts may
+    still be in its prefix cache."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, shared_with: str | None = None):
         self._engine = engine
+        self.shared_with = shared_with
 
     def __getattr__(self, name: str):
         return getattr(self._engine, name)
@@ -499,7 +546,15 @@ def _count_finish(run_dir: Path) -> dict[str, int]:
     return counts
 
 
-def _generate_into(results: Path, requests, by_id, engine: Engine, chunk_size: int, progress: bool) -> tuple[float, int]:
+@dataclass
+class _Totals:
+    seconds: float
+    output_tokens: int
+    prompt_tokens: int
+    cached_tokens: int | None  # None: the engine did not say for some row
+
+
+def _generate_into(results: Path, requests, by_id, engine: Engine, chunk_size: int, progress: bool) -> _Totals:
     """Decode ``requests`` chunk by chunk into ``results``. An engine with ``generate_iter`` (both of this project's)
     yields each row as its request finishes: it is written and flushed at once, so that a failure or an engine's
     death loses only the requests still in flight and the file is valid JSONL at every moment. Another engine's
@@ -507,7 +562,8 @@ def _generate_into(results: Path, requests, by_id, engine: Engine, chunk_size: i
     from patent_risk.runtime.progress import progress_bar
 
     t0 = time.perf_counter()
-    tokens = 0
+    tokens = prompt = 0
+    cached: int | None = 0
     bar = progress_bar(len(requests), unit="sample", desc=results.parent.name, enabled=progress)
     streaming = getattr(engine, "generate_iter", None)
     with open(results, "ab") as f:
@@ -523,6 +579,8 @@ def _generate_into(results: Path, requests, by_id, engine: Engine, chunk_size: i
                     f.write((json.dumps(result_row(by_id[o.record_id], o), ensure_ascii=False) + "\n").encode("utf-8"))
                     f.flush()
                     tokens += o.output_tokens
+                    prompt += o.prompt_tokens
+                    cached = None if cached is None or o.cached_tokens is None else cached + o.cached_tokens
                     bar.update(1)
                     bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - t0):.1f}", refresh=False)
                 if failure is not None:
@@ -532,4 +590,4 @@ def _generate_into(results: Path, requests, by_id, engine: Engine, chunk_size: i
             f.flush()
             os.fsync(f.fileno())
     bar.close()
-    return time.perf_counter() - t0, tokens
+    return _Totals(time.perf_counter() - t0, tokens, prompt, cached)

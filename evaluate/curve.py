@@ -170,6 +170,7 @@ def evaluate_points(points: Sequence[Checkpoint], data: str, out: Path,
         (prompt, _), = by_hash.values()
     engine: Any = None
     started_in: Path | None = None  # the run whose engine.log holds the engine's own log
+    last_run: Path | None = None  # the run the engine served last (its prefix cache is emptied for the next)
     scored: list[Point] = []
     try:
         for i, cp in enumerate(points, 1):
@@ -177,13 +178,15 @@ def evaluate_points(points: Sequence[Checkpoint], data: str, out: Path,
             run_dir = out / "runs" / (f"{cp.variant}-step{cp.step:05d}" if spec else "base")
             log(f"[{i}/{len(points)}] {cp.variant if spec else 'untrained base'}, step {cp.step}: {run_dir}")
 
-            def make(model_path: str, spec=spec) -> Engine:
-                nonlocal engine, started_in
+            def make(model_path: str, spec=spec, run_dir=run_dir) -> Engine:
+                nonlocal engine, started_in, last_run
                 if engine is None:
                     engine = make_engine(model_path, AdapterSpec(f"{points[0].variant}-first", str(adapters[0])))
                     started_in = run_dir
                 engine.use_adapter(spec)
-                return Borrowed(engine)
+                lent = Borrowed(engine, shared_with=None if last_run is None else str(last_run))
+                last_run = run_dir
+                return lent
 
             cfg = BatchConfig(data=data, out=str(run_dir), constrained=True, model=model, adapter=spec, schema_name=schema_name,
                               chunk_size=chunk_size, max_model_len=max_model_len, engine_args=dict(engine_args or {}),

@@ -15,7 +15,9 @@ Layout of metrics.json (``format_version`` 1):
   ``finish_length``, ``invalid_kinds``, ``finish_reasons``, ``unknown_element_ids``, ``repeated_element_ids``,
   ``missing_elements``, ``risk_rule`` and ``risk_consistent`` ({count, total, rate}: valid outputs whose own
   risk_level is what their own matches imply under the rule; null without ``--risk-rule``), ``speed``
-  {generation_s, output_tokens, output_tokens_per_sample, samples_per_s, output_tokens_per_s},
+  {generation_s, precompile_s, decode_s, output_tokens, output_tokens_per_sample, samples_per_s,
+  output_tokens_per_s} (per second of decode_s: generation less the grammar compile), ``conditions`` (run.json's
+  speed conditions summed up: evaluate.conditions.summarize),
   ``risk_per_class``/``match_per_class`` {label: {support, predicted, correct,
   precision, recall, f1}}, ``risk_macro_f1``, ``match_macro_f1``, ``majority_baseline`` {risk, match},
   ``per_patent``, ``slices`` {FIELD: {value: headline + both matrices}}, ``error_patterns``,
@@ -23,7 +25,8 @@ Layout of metrics.json (``format_version`` 1):
 - ``comparisons``: one entry per compared pair (by default each run against the reference; see
   ``report_compare``), each with
   ``differs`` (what differs between the two runs' run.json: ``field: reference -> run`` lines; None when
-  one has no run.json) and ``differs_unknown`` (the runs without run.json).
+  one has no run.json), ``differs_unknown`` (the runs without run.json) and ``speed`` (both runs' samples/s and
+  their ratio, null unless their speed conditions match: ``conditions_differ`` says what differs).
 """
 from __future__ import annotations
 
@@ -146,6 +149,7 @@ def build_report(run_dirs: Sequence[str | Path], baseline: str | None = None, by
     """
     from . import calibrate
     from .calibration import paired_calibration
+    from .conditions import speed_comparison
 
     cal_doc = None if calibration is None else calibrate.load(calibration)
     rule = None if risk_rule is None else risk_rules.risk_rule(risk_rule)
@@ -175,6 +179,8 @@ def build_report(run_dirs: Sequence[str | Path], baseline: str | None = None, by
         rows_of = {r.name: r.rows for r in runs}
         for c in comparisons:  # ECE and AURC paired, where both runs read label probabilities
             c["calibration"] = paired_calibration(rows_of[c["reference"]], rows_of[c["run"]], bootstrap, seed)
+            ref_m, run_m = runs_m[c["reference"]], runs_m[c["run"]]  # a throughput ratio only in like conditions
+            c["speed"] = speed_comparison(ref_m["speed"], run_m["speed"], ref_m["conditions"], run_m["conditions"])
     warnings += [f"{c['run']} vs {c['reference']}: {c['note']}" for c in comparisons if c["note"]]
     metrics: dict[str, Any] = {
         "format_version": FORMAT_VERSION,

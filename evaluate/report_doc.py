@@ -11,6 +11,7 @@ from typing import Any, Iterable, Sequence, Union
 from patent_risk.schemas.labels import INVALID, MATCH_LABELS, RISK_LEVELS
 from patent_risk.schemas.output import SCHEMA_SUMMARIES
 
+from . import conditions
 from .scoring import NO_VALUE, bin_labels, split_bins
 
 MAX_LISTED = 50  # rows of a per-run list shown in the report; metrics.json has them all
@@ -185,10 +186,11 @@ def _side_by_side(metrics: dict[str, Any]) -> Table:
         *([(f"risk_consistent (own risk = {metrics['risk_rule']}(own matches))", lambda r: fmt_block(r.get("risk_consistent")))]
           if metrics.get("risk_rule") else []),
         ("output tokens / sample", lambda r: speed_of(r, "output_tokens_per_sample")),
-        ("samples/s (generation wall time)", lambda r: speed_of(r, "samples_per_s")),
+        ("samples/s (generation wall time less grammar compile)", lambda r: speed_of(r, "samples_per_s")),
         ("output tokens/s", lambda r: speed_of(r, "output_tokens_per_s")),
         ("generation s (of which compiling new schemas)", lambda r: "—" if (r.get("speed") or {}).get("generation_s") is None
          else f"{r['speed']['generation_s']:.1f} ({speed_of(r, 'precompile_s')})"),
+        ("speed conditions", lambda r: conditions.describe(r.get("conditions"))),
         ("risk macro-F1", lambda r: fmt_num(r["risk_macro_f1"])),
         ("match macro-F1", lambda r: fmt_num(r["match_macro_f1"])),
         ("unknown element ids", lambda r: str(r["unknown_element_ids"])),
@@ -300,6 +302,7 @@ def _comparisons(metrics: dict[str, Any]) -> list[Block]:
         blocks += [Text("Calibration, paired on the decisions both runs read (lower is better for both): ECE and AURC, "
                         "reference -> run, and the difference's paired bootstrap 95% interval."),
                    Table(["pair", "field", "decisions", "ECE", "ECE Δ [95% CI]", "AURC", "AURC Δ [95% CI]"], cal_rows)]
+    blocks += _speed_ratios(comps)
     blocks.append(Heading(3, "What differs between the compared runs"))
     blocks.append(Bullets([f"{c['run']} vs {c['reference']}: {differs_words(c)}" for c in comps]))
     for c in comps:
@@ -310,6 +313,25 @@ def _comparisons(metrics: dict[str, Any]) -> list[Block]:
         blocks.append(Table(["id", "gold", f"{c['reference']} predicted", f"{c['run']} predicted", "run is"], rows))
         blocks += _listed(len(c["flipped"]))
     return blocks
+
+
+def _speed_ratios(comps: list[dict[str, Any]]) -> list[Block]:
+    """Each pair's throughput: a ratio where the two runs were measured alike, else both figures and what
+    differs (evaluate.conditions): a prefix cache one run found full makes its prefill nearly free."""
+    lines = []
+    for c in comps:
+        sp = c.get("speed")
+        if not sp or sp["reference_samples_per_s"] is None or sp["run_samples_per_s"] is None:
+            continue
+        figures = f"{fmt_num(sp['run_samples_per_s'])} vs {fmt_num(sp['reference_samples_per_s'])} samples/s"
+        if sp["ratio"] is not None:
+            lines.append(f"{c['run']} vs {c['reference']}: {figures}: {sp['ratio']:.2f}x (measured alike)")
+        else:
+            lines.append(f"{c['run']} vs {c['reference']}: {figures}; no ratio: not measured alike "
+                         f"({'; '.join(sp['conditions_differ'])})")
+    if not lines:
+        return []
+    return [Heading(3, "Throughput"), Bullets(lines)]
 
 
 def _ci_num(block: dict[str, Any]) -> str:
@@ -389,8 +411,9 @@ def build_document(metrics: dict[str, Any]) -> list[Block]:
         blocks.append(Text(f"risk_consistent: valid outputs whose own risk_level is what their own matches imply under "
                            f"the {metrics['risk_rule']} rule (schemas/risk_rules.py); the risk scored is always the "
                            "model's own. Output tokens per sample from results.jsonl; samples/s over run.json's "
-                           "generation_s (generation wall time, no engine start; it includes compiling the run's new "
-                           "schemas, shown in Side by side, once per schema)."))
+                           "generation_s less precompile_s (generation wall time, no engine start, without compiling "
+                           "the run's new outlines schemas: shown in Side by side, once per schema; other backends "
+                           "compile inside it). Speeds are put as a ratio only between runs measured alike (Comparisons)."))
     schemas = schemas_table(metrics)
     if schemas is not None:
         blocks += [Heading(2, "Schemas"), schemas]

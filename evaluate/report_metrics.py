@@ -13,6 +13,7 @@ import polars as pl
 from patent_risk.schemas.labels import INVALID, MATCH_LABELS, RISK_LEVELS
 from patent_risk.schemas.output import current_schema_hash, load_schema, schema_hash
 
+from . import conditions
 from .calibration import run_calibration
 from .rundir import Run
 from .scoring import (NO_VALUE, PARSE_FAILURE, SCHEMA_FAILURE, SLICE_PREFIX, Scored, empty_matrix, match_confusion,
@@ -203,19 +204,22 @@ def _slice_metrics(samples: pl.DataFrame, elements: pl.DataFrame, column: str, w
 
 
 def _speed(info: dict[str, Any] | None, n: int, tokens: int, token_rows: int) -> dict[str, Any]:
-    """Output tokens per sample (from the rows) and samples/s over run.json's ``generation_s``: the wall time
-    of generation (no engine start; with outlines, the compile of the run's new schemas before their chunk,
-    ``precompile_s``, is part of it: once per schema, a later run finds them cached), summed over a resumed
-    run's invocations. Nulls where the run does not tell."""
+    """Output tokens per sample (from the rows) and samples/s over run.json's ``generation_s`` less
+    ``precompile_s`` (``decode_s``): generation's wall time (no engine start), summed over a resumed run's
+    invocations, without the compile of the run's new outlines schemas before their chunk (once per schema; a
+    later run finds them cached, so it is kept out of the throughput). Other backends compile inside vLLM, within
+    the time. Nulls where the run does not tell."""
     gen = info.get("generation_s") if info else None
     gen = float(gen) if isinstance(gen, (int, float)) and not isinstance(gen, bool) and gen > 0 else None
     compile_s = info.get("precompile_s") if info else None
     compile_s = float(compile_s) if isinstance(compile_s, (int, float)) and not isinstance(compile_s, bool) else None
+    decode = None if gen is None else gen - (compile_s or 0.0)
+    decode = decode if decode is not None and decode > 0 else None
     per_sample = round(tokens / token_rows, 1) if token_rows else None
-    return {"generation_s": gen, "precompile_s": compile_s,
+    return {"generation_s": gen, "precompile_s": compile_s, "decode_s": None if decode is None else round(decode, 3),
             "output_tokens": tokens if token_rows else None, "output_tokens_per_sample": per_sample,
-            "samples_per_s": round(n / gen, 3) if gen and n else None,
-            "output_tokens_per_s": round(tokens / gen, 1) if gen and token_rows == n else None}
+            "samples_per_s": round(n / decode, 3) if decode and n else None,
+            "output_tokens_per_s": round(tokens / decode, 1) if decode and token_rows == n else None}
 
 
 def run_metrics(runs: Sequence[Run], scored: Scored, by: Sequence[str], warnings: list[str],
@@ -260,6 +264,7 @@ def run_metrics(runs: Sequence[Run], scored: Scored, by: Sequence[str], warnings
             "risk_rule": risk_rule,
             "risk_consistent": count_block(ex["consistent"] or 0, ex["judged"]) if risk_rule else None,
             "speed": _speed(run.info, int(rec["n"]), int(ex["tokens"] or 0), int(ex["token_rows"])),
+            "conditions": conditions.summarize((run.info or {}).get("conditions")),
             "schema": schema_info(run, warnings),
             "constrained": run.info.get("constrained") if run.info else None,
             "provenance": provenance(run.info),

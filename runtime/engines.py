@@ -37,7 +37,9 @@ class GenResult:
     prompt_tokens: int
     output_tokens: int
     latency_s: float | None
-    cached_tokens: int = 0  # prompt tokens vLLM's prefix cache served (offline engine)
+    # prompt tokens vLLM's prefix cache served: offline always; through a server where its usage reports them
+    # (prompt_tokens_details, `vllm serve --enable-prompt-tokens-details`), else None
+    cached_tokens: int | None = 0
     ttft_s: float | None = None  # queued to first token, where the engine reports it
     label_probs: dict[str, Any] | None = None  # each decision's label probabilities (runtime.label_probs), if asked
 
@@ -244,6 +246,7 @@ class VllmOffline:
         self._tokenizer = self.llm.get_tokenizer()
         self.chat_format = chat_format(self._tokenizer)
         self.precompiled: dict[str, float | int] = {}  # outlines schemas compiled before generation (totals)
+        self.requests_since_reset = 0  # requests whose prompts may be in the prefix cache
         self._memory_warned = False
         self._first_ids: dict[str, dict[str, int]] | None = None
         self.description = {"name": "vllm", "version": vllm_version(), "mode": "offline", "backend": backend,
@@ -270,6 +273,24 @@ class VllmOffline:
         from vllm.lora.request import LoRARequest
 
         return LoRARequest(self.adapter.name, self._lora_id, self.adapter.path)
+
+    def reset_prefix_cache(self) -> str:
+        """Empty vLLM's prefix cache (between two runs on one engine, so that the second does not prefill for
+        free what the first left there): "reset", or why not."""
+        try:
+            done = self.llm.reset_prefix_cache()
+        except Exception as e:  # noqa: BLE001 - a condition to record, not a failure of the run
+            return f"not reset: {type(e).__name__}: {e}"
+        if not done:
+            return "not reset: vLLM refused (blocks still in use)"
+        self.requests_since_reset = 0
+        return "reset"
+
+    @property
+    def max_num_seqs(self) -> int | None:
+        """The most sequences vLLM's scheduler runs in one step (its own config, after defaults)."""
+        config = getattr(getattr(self.llm, "llm_engine", None), "vllm_config", None)
+        return getattr(getattr(config, "scheduler_config", None), "max_num_seqs", None)
 
     def use_adapter(self, adapter: AdapterSpec | None) -> None:
         """Decode with ``adapter`` from now on (None: the base model alone), so that several adapters share one
@@ -387,6 +408,7 @@ class VllmOffline:
             # outputs carry the counter's id ("7")
             internal = dict(zip((rid.split("-", 1)[0] for rid in ids), ids))
             pending = {ext: i for i, ext in enumerate(internal)}
+            self.requests_since_reset += len(ids)
             while pending and engine.has_unfinished_requests():
                 for out in engine.step():
                     if not out.finished or out.request_id not in pending:
@@ -568,10 +590,40 @@ class VllmServer:
                 label_probs = _read_label_probs(self._tokenizer, self.label_first_ids(), answer, *read)
         elif req.label_probs and label_probs is None:  # an earlier answer showed the server gives none
             label_probs = {"unavailable": self._probs_refused}
+        details = getattr(usage, "prompt_tokens_details", None) if usage else None
+        cached = getattr(details, "cached_tokens", None) if details is not None else None
         return GenResult(record_id=req.record_id, raw_output=answer,
                          finish_reason=str(choice.finish_reason), prompt_tokens=usage.prompt_tokens if usage else 0,
                          output_tokens=usage.completion_tokens if usage else 0,
-                         latency_s=round(time.perf_counter() - t0, 3), label_probs=label_probs)
+                         latency_s=round(time.perf_counter() - t0, 3), label_probs=label_probs,
+                         cached_tokens=int(cached) if isinstance(cached, int) else None)
+
+    def reset_prefix_cache(self) -> str:
+        """Empty the server's prefix cache through vLLM's development endpoint (POST /reset_prefix_cache, served
+        when the server runs with VLLM_SERVER_DEV_MODE=1, as `serve start` starts it on a loopback address):
+        "reset", or why not."""
+        import urllib.error
+        import urllib.request
+
+        headers = {"Authorization": f"Bearer {self.client.api_key}"} if self.client.api_key != "EMPTY" else {}
+        req = urllib.request.Request(f"{self.url}/reset_prefix_cache", data=b"", method="POST", headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                body = r.read()
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                return ("not reset: the server has no /reset_prefix_cache (vLLM serves it with VLLM_SERVER_DEV_MODE=1); "
+                        "its prompt tokens served from the cache are recorded where its usage reports them")
+            return f"not reset: HTTP {e.code} from {self.url}/reset_prefix_cache"
+        except (urllib.error.URLError, OSError) as e:
+            return f"not reset: {e}"
+        try:
+            import json
+
+            ok = json.loads(body or b"{}").get("success", True)
+        except ValueError:
+            ok = True  # vLLM before 0.11 answered 200 with no body
+        return "reset" if ok else "not reset: the server refused (blocks still in use)"
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         return list(self.generate_iter(requests))

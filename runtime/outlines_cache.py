@@ -209,8 +209,8 @@ def precompile(llm, schemas: list[dict], threads: int | None = None,
     from vllm import envs
 
     specs = list(dict.fromkeys(json.dumps(s) for s in schemas))  # as vLLM turns a JSON constraint into its key
-    stats: dict[str, float | int] = {"schemas": len(specs), "compiled_or_found": 0, "failed": 0, "seconds": 0.0,
-                                     "threads": 0}
+    stats: dict[str, float | int] = {"schemas": len(specs), "compiled_or_found": 0, "found_cached": 0, "failed": 0,
+                                     "seconds": 0.0, "threads": 0}
     if not specs or not is_installed() or not envs.VLLM_V1_USE_OUTLINES_CACHE:
         return stats
     from vllm.tokenizers import cached_tokenizer_from_config
@@ -227,28 +227,40 @@ def precompile(llm, schemas: list[dict], threads: int | None = None,
         backends.put(OutlinesBackend(vc, tokenizer=tokenizer, vocab_size=vc.model_config.get_vocab_size()))
     local = threading.local()
 
-    def one(spec: str) -> bool:
+    def key_of(be, spec: str) -> str | None:
+        try:  # the same key as the backend's _compile_index
+            from outlines_core import json_schema
+
+            return f"{be.vocabulary._hash}_{json_schema.build_regex_from_schema(spec)}"
+        except Exception:  # noqa: BLE001 - the key is only for the cache's state and the index's size
+            return None
+
+    def one(spec: str) -> tuple[bool, bool]:
+        """(compiled or found, found in the disk cache before)"""
         be = getattr(local, "backend", None)
         if be is None:
             be = local.backend = backends.get_nowait()
+        key = key_of(be, spec)
+        try:
+            found = key is not None and key in be.cache
+        except Exception:  # noqa: BLE001 - a cache that cannot say is not a warm one
+            found = False
         try:
             be.compile_grammar(StructuredOutputOptions.JSON, spec)
         except Exception:  # noqa: BLE001 - the engine compiles it again and reports the failure itself
-            return False
-        if sizes is not None:
-            try:  # the same key as the backend's _compile_index
-                from outlines_core import json_schema
-
-                key = f"{be.vocabulary._hash}_{json_schema.build_regex_from_schema(spec)}"
+            return False, found
+        if sizes is not None and key is not None:
+            try:
                 size = be.cache.stored_bytes(key) if hasattr(be.cache, "stored_bytes") else None
                 if size is not None:
                     sizes[spec] = size
             except Exception:  # noqa: BLE001 - the size is only for a warning
                 pass
-        return True
+        return True, found
 
     with ThreadPoolExecutor(n) as pool:
-        ok = list(pool.map(one, specs))
-    stats.update(compiled_or_found=sum(ok), failed=len(ok) - sum(ok), seconds=round(time.perf_counter() - t0, 3),
-                 threads=n)
+        done = list(pool.map(one, specs))
+    ok = [d[0] for d in done]
+    stats.update(compiled_or_found=sum(ok), found_cached=sum(d[1] for d in done), failed=len(ok) - sum(ok),
+                 seconds=round(time.perf_counter() - t0, 3), threads=n)
     return stats

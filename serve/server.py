@@ -98,6 +98,9 @@ def build_command(cfg: ServerConfig, model_path: str) -> list[str]:
     if cpu_env.is_cpu_build():
         args += ["--dtype", cpu_env.default_dtype()]
     args += ["--gpu-memory-utilization", str(cfg.memory_utilization or cpu_env.default_memory_utilization())]
+    # usage.prompt_tokens_details.cached_tokens in every answer: the prompt tokens the prefix cache served,
+    # recorded per row by evaluate batch (a run's speed says whether its prefill was free)
+    args += ["--enable-prompt-tokens-details"]
     if cfg.kv_cache_bytes:
         args += ["--kv-cache-memory-bytes", str(cfg.kv_cache_bytes)]
     if cfg.adapters:
@@ -120,7 +123,26 @@ def server_env(cfg: ServerConfig, base: dict[str, str] | None = None, model_path
     env.update(cpu_env.structured_outputs_env(model_path, env))
     if cfg.api_key:
         env[API_KEY_ENV] = cfg.api_key
+    if is_loopback(cfg.host):
+        # vLLM's development endpoints, among them POST /reset_prefix_cache, which evaluate batch calls before a
+        # run so that two arms on one server are measured alike (as vLLM's own benchmark sweep does). Only on a
+        # loopback address: they also let a caller put the engine to sleep.
+        env.setdefault(DEV_MODE_ENV, "1")
     return env
+
+
+DEV_MODE_ENV = "VLLM_SERVER_DEV_MODE"
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def vllm_serve_line(cmd: list[str], api_key_set: bool = False) -> str:

@@ -59,7 +59,7 @@ class FaultProxy:
                         status, headers, payload = r.status, r.headers, r.read()
                 except urllib.error.HTTPError as e:
                     status, headers, payload = e.code, e.headers, e.read()
-                if self.command == "POST" and status == 200:
+                if self.command == "POST" and status == 200 and self.path.endswith("/completions"):
                     with proxy._lock:
                         proxy.forwarded += 1  # counted when the server answered, whether or not the client still waits
                 self.send_response(status)
@@ -74,6 +74,9 @@ class FaultProxy:
                 self._forward(None)
 
             def do_POST(self):
+                if not self.path.endswith("/completions"):  # e.g. /reset_prefix_cache: not a request the plan counts
+                    self._forward(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                    return
                 with proxy._lock:
                     proxy.posts += 1
                     proxy.in_flight += 1

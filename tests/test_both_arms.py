@@ -40,6 +40,14 @@ def test_both_arms_run_on_one_engine_and_refuse_before_it_starts(gemma_model, tr
     assert con_log.count(ENGINE_START) == 1 and ENGINE_START not in unc_log
     assert f"shares the engine started for {con}" in unc_log
     assert done.stdout.index("constrained arm:") < done.stdout.index("unconstrained arm:")
+    # Issue 33: the arms measured alike: the second arm's prefix cache emptied first, so that its prompts, which
+    # the first arm left there, are prefilled again; each run says so.
+    (c_con,), (c_unc,) = (json.loads((d / "run.json").read_text())["conditions"] for d in (con, unc))
+    assert (c_con["prefix_cache"], c_con["shared_with"]) == ("empty (a fresh engine)", None), c_con
+    assert (c_unc["prefix_cache"], c_unc["shared_with"]) == ("reset", str(con)), c_unc
+    assert c_unc["prompt_tokens"] == c_con["prompt_tokens"] > 0
+    assert c_unc["cached_prompt_tokens"] <= c_con["cached_prompt_tokens"] + 32  # not the first arm's whole prompts
+    assert c_con["grammar_cache"] in ("cold", "warm") and c_unc["grammar_cache"] is None
 
     # The second arm is checked before any engine starts: with the constrained arm gone, --schema v2 is refused at
     # once because of the unconstrained arm's run.json, naming it.

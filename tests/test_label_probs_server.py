@@ -87,6 +87,10 @@ def test_a_server_without_the_extension_gives_rows_that_say_so_and_one_warning(g
     if action == "forward":
         assert not warnings and all("probs" in d for r in rows for d in _decisions(r["label_probs"]))
         assert cal["rows_with_probabilities"] == 3 and cal["rows_without_probabilities"] == 0
+        # issue 33: `serve start` serves vLLM's prefix-cache reset on loopback and reports cached prompt tokens
+        (c,) = json.loads((out / "run.json").read_text())["conditions"]
+        assert c["prefix_cache"] == "reset" and c["mode"] == "server" and c["max_concurrency"] == 1, c
+        assert all(isinstance(r["cached_tokens"], int) for r in rows) and c["cached_prompt_tokens"] is not None
         return
     why = "refused logprob_token_ids" if action == "refuse-extension" else "ignores vLLM's logprob_token_ids"
     assert len(warnings) == 1 and why in warnings[0] and "--no-label-probs" in warnings[0], lines

@@ -408,7 +408,7 @@ def test_schema_comparison_report(tmp_path):
     assert r["v1-unconstrained"]["risk_consistent"] == {"count": 7, "total": 11, "rate": 0.6364}  # the invalid one is left out
     assert r["v3-constrained"]["risk_consistent"]["count"] == 12 and r["v3-constrained"]["risk_accuracy"]["count"] == 11
     assert r["v1-constrained"]["risk_per_class"]["애매"]["recall"] == round(2 / 6, 4)
-    assert r["v2-constrained"]["speed"] == {"generation_s": 4.0, "precompile_s": None, "output_tokens": 246, "output_tokens_per_sample": 20.5,
+    assert r["v2-constrained"]["speed"] == {"generation_s": 4.0, "precompile_s": None, "decode_s": 4.0, "output_tokens": 246, "output_tokens_per_sample": 20.5,
                                              "samples_per_s": 3.0, "output_tokens_per_s": 61.5}
     assert r["v1-constrained"]["speed"]["samples_per_s"] == 6.0
     v1_v2 = m["comparisons"][0]

@@ -121,6 +121,16 @@ def test_build_command_keeps_the_key_out_of_argv():
     assert "VLLM_API_KEY" not in server.server_env(ServerConfig(), {"PATH": "/bin"})
 
 
+def test_a_loopback_server_serves_the_prefix_cache_reset_and_reports_cached_prompt_tokens():
+    """Issue 33: two arms on one server are measured alike only if its prefix cache can be emptied between them
+    (vLLM's development endpoint) and each answer says how many prompt tokens came from it."""
+    assert "--enable-prompt-tokens-details" in server.build_command(ServerConfig(), "/models/base")
+    assert server.server_env(ServerConfig(host="127.0.0.1"), {})["VLLM_SERVER_DEV_MODE"] == "1"
+    assert server.server_env(ServerConfig(host="localhost"), {})["VLLM_SERVER_DEV_MODE"] == "1"
+    assert "VLLM_SERVER_DEV_MODE" not in server.server_env(ServerConfig(host="0.0.0.0"), {})  # sleep/RPC for anyone
+    assert server.server_env(ServerConfig(), {"VLLM_SERVER_DEV_MODE": "0"})["VLLM_SERVER_DEV_MODE"] == "0"  # the user's
+
+
 def test_server_gets_the_offline_engines_structured_outputs_settings_and_keeps_the_users(gemma_model):
     """Issue 14: one structured-outputs environment for `serve start` and the offline engine: the compile
     limit sized for the vocabulary (Gemma's 262,144 tokens: 262 s) and outlines' disk cache in artifacts/."""
