@@ -61,7 +61,9 @@ def last_error_line(log: Path | None, skip: tuple[str, ...] = ("[shutdown]",)) -
 
 def describe(procs: dict[str, int | None], oom_before: int | None, oom_after: int | None, when: str) -> str:
     """One line: which engine process died ``when``, how, and whether the kernel's OOM killer did it."""
-    parts = [f"{name} {exit_cause(code)}" for name, code in procs.items()] or ["the engine core exited"]
+    parts = [f"{name} {exit_cause(code)}" for name, code in procs.items()] or [
+        "the engine core exited, and vLLM did not read its exit code (its start-up watch saw the process end before "
+        "the exit status was there: vLLM says \"Failed core proc(s): {}\")"]
     line = f"vLLM's engine core died {when}: " + "; ".join(parts)
     if oom_before is not None and oom_after is not None and oom_after > oom_before:
         line += (f". The kernel's OOM killer killed {oom_after - oom_before} process(es) meanwhile (cgroup "

@@ -81,8 +81,11 @@ def resume(engine, data: Path, out: Path) -> list[dict]:
     return rows
 
 
-def _assert_named(message: str) -> None:
-    assert "engine core died" in message and "SIGKILL" in message, message[-3000:]
+def _assert_named(message: str, at_start_up: bool = False) -> None:
+    # At start-up vLLM's own watch may see the process end before its exit status can be read and report
+    # "Failed core proc(s): {}" (seen once in four fresh-clone suites, 2026-12-07): then that is what is said.
+    unread = at_start_up and "vLLM did not read its exit code" in message
+    assert "engine core died" in message and ("SIGKILL" in message or unread), message[-3000:]
     assert "Traceback" not in message, message[-3000:]  # one message, not a stack
 
 
@@ -121,7 +124,7 @@ def test_engine_core_killed_at_start_up_stops_the_run_with_no_row_and_resumes(en
     print(f"\nexit {seconds:.1f} s after the engine core's SIGKILL at start-up")
 
     assert proc.returncode not in (0, None)
-    _assert_named(message)
+    _assert_named(message, at_start_up=True)
     results = out / "results.jsonl"
     assert not results.exists() or results.read_bytes() == b""
     assert lock_is_free(out)
