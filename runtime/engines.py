@@ -106,26 +106,38 @@ def _exit_codes(procs, wait_s: float = 3.0) -> dict[str, int]:
         time.sleep(0.05)
 
 
-def _label_first_ids(tokenizer) -> dict[str, dict[str, int]]:
-    from patent_risk.runtime.label_probs import first_token_ids
+class _LabelReader:
+    """What both engines share to read label probabilities (runtime.label_probs): the labels' first token ids on
+    the model's tokenizer (``self._tokenizer``), found once, and the reading of an answer's token ids and
+    log-probabilities, whichever engine returned them."""
 
-    return first_token_ids(lambda s: tokenizer(s, add_special_tokens=False)["input_ids"])
+    _tokenizer: Any
+    _first_ids: dict[str, dict[str, int]] | None = None
 
+    def label_first_ids(self) -> dict[str, dict[str, int]]:
+        """Each field's labels' first token ids, {field: {label: id}}."""
+        if self._first_ids is None:
+            from patent_risk.runtime.label_probs import first_token_ids
 
-def _read_label_probs(tokenizer, first_ids: dict[str, dict[str, int]], answer: str, ids: list[int],
-                      steps: list[dict[int, float]]) -> dict[str, Any]:
-    """runtime.label_probs.label_probabilities with ``tokenizer`` as the detokenizer: the same reading whichever
-    engine returned the token ids and their log-probabilities."""
-    from functools import lru_cache
+            self._first_ids = first_token_ids(lambda s: self._tokenizer(s, add_special_tokens=False)["input_ids"])
+        return self._first_ids
 
-    from patent_risk.runtime.label_probs import label_probabilities
+    def label_token_ids(self) -> set[int]:
+        """Every field's labels' first token ids: the ids whose log-probabilities are asked at each step."""
+        return {t for ids in self.label_first_ids().values() for t in ids.values()}
 
-    @lru_cache(maxsize=None)
-    def prefix_chars(k: int) -> int:
-        return len(tokenizer.decode(ids[:k], skip_special_tokens=True))
+    def _read_label_probs(self, answer: str, ids: list[int], steps: list[dict[int, float]]) -> dict[str, Any]:
+        """runtime.label_probs.label_probabilities with this model's tokenizer as the detokenizer."""
+        from functools import lru_cache
 
-    return label_probabilities(answer, ids, steps, first_ids, prefix_chars,
-                               lambda t: repr(tokenizer.convert_ids_to_tokens(t)))
+        from patent_risk.runtime.label_probs import label_probabilities
+
+        @lru_cache(maxsize=None)
+        def prefix_chars(k: int) -> int:
+            return len(self._tokenizer.decode(ids[:k], skip_special_tokens=True))
+
+        return label_probabilities(answer, ids, steps, self.label_first_ids(), prefix_chars,
+                                   lambda t: repr(self._tokenizer.convert_ids_to_tokens(t)))
 
 
 class EngineFailure(UserError):
@@ -186,7 +198,7 @@ def _applied(llm, args: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class VllmOffline:
+class VllmOffline(_LabelReader):
     """vLLM's offline engine (`vllm.LLM`), LoRA through `LoRARequest`, one `SamplingParams` per
     record so that records with different schemas decode in one batch."""
 
@@ -248,7 +260,6 @@ class VllmOffline:
         self.precompiled: dict[str, float | int] = {}  # outlines schemas compiled before generation (totals)
         self.requests_since_reset = 0  # requests whose prompts may be in the prefix cache
         self._memory_warned = False
-        self._first_ids: dict[str, dict[str, int]] | None = None
         self.description = {"name": "vllm", "version": vllm_version(), "mode": "offline", "backend": backend,
                             "structured_outputs_config": kwargs["structured_outputs_config"],
                             "dtype": kwargs["dtype"], "max_model_len": max_model_len,
@@ -309,21 +320,15 @@ class VllmOffline:
 
         options = req.structured_outputs()
         structured = None if options is None else StructuredOutputsParams(**options)
-        label_ids = sorted({t for ids in self.label_first_ids().values() for t in ids.values()}) if req.label_probs else None
+        label_ids = sorted(self.label_token_ids()) if req.label_probs else None
         return SamplingParams(temperature=0.0, max_tokens=req.max_tokens, seed=self._seed,
                               structured_outputs=structured, logprob_token_ids=label_ids)
 
-    def label_first_ids(self) -> dict[str, dict[str, int]]:
-        """Each field's labels' first token ids on this model's tokenizer (runtime.label_probs)."""
-        if self._first_ids is None:
-            self._first_ids = _label_first_ids(self._tokenizer)
-        return self._first_ids
-
     def _label_probs(self, answer: str, comp) -> dict[str, Any]:
         """The decisions' label probabilities from a finished completion's returned log-probabilities."""
-        wanted = {t for f in self.label_first_ids().values() for t in f.values()}
+        wanted = self.label_token_ids()
         steps = [{t: lp.logprob for t, lp in (pos or {}).items() if t in wanted} for pos in (comp.logprobs or [])]
-        return _read_label_probs(self._tokenizer, self.label_first_ids(), answer, list(comp.token_ids), steps)
+        return self._read_label_probs(answer, list(comp.token_ids), steps)
 
     def _watch_engine_core(self) -> None:
         """Turn the engine core's death into vLLM's own EngineDeadError for whoever waits on it.
@@ -494,7 +499,7 @@ class VllmOffline:
         gc.collect()
 
 
-class VllmServer:
+class VllmServer(_LabelReader):
     """A running `vllm serve` through its OpenAI-compatible API; the adapter's name is the model.
 
     Requests run with bounded concurrency; transient failures (connection errors, 5xx, timeouts) are
@@ -522,7 +527,6 @@ class VllmServer:
         self._probs_lock = threading.Lock()
         self._probs_honoured: bool | None = None
         self._probs_refused: str | None = None
-        self._first_ids: dict[str, dict[str, int]] | None = None
         try:
             models = [m.id for m in self.client.models.list().data]
         except openai.APIConnectionError as e:
@@ -537,12 +541,6 @@ class VllmServer:
 
     def count_tokens(self, text: str) -> int:
         return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def label_first_ids(self) -> dict[str, dict[str, int]]:
-        """Each field's labels' first token ids on the served model's tokenizer (runtime.label_probs)."""
-        if self._first_ids is None:
-            self._first_ids = _label_first_ids(self._tokenizer)
-        return self._first_ids
 
     def _probs_unavailable(self, reason: str) -> dict[str, str]:
         """Stop asking this server for label probabilities, warn once, and say why in the row."""
@@ -561,7 +559,7 @@ class VllmServer:
     def _one(self, req: GenRequest) -> GenResult:
         extra = req.chat_body_extra()
         ask = req.label_probs and self._probs_refused is None
-        wanted = {t for f in self.label_first_ids().values() for t in f.values()} if ask else set()
+        wanted = self.label_token_ids() if ask else set()
         probs_extra = {"logprobs": True, "logprob_token_ids": sorted(wanted), "return_tokens_as_token_ids": True}
         t0 = time.perf_counter()
         label_probs: dict[str, Any] | None = None
@@ -587,7 +585,7 @@ class VllmServer:
                     "vLLM's logprob_token_ids / return_tokens_as_token_ids)")
             else:
                 self._probs_honoured = True
-                label_probs = _read_label_probs(self._tokenizer, self.label_first_ids(), answer, *read)
+                label_probs = self._read_label_probs(answer, *read)
         elif req.label_probs and label_probs is None:  # an earlier answer showed the server gives none
             label_probs = {"unavailable": self._probs_refused}
         details = getattr(usage, "prompt_tokens_details", None) if usage else None

@@ -1,5 +1,5 @@
 """The machine a run's speed was measured on, for run.json's conditions: speeds are comparable only between
-runs on the same kind of machine (runtime.conditions)."""
+runs on the same kind of machine (evaluate.conditions)."""
 from __future__ import annotations
 
 import os
