@@ -71,30 +71,34 @@ def _run_worker(config: str, spec_path: Path, workdir: Path) -> dict[str, Any]:
     return result
 
 
-def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every configuration of ``opts`` and write bench.json, bench.md and bench.png into ``opts.out``."""
-    from patent_risk.runtime.embedded import resolve_model
-    from patent_risk.schemas.records import load_dataset
-
-    if (opts.limit < 1 or opts.hf_limit < 1 or opts.batch_size < 1 or (opts.hf_threads is not None and opts.hf_threads < 1)
-            or (opts.compile_sample is not None and opts.compile_sample < 1)):
-        raise UserError("--limit, --hf-limit, --batch-size, --hf-threads and --compile-sample must be at least 1")
-    if not Path(opts.adapter_path).is_dir():
-        raise UserError(f"{opts.adapter_path}: no such adapter folder")
+def settle_inputs(opts, log: Callable[[str], None]):
+    """What a benchmark's options name, checked before any worker starts: (the adapter's LoRA rank, the records
+    used, the base model's path, the prompt). ``opts``: BenchOptions or bench.sweep.SweepOptions."""
+    from patent_risk.evaluate.batch import resolve_prompt
     from patent_risk.runtime.adapters import check_adapter_dir
     from patent_risk.runtime.bases import settle_model
+    from patent_risk.runtime.embedded import resolve_model
     from patent_risk.runtime.engine_args import adapters_lora_rank
+    from patent_risk.schemas.records import load_dataset
 
+    if not Path(opts.adapter_path).is_dir():
+        raise UserError(f"{opts.adapter_path}: no such adapter folder")
     rank = adapters_lora_rank([opts.adapter_path], opts.engine_args)
     check_adapter_dir(opts.adapter_path, rank)
     n_records = len(load_dataset(opts.data, limit=opts.limit).records)
     if n_records == 0:
         raise UserError(f"{opts.data}: no records")
     model = settle_model(opts.model, [opts.adapter_path], allow_other_base=opts.allow_other_base, log=log)
-    from patent_risk.evaluate.batch import resolve_prompt
-
     prompt = resolve_prompt(opts.prompt_template, opts.adapter_path, opts.schema_name, log)
-    model_path = resolve_model(model, log)
+    return rank, n_records, resolve_model(model, log), prompt
+
+
+def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every configuration of ``opts`` and write bench.json, bench.md and bench.png into ``opts.out``."""
+    if (opts.limit < 1 or opts.hf_limit < 1 or opts.batch_size < 1 or (opts.hf_threads is not None and opts.hf_threads < 1)
+            or (opts.compile_sample is not None and opts.compile_sample < 1)):
+        raise UserError("--limit, --hf-limit, --batch-size, --hf-threads and --compile-sample must be at least 1")
+    rank, n_records, model_path, prompt = settle_inputs(opts, log)
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     workdir = out / "workers"

@@ -289,6 +289,84 @@ def bench(data, adapter, model, allow_other_base, engine_arg, prompt_template, c
                         "the others are reported")
 
 
+@main.command("constraint-cost")
+@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help="Dataset JSONL; its first --limit records are used.")
+@click.option("--adapter", required=True, metavar="NAME=DIR", help="The LoRA adapter, served as a LoRA module.")
+@click.option("--model", default=None, help=MODEL_HELP)
+@click.option("--allow-other-base", is_flag=True, help=ALLOW_OTHER_HELP)
+@click.option("--engine-arg", "engine_arg", multiple=True, metavar="KEY=VALUE",
+              help="One of vLLM's engine arguments for every point (see evaluate batch --help), not max_num_seqs "
+                   "(--batch-sizes sets it). Repeatable.")
+@click.option("--prompt-template", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE", help=PROMPT_HELP)
+@click.option("--schema", "schema_name", default=None, type=click.Choice(SCHEMA_NAMES), help=SCHEMA_HELP)
+@click.option("--backends", default="outlines,xgrammar,guidance", show_default=True, metavar="NAME,NAME,...",
+              help="vLLM structured-outputs backends to measure, in this order.")
+@click.option("--batch-sizes", default="1,8,32,147", show_default=True, metavar="N,N,...",
+              help="Batch sizes (vLLM's max_num_seqs), one engine each.")
+@click.option("--repeats", type=int, default=3, show_default=True, help="Passes per arm at each point (the spread).")
+@click.option("--limit", type=int, default=147, show_default=True, help="Records per pass.")
+@click.option("--limit-at", "limit_at", multiple=True, default=("1=32",), show_default=True, metavar="BATCH=N",
+              help="Fewer records at a batch size (one record at a time is slow). Repeatable.")
+@click.option("--max-model-len", type=int, default=1024, show_default=True)
+@click.option("--gpu-memory-utilization", type=float, default=None,
+              help="vLLM: share of GPU memory vLLM may take (CPU build: the KV cache is sized for the batch).")
+@click.option("--label-probs/--no-label-probs", default=False, show_default=True,
+              help="Both arms read each decision's label probabilities (a full-vocabulary log-softmax per step in "
+                   "both; off by default so that the ratio is the constraint's alone).")
+@click.option("--fresh", is_flag=True, help="Measure every point again (by default an interrupted sweep started again "
+                                              "with the same settings keeps the points it finished).")
+@click.option("--profile", is_flag=True,
+              help="After each point's timed passes, one more pass per arm under py-spy (pip install py-spy): the "
+                   "functions whose CPU time grows most under the constraint, in sweep.md; raw stacks in profiles/.")
+@click.option("--profile-rate", type=int, default=25, show_default=True, help="py-spy samples per second (--profile).")
+@click.option("--out", default="artifacts/bench/constraint-cost", show_default=True, type=click.Path(file_okay=False),
+              help="Writes sweep.json, sweep.md, sweep.png, points/, outputs/ and workers/ (spec, logs) here.")
+def constraint_cost(data, adapter, model, allow_other_base, engine_arg, prompt_template, schema_name, backends, batch_sizes,
+                    repeats, limit, limit_at, max_model_len, gpu_memory_utilization, label_probs, fresh, profile, profile_rate,
+                    out) -> None:
+    """What the JSON-schema constraint costs in throughput, per backend and batch size, both arms alike.
+
+    \b
+    For each backend x batch size, in a worker process of its own (one at a time):
+      one vLLM engine with max_num_seqs = the batch size and that structured-outputs backend;
+      every distinct schema compiled once first (the grammar cache warm, as a second run finds it);
+      one unconstrained pass outside the figures (a fresh engine's first pass may pay one-time costs);
+      then the records unconstrained and constrained, --repeats times each, the arms alternating
+      which goes first, vLLM's prefix cache emptied before every pass.
+
+    \b
+    Writes, after every point: sweep.md (the table: both arms' samples/s as median (min-max), the
+    ratio of medians, each repeat's paired ratio, whether it reaches 0.9x), sweep.json, sweep.png.
+    Reading label probabilities is off (it costs both arms the same full-vocabulary log-softmax);
+    --label-probs measures a point with it on.
+
+    \b
+    Sized for this project's 2-core CPU: the default grid (3 backends x 4 batch sizes x 3 repeats
+    x 2 arms) takes hours there; start with one backend, e.g.
+      evaluate constraint-cost --data data/demo/eval.jsonl --adapter demo=artifacts/adapters/demo \\
+                               --backends outlines --batch-sizes 1,8 --repeats 2 --limit 16
+    """
+    from patent_risk.bench.sweep import SweepOptions, parse_backends, parse_int_list, parse_limit_at, run_sweep
+    from patent_risk.evaluate.batch import default_schema
+
+    spec = _adapter(adapter)
+    opts = SweepOptions(data=data, adapter_name=spec.name, adapter_path=spec.path, model=model,
+                        backends=parse_backends(backends), batch_sizes=parse_int_list(batch_sizes, "--batch-sizes"),
+                        repeats=repeats, limit=limit, limit_at=parse_limit_at(limit_at),
+                        schema_name=default_schema(schema_name, [spec.path]), max_model_len=max_model_len,
+                        gpu_memory_utilization=gpu_memory_utilization, label_probs=label_probs,
+                        engine_args=_engine_args(engine_arg), allow_other_base=allow_other_base,
+                        prompt_template=prompt_template, out=out, fresh=fresh,
+                        profile_rate=profile_rate if profile else None)
+    doc = run_sweep(opts, log=click.echo)
+    click.echo(f"\n{Path(out) / 'sweep.md'}\n{Path(out) / 'sweep.json'}\n{Path(out) / 'sweep.png'}")
+    failed = [f"{p['backend']} at batch {p['batch']}" for p in doc["points"] if p.get("status") != "ok"]
+    if failed:
+        from patent_risk.schemas.errors import UserError
+
+        raise UserError(f"point(s) failed: {', '.join(failed)} (logs under {Path(out) / 'workers'}); the others are reported")
+
+
 @main.command()
 @click.option("--train", "train_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="The training split: the majority answer is learnt from it alone.")

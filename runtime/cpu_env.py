@@ -119,15 +119,22 @@ def available_memory() -> int:
 
 def kv_cache_bytes(model_path: str, dtype: str, max_model_len: int, max_seqs: int) -> int | None:
     """The KV cache an offline batch needs: max_seqs sequences of max_model_len tokens (every record of a
-    chunk at full length), capped at half the memory now available and never below one full sequence.
+    chunk at full length, plus a few blocks of headroom), capped at half the memory now available and never below
+    one full sequence.
     On the CPU build vLLM otherwise reserves gpu_memory_utilization of all host memory per engine, which is
     far more than a 32-record chunk uses (here: 7 GiB reserved, 3 GiB needed) and fails when other engines run."""
     per_token = kv_bytes_per_token(model_path, dtype)
     if per_token is None or not is_cpu_build():
         return None
-    need = per_token * max_model_len * max_seqs
+    # vLLM keeps one block of the pool as its null block and checks a full-length sequence against what is left:
+    # exactly max_model_len tokens for one sequence is refused at start-up ("0.04 GiB needed, 0.04 available").
+    one = per_token * (max_model_len + KV_HEADROOM_TOKENS)
+    need = per_token * max_model_len * max_seqs + per_token * KV_HEADROOM_TOKENS
     cap = available_memory() // 2
-    return max(per_token * max_model_len, min(need, cap))
+    return max(one, min(need, cap))
+
+
+KV_HEADROOM_TOKENS = 512  # a few blocks (16 to 128 tokens each) beyond the sequences' own
 
 
 # Backends whose compact JSON vLLM sets engine-wide (StructuredOutputsConfig.disable_any_whitespace): vLLM
