@@ -85,7 +85,8 @@ def test_the_wheel_is_one_namespace_and_two_commands(installed):
     assert set(entry_points["console_scripts"]) == {"patent-risk", "evaluate"}  # no `serve` (Ray's), no `train`
     assert dict(entry_points["vllm.general_plugins"]) == {
         "patent_risk_cpu_lora": "patent_risk.runtime.cpu_lora:register",
-        "patent_risk_outlines_cache": "patent_risk.runtime.outlines_cache:register"}
+        "patent_risk_outlines_cache": "patent_risk.runtime.outlines_cache:register",
+        "patent_risk_cpu_grammar": "patent_risk.runtime.cpu_grammar:register"}
     assert not (installed / "serve").exists() and not (installed / "train").exists()
 
 
