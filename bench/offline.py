@@ -61,14 +61,18 @@ def _run_worker(config: str, spec_path: Path, workdir: Path) -> dict[str, Any]:
                 "peak_pss_mb": round(mem.peak / 2**20, 1), "peak_pss_gen_mb": round(mem.peak_gen / 2**20, 1) or None,
                 "memory_samples": mem.samples, "max_processes": mem.max_processes}
     if rc != 0 or not out.exists():
-        lines = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
-        said = [line[len("error: "):] for line in lines if line.startswith("error: ")]  # the worker's own reason
-        error = f"worker exited with {rc}" + (f": {said[-1]}" if said else "")
-        return {"config": config, "status": "failed", "error": error, "log_tail": lines[-15:], **measured}
+        return {"config": config, "status": "failed", **worker_failure(log_path, rc), **measured}
     result = json.loads(out.read_text(encoding="utf-8"))
     result.update(measured)
     result["status"] = "ok"
     return result
+
+
+def worker_failure(log_path: Path, rc: int) -> dict[str, Any]:
+    """A failed worker's reason (its own last ``error: `` line, if it wrote one) and the tail of its log."""
+    lines = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    said = [line[len("error: "):] for line in lines if line.startswith("error: ")]
+    return {"error": f"worker exited with {rc}" + (f": {said[-1]}" if said else ""), "log_tail": lines[-15:]}
 
 
 def settle_inputs(opts, log: Callable[[str], None]):

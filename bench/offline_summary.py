@@ -35,10 +35,16 @@ def _mean(values: list[float] | None) -> float | None:
     return round(sum(values) / len(values), 4) if values else None
 
 
-def summarize_run(raw: dict[str, Any], requests: list[dict[str, Any]] | None = None, schema_name: str = "v1") -> dict[str, Any]:
-    """A worker's result as one row of the benchmark: throughput, validity, finish reasons, hash."""
+def count_valid(outputs: list[dict[str, Any]], schema_name: str) -> int:
+    """Outputs whose raw text parses as a valid answer in the schema (evaluate.scoring.OutputParser)."""
     from patent_risk.evaluate.scoring import OutputParser
 
+    parse = OutputParser()
+    return sum(parse(o["raw_output"], schema_name).status == "valid" for o in outputs)
+
+
+def summarize_run(raw: dict[str, Any], requests: list[dict[str, Any]] | None = None, schema_name: str = "v1") -> dict[str, Any]:
+    """A worker's result as one row of the benchmark: throughput, validity, finish reasons, hash."""
     name = raw["config"]
     cfg = CONFIGS[name]
     base = {"config": name, "engine": cfg.engine, "adapter_mode": cfg.adapter_mode, "constrained": cfg.constrained,
@@ -47,8 +53,7 @@ def summarize_run(raw: dict[str, Any], requests: list[dict[str, Any]] | None = N
     if base["status"] != "ok":
         return {**base, "error": raw.get("error"), "log_tail": raw.get("log_tail"), **{k: raw.get(k) for k in keep}}
     outputs = raw["outputs"]
-    parse = OutputParser()
-    valid = sum(parse(o["raw_output"], schema_name).status == "valid" for o in outputs)
+    valid = count_valid(outputs, schema_name)
     finish: dict[str, int] = {}
     for o in outputs:
         finish[o["finish_reason"]] = finish.get(o["finish_reason"], 0) + 1

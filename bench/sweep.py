@@ -23,8 +23,9 @@ from typing import Any, Callable
 
 from patent_risk.schemas.errors import UserError
 
-from .offline import _run_worker, settle_inputs
+from .offline import _run_worker, settle_inputs, worker_failure
 from .offline_configs import PREPARE
+from .offline_summary import count_valid
 from .sweep_summary import ARMS, point_key, progress_line, summarize_point, write_sweep
 
 BACKENDS = ("outlines", "xgrammar", "guidance")
@@ -118,27 +119,20 @@ def _run_point(spec_path: Path, backend: str, batch: int, workdir: Path, log: Ca
             time.sleep(0.5)
     wall = round(time.perf_counter() - t0, 2)
     if rc != 0 or not out.exists():
-        lines = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
-        said = [line[len("error: "):] for line in lines if line.startswith("error: ")]
         return {"backend": backend, "batch": batch, "status": "failed", "worker_wall_s": wall, "log": str(log_path),
-                "error": f"worker exited with {rc}" + (f": {said[-1]}" if said else ""), "log_tail": lines[-15:]}
+                **worker_failure(log_path, rc)}
     result = json.loads(out.read_text(encoding="utf-8"))
     result.update(worker_wall_s=wall, log=str(log_path))
     return result
 
 
 def _valid_counts(outputs_dir: Path, key: str, schema_name: str) -> dict[str, int | None]:
-    from patent_risk.evaluate.scoring import OutputParser
-
-    parse = OutputParser()
     counts: dict[str, int | None] = {}
     for arm in ARMS:
         path = outputs_dir / f"{key}-{arm}.jsonl"
-        if not path.exists():
-            counts[arm] = None
-            continue
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        counts[arm] = sum(parse(r["raw_output"], schema_name).status == "valid" for r in rows)
+        rows = ([json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+                if path.exists() else None)
+        counts[arm] = None if rows is None else count_valid(rows, schema_name)
     return counts
 
 

@@ -29,7 +29,7 @@ from patent_risk.runtime.procs import CpuWindow
 
 from .offline_summary import outputs_hash
 from .sweep_summary import pass_order, point_key
-from .worker import WARMUP_TOKENS, _distinct
+from .worker import WARMUP_TOKENS
 
 
 def run_point(spec: dict[str, Any], backend: str, batch: int, out: Path) -> dict[str, Any]:
@@ -50,8 +50,7 @@ def run_point(spec: dict[str, Any], backend: str, batch: int, out: Path) -> dict
         engine.generate([GenRequest(first["record_id"], first["messages"], WARMUP_TOKENS, None)])
         load_s = time.perf_counter() - t0
         # every distinct schema compiled once, so that every pass below finds its grammar cached
-        schemas = _distinct([r["json_schema"] for r in rows])
-        by_schema = {}
+        by_schema: dict[str, dict[str, Any]] = {}  # a record per distinct schema, keyed as vLLM keys it (worker._distinct)
         for r in rows:
             by_schema.setdefault(json.dumps(r["json_schema"]), r)
         ts = time.perf_counter()
@@ -110,7 +109,7 @@ def run_point(spec: dict[str, Any], backend: str, batch: int, out: Path) -> dict
     return {"backend": backend, "batch": batch, "records": len(rows), "repeats": spec["repeats"], "status": "ok",
             "started_at": started, "load_s": round(load_s, 2), "machine": machine.describe(),
             "label_probs": label_probs,
-            "grammar_warmup": {"schemas": len(schemas), "seconds": round(grammar_s, 3)}, "first_pass": first_pass,
+            "grammar_warmup": {"schemas": len(by_schema), "seconds": round(grammar_s, 3)}, "first_pass": first_pass,
             "engine_info": info, "passes": passes, "profiles": profiles}
 
 
