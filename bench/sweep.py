@@ -73,7 +73,7 @@ def parse_backends(text: str) -> tuple[str, ...]:
     return names
 
 
-def parse_limit_at(pairs: tuple[str, ...]) -> dict[int, int]:
+def parse_limit_at(pairs: tuple[str, ...], what: str = "--limit-at", form: str = "BATCH=RECORDS") -> dict[int, int]:
     out: dict[int, int] = {}
     for pair in pairs:
         batch, sep, n = pair.partition("=")
@@ -82,7 +82,7 @@ def parse_limit_at(pairs: tuple[str, ...]) -> dict[int, int]:
         except ValueError:
             b = k = 0
         if not sep or b < 1 or k < 1:
-            raise UserError(f"--limit-at: BATCH=RECORDS with whole numbers of at least 1, got {pair!r}")
+            raise UserError(f"{what}: {form} with whole numbers of at least 1, got {pair!r}")
         out[b] = k
     return out
 

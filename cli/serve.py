@@ -90,18 +90,34 @@ def status(name) -> None:
 @click.option("--arms", type=click.Choice(["both", "constrained", "unconstrained"]), default="both", show_default=True)
 @click.option("--schema", "schema_name", default="v1", show_default=True, type=click.Choice(SCHEMA_NAMES))
 @click.option("--concurrency", default="1,4,16", show_default=True, help="Comma-separated concurrency levels.")
-@click.option("--num-requests", default=32, show_default=True, type=int, help="Requests per configuration.")
+@click.option("--num-requests", default=32, show_default=True, type=int, help="Requests per pass (the dataset's first N records).")
+@click.option("--requests-at", "requests_at", multiple=True, metavar="CONCURRENCY=N",
+              help="Another number of requests at one concurrency level, e.g. 1=24 (fewer where each takes long). Repeatable.")
+@click.option("--repeats", default=1, show_default=True, type=int,
+              help="Passes per served model x arm x concurrency; the arms alternate which goes first, and the tables give "
+              "the median pass with its min-max and each repeat's paired constrained/unconstrained ratio.")
+@click.option("--keep-prefix-cache", is_flag=True,
+              help="Do not empty the server's prefix cache before each pass (by default it is: POST /reset_prefix_cache, "
+              "which `serve start` enables on a loopback address), so that no arm is served the prompts the other sent.")
 @click.option("--model", default=None, help="Model whose tokenizer sizes max_tokens (default: the model the server serves, "
               "from its /v1/models).")
 @click.option("--api-key", default=None, envvar="PATENT_RISK_API_KEY", metavar="KEY",
               help="The server's bearer key (visible to `ps` when typed here; prefer PATENT_RISK_API_KEY).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSON file; .md and .png are written beside it.")
-def bench(url, served_models, data, arms, schema_name, concurrency, num_requests, model, api_key, out) -> None:
+def bench(url, served_models, data, arms, schema_name, concurrency, num_requests, requests_at, repeats, keep_prefix_cache,
+          model, api_key, out) -> None:
     """Throughput and latency (TTFT, TPOT, ITL, end to end at p50/p90/p99) of a running server, for every
-    served model x arm x concurrency."""
+    served model x arm x concurrency, with the constrained/unconstrained ratio measured alike: every schema
+    compiled before the first timed pass, the prefix cache emptied before each pass, the arms alternating.
+
+    \b
+    The constraint's cost through the server at concurrency 1, 8 and 32, three repeats:
+      patent-risk serve bench --url http://127.0.0.1:8000 --served-model demo --data data/demo/eval.jsonl \\
+          --concurrency 1,8,32 --num-requests 96 --requests-at 1=24 --requests-at 8=48 --repeats 3 --out bench/c.json"""
     from pathlib import Path
 
     from patent_risk.bench.serving import run_bench, to_markdown, write_bench
+    from patent_risk.bench.sweep import parse_limit_at
     from patent_risk.runtime.embedded import resolve_model
     from patent_risk.serve.server import served_base_model
 
@@ -111,7 +127,9 @@ def bench(url, served_models, data, arms, schema_name, concurrency, num_requests
     levels = [int(c) for c in concurrency.split(",") if c.strip()]
     arm_list = {"both": [False, True], "constrained": [True], "unconstrained": [False]}[arms]
     doc = run_bench(url.rstrip("/"), list(served_models), data, arm_list, levels, num_requests, resolve_model(model, click.echo),
-                    schema_name, api_key, log=click.echo)
+                    schema_name, api_key, log=click.echo, repeats=repeats,
+                    requests_at=parse_limit_at(requests_at, "--requests-at", "CONCURRENCY=N"),
+                    reset_cache=not keep_prefix_cache)
     paths = write_bench(doc, Path(out))
     click.echo(to_markdown(doc))
     click.echo("written: " + ", ".join(map(str, paths)))

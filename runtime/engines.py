@@ -597,31 +597,8 @@ class VllmServer(_LabelReader):
                          cached_tokens=int(cached) if isinstance(cached, int) else None)
 
     def reset_prefix_cache(self) -> str:
-        """Empty the server's prefix cache through vLLM's development endpoint (POST /reset_prefix_cache, served
-        when the server runs with VLLM_SERVER_DEV_MODE=1, as `serve start` starts it on a loopback address):
-        "reset", or why not."""
-        import urllib.error
-        import urllib.request
-
-        headers = {"Authorization": f"Bearer {self.client.api_key}"} if self.client.api_key != "EMPTY" else {}
-        req = urllib.request.Request(f"{self.url}/reset_prefix_cache", data=b"", method="POST", headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                body = r.read()
-        except urllib.error.HTTPError as e:
-            if e.code == 404:
-                return ("not reset: the server has no /reset_prefix_cache (vLLM serves it with VLLM_SERVER_DEV_MODE=1); "
-                        "its prompt tokens served from the cache are recorded where its usage reports them")
-            return f"not reset: HTTP {e.code} from {self.url}/reset_prefix_cache"
-        except (urllib.error.URLError, OSError) as e:
-            return f"not reset: {e}"
-        try:
-            import json
-
-            ok = json.loads(body or b"{}").get("success", True)
-        except ValueError:
-            ok = True  # vLLM before 0.11 answered 200 with no body
-        return "reset" if ok else "not reset: the server refused (blocks still in use)"
+        """Empty the server's prefix cache (reset_server_prefix_cache): "reset", or why not."""
+        return reset_server_prefix_cache(self.url, None if self.client.api_key == "EMPTY" else self.client.api_key)
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         return list(self.generate_iter(requests))
@@ -669,3 +646,30 @@ class VllmServer(_LabelReader):
 
     def close(self) -> None:
         self.client.close()
+
+
+def reset_server_prefix_cache(url: str, api_key: str | None = None) -> str:
+    """Empty a server's prefix cache through vLLM's development endpoint (POST /reset_prefix_cache, served
+    when the server runs with VLLM_SERVER_DEV_MODE=1, as `serve start` starts it on a loopback address):
+    "reset", or why not."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    req = urllib.request.Request(f"{url}/reset_prefix_cache", data=b"", method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            body = r.read()
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return ("not reset: the server has no /reset_prefix_cache (vLLM serves it with VLLM_SERVER_DEV_MODE=1); "
+                    "its prompt tokens served from the cache are recorded where its usage reports them")
+        return f"not reset: HTTP {e.code} from {url}/reset_prefix_cache"
+    except (urllib.error.URLError, OSError) as e:
+        return f"not reset: {e}"
+    try:
+        ok = json.loads(body or b"{}").get("success", True)
+    except ValueError:
+        ok = True  # vLLM before 0.11 answered 200 with no body
+    return "reset" if ok else "not reset: the server refused (blocks still in use)"

@@ -283,14 +283,24 @@ def test_bench_against_the_server(server, smollm2_model, short_eval, tmp_path):
     from patent_risk.bench.serving import run_bench, write_bench
 
     doc = run_bench(server.url, [server.served_model, "tiny"], str(short_eval), [False, True], [2], 2,
-                    str(smollm2_model), api_key=KEY, log=lambda s: None)
+                    str(smollm2_model), api_key=KEY, log=lambda s: None, repeats=2, requests_at={2: 3})
     assert len(doc["results"]) == 2 * 2 * 1
+    assert doc["warm_up"]["schemas"] >= 1
     for r in doc["results"]:
-        assert r["errors"] == 0 and r["output_tokens"] > 0
+        assert r["errors"] == 0 and r["output_tokens"] > 0 and r["requests"] == 3 and r["passes"] == 2
         assert 0 < r["ttft_ms"]["p50"] <= r["e2e_ms"]["p50"]
         assert r["output_tok_s"] > 0 and r["tpot_ms"]["p50"] > 0
+        assert r["request_throughput_min"] <= r["request_throughput"] <= r["request_throughput_max"]
+        # the prefix cache emptied before every pass (a pass's requests still share their common prefix)
+        assert r["prefix_cache"] == ["reset"] and all(isinstance(n, int) for n in r["cached_prompt_tokens"])
+    # per served model, the arms alternate which goes first
+    firsts = [p["constrained"] for p in doc["passes"] if p["served_model"] == "tiny" and p["order"] in (0, 2)]
+    assert firsts == [False, True]
     kinds = {q["kind"] for q in doc["ratios"]}
     assert {"tiny/" + server.served_model, "constrained/unconstrained"} <= kinds
+    for q in doc["ratios"]:
+        if q["kind"] == "constrained/unconstrained":
+            assert len(q["paired"]) == 2 and q["request_ratio"] > 0
     paths = write_bench(doc, tmp_path / "bench.json")
     assert all(p.exists() and p.stat().st_size > 0 for p in paths)
 

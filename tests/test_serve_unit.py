@@ -284,3 +284,33 @@ def test_serve_bench_folds_the_system_text_for_a_template_without_a_system_role(
         for plain, fold in zip(as_is[arm], folded[arm]):
             assert fold.messages == [{"role": "user", "content": f"{SYSTEM}\n\n{plain.messages[1]['content']}"}]
             assert (fold.json_schema, fold.max_tokens) == (plain.json_schema, plain.max_tokens)
+
+
+def test_serve_bench_ratios_pair_each_repeats_passes_and_tables_show_the_spread():
+    from patent_risk.bench.serving import _cell, ratios, summarize, to_markdown, RequestStats
+
+    def one(model, constrained, repeat, order, rate):
+        stats = [RequestStats(ok=True, ttft=0.1, e2e=1.0, output_tokens=10, itls=[0.1] * 9, cached_tokens=4)] * 2
+        one = summarize(stats, 2 / rate)
+        return stats, {"served_model": model, "constrained": constrained, "concurrency": 8, "repeat": repeat,
+                       "order": order, "prefix_cache": "reset", **{k: one[k] for k in (
+                           "requests", "errors", "wall_s", "request_throughput", "output_tok_s", "output_tokens",
+                           "cached_prompt_tokens")}}
+
+    plan = [(False, 0, 0, 1.0), (True, 0, 1, 0.9), (True, 1, 2, 0.8), (False, 1, 3, 1.0), (False, 2, 4, 2.0), (True, 2, 5, 1.9)]
+    made = [one("demo", c, rep, order, rate) for c, rep, order, rate in plan]
+    passes = [p for _, p in made]
+    results = []
+    for constrained in (False, True):
+        mine = [(st, p) for st, p in made if p["constrained"] == constrained]
+        results.append({"served_model": "demo", "constrained": constrained, "concurrency": 8,
+                        **_cell([p for _, p in mine], [st for st, _ in mine])})
+    free, con = results
+    assert (free["request_throughput"], free["request_throughput_min"], free["request_throughput_max"]) == (1.0, 1.0, 2.0)
+    assert con["request_throughput"] == 0.9 and con["passes"] == 3 and con["cached_prompt_tokens"] == [8, 8, 8]
+    (q,) = ratios(results, ["demo"], passes)
+    assert q["kind"] == "constrained/unconstrained" and q["request_ratio"] == 0.9
+    assert q["paired"] == [0.9, 0.8, 0.95]  # each repeat's constrained pass over its own unconstrained pass
+    md = to_markdown({"results": results, "ratios": [q], "passes": passes, "repeats": 3, "prefix_cache_reset": True,
+                      "warm_up": {"schemas": 1}})
+    assert "1.0 (1.0-2.0)" in md and "0.8-0.95" in md and "3 passes" in md and "arms alternating" in md
