@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from patent_risk.bench.grammar_mask import main as grammar_mask
+from patent_risk.bench.grammar_step import main as grammar_step
 from patent_risk.bench.lora_ops import main as lora_ops
 from patent_risk.bench.report_speed import main as report_speed
 from patent_risk.bench.schema_compile import main as schema_compile
@@ -41,13 +43,15 @@ def main() -> None:
 @click.group(cls=ErrorReportingGroup)
 def bench() -> None:
     """Benchmarks of the project's own machinery, for its developers (schema compile time, the CPU LoRA ops,
-    report speed). Users measure their model with `patent-risk evaluate bench` (offline engines) and
+    report speed, the structured-outputs bitmask on CPU logits, each backend's per-token grammar cost). Users measure their model with `patent-risk evaluate bench` (offline engines) and
     `patent-risk serve bench` (a server under load)."""
 
 
 bench.add_command(schema_compile, "schema-compile")
 bench.add_command(lora_ops, "lora-ops")
 bench.add_command(report_speed, "report-speed")
+bench.add_command(grammar_mask, "grammar-mask")
+bench.add_command(grammar_step, "grammar-step")
 
 for name, command in (("train", train), ("evaluate", evaluate), ("serve", serve), ("demo", demo),
                       ("compare", compare), ("recipe", recipe), ("datagen", datagen), ("bench", bench)):

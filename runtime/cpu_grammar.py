@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any
+from typing import Any, Callable
 
 PINNED_VLLM_VERSION = "0.32.0"
 DISABLE_ENV = "PATENT_RISK_STOCK_GRAMMAR_MASK"
@@ -36,13 +36,16 @@ logger = logging.getLogger("vllm.plugins.patent_risk_cpu_grammar")
 MIXED_SHARE_LIMIT = 0.25  # above this share of words that are neither all-allowed nor all-banned: xgrammar's kernel
 
 
-def apply_bitmask_cpu(logits, bitmask, indices: list[int] | None = None, vocab_size: int | None = None) -> bool:
+def apply_bitmask_cpu(logits, bitmask, indices: list[int] | None = None, vocab_size: int | None = None,
+                      mostly_allowed: Callable[[list[int]], None] | None = None) -> bool:
     """In place: ``logits[r, t] = -inf`` where bit ``t % 32`` of ``bitmask[r, t // 32]`` is 0, for the rows ``indices``
     (all when None), as xgrammar's ``apply_token_bitmask_inplace`` (its torch reference:
     ``kernels/apply_token_bitmask_inplace_torch.py``). Word by word instead of bit by bit: a JSON-schema mask bans
     whole 32-token words or allows them, and only the few mixed words need their bits. A row that bans most words
     is filled with -inf at once and its allowed words put back; a row that allows most has only its banned words
-    filled. Returns False, having changed nothing, where this layout does not apply (a vocabulary that is not
+    filled. With ``mostly_allowed`` given, the rows that allow most words are handed to it instead (their row
+    numbers): xgrammar's kernel skips whole allowed words and is the faster one on such rows (inside a JSON
+    string). Returns False, having changed nothing, where this layout does not apply (a vocabulary that is not
     whole words, or mostly mixed words): the caller then uses xgrammar's kernel."""
     import torch
 
@@ -55,13 +58,23 @@ def apply_bitmask_cpu(logits, bitmask, indices: list[int] | None = None, vocab_s
         return True
     masks = bitmask[rows]
     banned = masks == 0
+    mostly_banned = banned.sum(dim=1) * 2 > words
+    if mostly_allowed is not None and not bool(mostly_banned.all()):
+        handed = rows[~mostly_banned].tolist()
+        rows, masks, banned = rows[mostly_banned], masks[mostly_banned], banned[mostly_banned]
+        mostly_banned = mostly_banned[mostly_banned]
+    else:
+        handed = []
     kept = ~banned
     mixed = kept & (masks != -1)
-    if int(mixed.sum()) > MIXED_SHARE_LIMIT * masks.numel():
+    if int(mixed.sum()) > MIXED_SHARE_LIMIT * max(1, masks.numel()):
         return False
+    if handed:
+        mostly_allowed(handed)
+    if rows.numel() == 0:
+        return True
     view = logits[:, :vocab].view(logits.shape[0], words, 32)
     shift = torch.arange(32, dtype=torch.int32)
-    mostly_banned = banned.sum(dim=1) * 2 > words
     if bool(mostly_banned.any()):  # fill the row, put back its allowed words (their banned bits -inf)
         sel = mostly_banned.nonzero().flatten()
         r, w = kept[sel].nonzero(as_tuple=True)
@@ -101,7 +114,10 @@ class _XgrammarOnCpu:
                 and bitmask.dtype == torch.int32 and sys.byteorder == "little"):
             if isinstance(indices, torch.Tensor):
                 indices = indices.tolist()
-            if apply_bitmask_cpu(logits, bitmask, indices, vocab_size):
+            def stock(rows: list[int]) -> None:  # rows that allow most words: xgrammar's kernel is faster there
+                self._real.apply_token_bitmask_inplace(logits, bitmask, vocab_size=vocab_size, indices=rows)
+
+            if apply_bitmask_cpu(logits, bitmask, indices, vocab_size, mostly_allowed=stock):
                 return None
         return self._real.apply_token_bitmask_inplace(logits, bitmask, vocab_size=vocab_size, indices=indices)
 

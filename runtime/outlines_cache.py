@@ -179,7 +179,11 @@ def is_installed() -> bool:
 
 
 def register() -> None:
-    """The ``vllm.general_plugins`` entry point: vLLM calls it in every process it starts."""
+    """The ``vllm.general_plugins`` entry point: vLLM calls it in every process it starts. Also installs
+    runtime.outlines_advance (the grammar advanced without building each state's token list)."""
+    from . import outlines_advance
+
+    outlines_advance.install()
     if os.environ.get(DISABLE_ENV):
         return
     install()

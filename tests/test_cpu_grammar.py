@@ -45,6 +45,26 @@ def test_same_logits_as_xgrammar(kinds, indices):
         assert not torch.isinf(ours[0, 5 * 32 + 7]) and torch.isinf(ours[0, 5 * 32 + 6])
 
 
+@pytest.mark.parametrize("indices", [None, [0, 2, 3], [3, 1]])
+def test_rows_that_allow_most_words_go_to_xgrammar_when_asked(indices):
+    from xgrammar.kernels.apply_token_bitmask_inplace_cpu import apply_token_bitmask_inplace_cpu
+
+    kinds = ["structure", "string", "string", "structure"]
+    bitmask = _mask(4, VOCAB // 32, kinds, seed=9)
+    logits = torch.randn(4, VOCAB, generator=torch.Generator().manual_seed(4))
+    ours, theirs = logits.clone(), logits.clone()
+    handed: list[list[int]] = []
+
+    def stock(rows):
+        handed.append(rows)
+        apply_token_bitmask_inplace_cpu(ours, bitmask, indices=rows)
+
+    assert cpu_grammar.apply_bitmask_cpu(ours, bitmask, indices, mostly_allowed=stock) is True
+    apply_token_bitmask_inplace_cpu(theirs, bitmask, indices=indices)
+    assert torch.equal(ours, theirs)
+    assert handed == [[r for r in (indices if indices is not None else range(4)) if kinds[r] == "string"]]
+
+
 def test_layouts_it_does_not_take_are_left_to_xgrammar():
     logits = torch.randn(2, 1000)
     before = logits.clone()
@@ -66,7 +86,7 @@ def test_the_swap_sends_cpu_tensors_here_and_keeps_the_rest(monkeypatch):
         assert cpu_grammar.install() is True and cpu_grammar.is_installed()
         assert cpu_grammar.install() is True and utils.xgr._real is real  # idempotent
         calls = []
-        monkeypatch.setattr(cpu_grammar, "apply_bitmask_cpu", lambda *a: calls.append(a) or True)
+        monkeypatch.setattr(cpu_grammar, "apply_bitmask_cpu", lambda *a, **k: calls.append(a) or callable(k["mostly_allowed"]))
         logits, bitmask = torch.randn(2, 64), torch.zeros(2, 2, dtype=torch.int32)
         utils.xgr.apply_token_bitmask_inplace(logits, bitmask, indices=torch.tensor([1]))
         assert len(calls) == 1 and calls[0][2] == [1]

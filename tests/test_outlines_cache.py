@@ -167,3 +167,46 @@ def test_the_shared_indexes_are_bounded_by_bytes(tmp_path, gemma_tokenizer, monk
     monkeypatch.setenv("PATENT_RISK_OUTLINES_MEMO_BYTES", "1")
     tiny = cache_class(str(tmp_path))
     assert tiny["large"] is tiny["large"]  # over the budget alone, still kept while it is the newest
+
+
+def test_outlines_grammar_advances_to_the_same_states_without_the_token_lists(gemma_tokenizer, eval_records, monkeypatch):
+    """runtime.outlines_advance: vLLM's accept_tokens with advance(t, return_tokens=False) goes through the same
+    states as vLLM's own on a real answer, accepts the end, and refuses what vLLM's refuses."""
+    import warnings
+
+    from vllm.v1.structured_output.backend_outlines import OutlinesGrammar
+    from vllm.v1.structured_output.backend_types import StructuredOutputOptions
+
+    from patent_risk.bench.grammar_step import make_backend
+    from patent_risk.runtime import outlines_advance
+    from patent_risk.schemas.output import load_schema, specialize
+    from patent_risk.schemas.prompt import render_answer
+
+    monkeypatch.delenv(outlines_advance.DISABLE_ENV, raising=False)
+    stock = {n: OutlinesGrammar.__dict__[n] for n in ("accept_tokens", "_is_finished_after")}
+    rec = eval_records[0]
+    schema = specialize(load_schema("v1"), rec.element_ids)
+    tokens = gemma_tokenizer(render_answer(rec.label, "v1"), add_special_tokens=False)["input_ids"]
+    backend = make_backend("outlines", gemma_tokenizer, 262_144)
+
+    def walk():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            g = backend.compile_grammar(StructuredOutputOptions.JSON, __import__("json").dumps(schema))
+        states = []
+        for t in tokens:
+            assert g.accept_tokens("r", [t])
+            states.append(g.guide.get_state())
+        finished = g._is_finished_after([])
+        assert not g.accept_tokens("r", [tokens[0]])  # '{' again after the closing brace: refused
+        return states, finished, g.accept_tokens("r", [g.eos_token_id]), g.is_terminated()
+
+    try:
+        outlines_advance.uninstall(stock)
+        before = walk()
+        assert outlines_advance.install() and outlines_advance.is_installed()
+        after = walk()
+    finally:
+        outlines_advance.uninstall(stock)
+        outlines_advance.install()
+    assert after == before and before[1] is True and before[2:] == (True, True)
