@@ -131,14 +131,6 @@ def prompt_requests(data: str, num_requests: int, tokenizer_model: str, schema_n
                  for constrained in arms}
 
 
-def reset_prefix_cache(url: str, api_key: str | None) -> str:
-    """POST /reset_prefix_cache (vLLM serves it with VLLM_SERVER_DEV_MODE=1, as `serve start` starts a loopback
-    server): "reset", or why not."""
-    from patent_risk.runtime.engines import reset_server_prefix_cache
-
-    return reset_server_prefix_cache(url, api_key)
-
-
 def warm_up(url: str, api_key: str | None, served_models: list[str], by_arm: dict[bool, list], seed: int) -> dict[str, Any]:
     """Before any timed pass, per served model: one 2-token request per distinct schema (its grammar compiled
     into the server's cache, as a user's second run finds it) and one unconstrained. A failure here (a name
@@ -184,6 +176,8 @@ def run_bench(url: str, served_models: list[str], data: str, arms: list[bool], c
     """Every served model x arm x concurrency, ``repeats`` passes each (arms alternating, the prefix cache
     emptied before each pass unless ``reset_cache`` is off); ``requests_at`` gives a concurrency level its own
     number of requests (the dataset's first N records)."""
+    from patent_risk.runtime.engines import reset_server_prefix_cache
+
     from .sweep_summary import pass_order
 
     if repeats < 1:
@@ -199,7 +193,7 @@ def run_bench(url: str, served_models: list[str], data: str, arms: list[bool], c
     for model in served_models:
         for c in concurrencies:
             for i, (repeat, constrained) in enumerate(plan):
-                state = reset_prefix_cache(url, api_key) if reset_cache else "kept (--keep-prefix-cache)"
+                state = reset_server_prefix_cache(url, api_key) if reset_cache else "kept (--keep-prefix-cache)"
                 stats, wall = asyncio.run(_run_level(url, api_key, model, by_arm[constrained][:counts[c]], c, seed))
                 one = summarize(stats, wall)
                 passes.append({"served_model": model, "constrained": constrained, "concurrency": c, "repeat": repeat,

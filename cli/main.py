@@ -43,8 +43,9 @@ def main() -> None:
 @click.group(cls=ErrorReportingGroup)
 def bench() -> None:
     """Benchmarks of the project's own machinery, for its developers (schema compile time, the CPU LoRA ops,
-    report speed, the structured-outputs bitmask on CPU logits, each backend's per-token grammar cost). Users measure their model with `patent-risk evaluate bench` (offline engines) and
-    `patent-risk serve bench` (a server under load)."""
+    report speed, the structured-outputs bitmask on CPU logits, each backend's per-token grammar cost). Users
+    measure their model with `patent-risk evaluate bench` (offline engines) and `patent-risk serve bench` (a
+    server under load)."""
 
 
 bench.add_command(schema_compile, "schema-compile")
