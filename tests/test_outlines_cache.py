@@ -183,7 +183,8 @@ def test_outlines_grammar_advances_to_the_same_states_without_the_token_lists(ge
     from patent_risk.schemas.prompt import render_answer
 
     monkeypatch.delenv(outlines_advance.DISABLE_ENV, raising=False)
-    stock = {n: OutlinesGrammar.__dict__[n] for n in ("accept_tokens", "_is_finished_after")}
+    outlines_advance.install()
+    assert OutlinesGrammar.accept_tokens is not outlines_advance._STOCK["accept_tokens"]
     rec = eval_records[0]
     schema = specialize(load_schema("v1"), rec.element_ids)
     tokens = gemma_tokenizer(render_answer(rec.label, "v1"), add_special_tokens=False)["input_ids"]
@@ -202,11 +203,52 @@ def test_outlines_grammar_advances_to_the_same_states_without_the_token_lists(ge
         return states, finished, g.accept_tokens("r", [g.eos_token_id]), g.is_terminated()
 
     try:
-        outlines_advance.uninstall(stock)
+        outlines_advance.uninstall()
+        assert not outlines_advance.is_installed()
         before = walk()
         assert outlines_advance.install() and outlines_advance.is_installed()
         after = walk()
     finally:
-        outlines_advance.uninstall(stock)
         outlines_advance.install()
     assert after == before and before[1] is True and before[2:] == (True, True)
+
+
+def test_outlines_masks_are_cached_by_state_with_the_same_bits(gemma_tokenizer, monkeypatch):
+    """runtime.outlines_advance's fill_bitmask: at every step of two grammars of one spec the row is bit for bit what
+    outlines writes; the second grammar's states that allow most tokens are copied from the cache (hits), those
+    that allow few are written by outlines; PATENT_RISK_OUTLINES_MASK_CACHE_MB=0 attaches no cache."""
+    import torch
+    from vllm.v1.structured_output.backend_types import StructuredOutputOptions
+
+    from patent_risk.bench.grammar_step import make_backend
+    from patent_risk.runtime import outlines_advance
+
+    monkeypatch.delenv(outlines_advance.DISABLE_ENV, raising=False)
+    monkeypatch.delenv(outlines_advance.MASK_CACHE_ENV, raising=False)
+    assert outlines_advance.install()
+    spec = '[^"]{0,30}"'  # a bounded free-text string, then its closing quote: the states of a v2 reason
+    backend = make_backend("outlines", gemma_tokenizer, 262_144)
+
+    def walk(text):
+        g = backend.compile_grammar(StructuredOutputOptions.REGEX, spec)
+        bitmask, stock = backend.allocate_token_bitmask(2), torch.zeros(1, backend.allocate_token_bitmask(1).shape[1], dtype=torch.int32)
+        for t in gemma_tokenizer(text, add_special_tokens=False)["input_ids"] + [None]:
+            bitmask.fill_(-1)
+            g.fill_bitmask(bitmask, 1)
+            g.guide.write_mask_into(stock.data_ptr(), stock.numel(), stock.element_size())
+            assert torch.equal(bitmask[1], stock[0]) and bool((bitmask[0] == -1).all())
+            if t is not None:
+                assert g.accept_tokens("r", [t])
+        assert g.guide.is_finished()
+        return g
+
+    g = walk('특허 claim"')
+    masks, _ = g._patent_risk_masks
+    assert masks.hits == 0 and len(masks) > 0
+    walk('gel 2.5%, UV"')
+    assert masks.hits > 0
+    kinds = {row is outlines_advance.FEW for row in masks._rows.values()}
+    assert kinds == {True, False}  # inside the string: a copied row; after the closing quote (EOS only): outlines'
+    monkeypatch.setenv(outlines_advance.MASK_CACHE_ENV, "0")
+    off = make_backend("outlines", gemma_tokenizer, 262_144)
+    assert not hasattr(off.compile_grammar(StructuredOutputOptions.REGEX, spec), "_patent_risk_masks")
