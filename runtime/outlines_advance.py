@@ -46,7 +46,7 @@ class StateMasks:
 
     def __init__(self, capacity: int):
         self.capacity = capacity
-        self.hits = self.misses = 0
+        self.hits = 0
         self._rows: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
 
@@ -54,7 +54,6 @@ class StateMasks:
         with self._lock:
             row = self._rows.get(key)
             if row is None:
-                self.misses += 1
                 return None
             self.hits += 1
             self._rows.move_to_end(key)

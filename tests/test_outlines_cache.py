@@ -231,7 +231,7 @@ def test_outlines_masks_are_cached_by_state_with_the_same_bits(gemma_tokenizer, 
 
     def walk(text):
         g = backend.compile_grammar(StructuredOutputOptions.REGEX, spec)
-        bitmask, stock = backend.allocate_token_bitmask(2), torch.zeros(1, backend.allocate_token_bitmask(1).shape[1], dtype=torch.int32)
+        bitmask, stock = backend.allocate_token_bitmask(2), backend.allocate_token_bitmask(1)
         for t in gemma_tokenizer(text, add_special_tokens=False)["input_ids"] + [None]:
             bitmask.fill_(-1)
             g.fill_bitmask(bitmask, 1)
